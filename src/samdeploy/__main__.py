@@ -1,0 +1,5 @@
+import sys
+
+from samdeploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The model package: a folder that ``samdeploy export`` writes and every runtime reads.
+
+A package holds ``model.json`` (the manifest) and the ONNX files it names. The manifest is the
+single source of truth for everything a runtime must know: input size, pixel statistics, where
+pre-processing happens, tensor names, shapes and dtypes, precision, and the sha256 of every file.
+
+Layout of ``model.json`` (format version 1)::
+
+    {
+      "format": "samdeploy-model",
+      "format_version": 1,
+      "model_type": "vit_b" | "vit_l" | "vit_h" | "custom",
+      "architecture": {...},            # the SAM config, enough to rebuild the torch model
+      "image_size": 1024,               # S: the encoder takes 1x3xSxS
+      "embedding_size": [64, 64],
+      "mask_input_size": [256, 256],
+      "pixel_mean": [123.675, 116.28, 103.53],
+      "pixel_std": [58.395, 57.12, 57.375],
+      "preprocessing": {"resize": "longest_side", "normalize": "runtime", "pad": "runtime"},
+      "precision": "fp32" | "int8" | ...,
+      "opset": 17,
+      "models": {
+        "image_encoder": {"file": "image_encoder.onnx", "inputs": [TensorSpec], "outputs": [...]},
+        "mask_decoder":  {"file": "mask_decoder.onnx",  "inputs": [...], "outputs": [...]}
+      },
+      "files": {"image_encoder.onnx": {"sha256": "...", "bytes": 123}, ...},
+      "export": {...}                   # export report: versions, timings, simplification, validation
+    }
+
+A TensorSpec is ``{"name": str, "shape": [int | str, ...], "dtype": "float32"}``; a string in a
+shape names a dynamic axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samdeploy.errors import PackageError
+
+FORMAT = "samdeploy-model"
+FORMAT_VERSION = 1
+MANIFEST = "model.json"
+ENCODER = "image_encoder"
+DECODER = "mask_decoder"
+
+_REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "model_type",
+    "image_size",
+    "pixel_mean",
+    "pixel_std",
+    "models",
+    "files",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints, or strings for dynamic axes) and numpy dtype name of one model tensor."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ONNX model of a package and the tensors it takes and gives."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so multi-GB weights do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The ``files`` section of a manifest: sha256 and size of each named file under ``root``."""
+    return {name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in names}
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``model.json`` into ``root`` (pretty-printed, stable key order) and return its path."""
+    path = Path(root) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+@dataclass
+class ModelPackage:
+    """A loaded (and checked) model package. Use :meth:`load`; it never imports torch."""
+
+    root: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = False) -> ModelPackage:
+        """Read ``model.json`` from a package folder and check it is complete.
+
+        With ``verify=True`` also recompute every file's sha256 (slow for big models).
+        Raises :class:`PackageError` with a one-line message on any problem.
+        """
+        root = Path(path)
+        if not root.exists():
+            raise PackageError(f"model package not found: {root}")
+        if not root.is_dir():
+            raise PackageError(f"model package must be a folder with {MANIFEST}: {root}")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise PackageError(f"not a samdeploy model package (no {MANIFEST}): {root}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PackageError(f"corrupt {manifest_path}: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise PackageError(f"not a samdeploy model package ({manifest_path} has no format '{FORMAT}')")
+        missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+        if missing:
+            raise PackageError(f"incomplete {manifest_path}: missing {', '.join(missing)}")
+        version = manifest["format_version"]
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise PackageError(
+                f"{manifest_path} has format version {version}; this samdeploy reads up to {FORMAT_VERSION}:"
+                " upgrade samdeploy"
+            )
+        package = cls(root=root, manifest=manifest)
+        for role in (ENCODER, DECODER):
+            entry = manifest["models"].get(role)
+            if entry is None:
+                raise PackageError(f"incomplete {manifest_path}: no '{role}' model")
+        for name in manifest["files"]:
+            if not (root / name).is_file():
+                raise PackageError(f"model package {root} is missing {name}")
+        if verify:
+            package.verify()
+        return package
+
+    def verify(self) -> dict[str, str]:
+        """Recompute each file's sha256; raise :class:`PackageError` on the first mismatch.
+
+        Returns ``{file name: sha256}`` of the verified files.
+        """
+        verified = {}
+        for name, info in self.manifest["files"].items():
+            path = self.root / name
+            if not path.is_file():
+                raise PackageError(f"model package {self.root} is missing {name}")
+            if path.stat().st_size != info["bytes"]:
+                raise PackageError(f"{path} has {path.stat().st_size} bytes, manifest says {info['bytes']}")
+            digest = sha256_file(path)
+            if digest != info["sha256"]:
+                raise PackageError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+            verified[name] = digest
+        return verified
+
+    def model(self, role: str) -> ModelEntry:
+        """The ``image_encoder`` or ``mask_decoder`` entry of the manifest."""
+        entry = self.manifest["models"][role]
+        return ModelEntry(
+            file=entry["file"],
+            inputs=tuple(TensorSpec.from_json(t) for t in entry["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in entry["outputs"]),
+        )
+
+    def model_path(self, role: str) -> Path:
+        """Absolute path of the ONNX file for ``image_encoder`` or ``mask_decoder``."""
+        return (self.root / self.manifest["models"][role]["file"]).resolve()
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.model_path(ENCODER)
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.model_path(DECODER)
+
+    @property
+    def model_type(self) -> str:
+        return self.manifest["model_type"]
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the square encoder input (1024 for the official models)."""
+        return int(self.manifest["image_size"])
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """Size of the low-resolution mask logits (4x the embedding grid: 256x256 officially)."""
+        size = self.manifest.get("mask_input_size") or [self.image_size // 4] * 2
+        return int(size[0]), int(size[1])
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.manifest["pixel_mean"])  # type: ignore[return-value]
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.manifest["pixel_std"])  # type: ignore[return-value]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "fp32")
+
+    @property
+    def export_report(self) -> dict[str, Any]:
+        return self.manifest.get("export", {})
