@@ -1,0 +1,110 @@
+"""The numpy transforms against the official torch code, on many image sizes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from segment_anything.modeling.sam import Sam  # noqa: E402
+from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
+
+from samdeploy.errors import ImageError  # noqa: E402
+from samdeploy.sam.transforms import (  # noqa: E402
+    MaskGeometry,
+    apply_boxes,
+    apply_coords,
+    bilinear_matrix,
+    normalize_and_pad,
+    postprocess_masks,
+    preprocess_shape,
+    resize_longest_side,
+)
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+SIZES = [
+    (480, 640),
+    (640, 480),
+    (1, 7),
+    (7, 1),
+    (1, 1000),
+    (333, 333),
+    (1023, 1025),
+    (4100, 3001),
+    (17, 2000),
+]
+
+
+def _official_sam(image_size: int) -> SimpleNamespace:
+    """Enough of a ``Sam`` for its ``preprocess`` and ``postprocess_masks`` methods."""
+    return SimpleNamespace(
+        image_encoder=SimpleNamespace(img_size=image_size),
+        pixel_mean=torch.tensor(MEAN).view(-1, 1, 1),
+        pixel_std=torch.tensor(STD).view(-1, 1, 1),
+    )
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+@pytest.mark.parametrize("image_size", [1024, 256])
+def test_preprocess_is_bit_identical(height: int, width: int, image_size: int) -> None:
+    rng = np.random.default_rng(height * 7 + width)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if min(preprocess_shape(height, width, image_size)) == 0:
+        with pytest.raises(ImageError, match="too thin"):
+            resize_longest_side(image, image_size)
+        return
+    official_resized = ResizeLongestSide(image_size).apply_image(image)
+    resized = resize_longest_side(image, image_size)
+    np.testing.assert_array_equal(resized, official_resized)
+    official = Sam.preprocess(
+        _official_sam(image_size), torch.as_tensor(official_resized).permute(2, 0, 1).contiguous()[None]
+    )
+    ours = normalize_and_pad(resized, MEAN, STD, image_size)
+    assert ours.dtype == np.float32 and ours.shape == (1, 3, image_size, image_size)
+    np.testing.assert_array_equal(ours, official.numpy())
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_coords_and_boxes_match(height: int, width: int) -> None:
+    transform = ResizeLongestSide(1024)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, [width, height], (5, 2))
+    np.testing.assert_array_equal(
+        apply_coords(points, (height, width), 1024), transform.apply_coords(points, (height, width))
+    )
+    boxes = rng.uniform(0, [width, height, width, height], (3, 4))
+    np.testing.assert_array_equal(
+        apply_boxes(boxes, (height, width), 1024), transform.apply_boxes(boxes, (height, width))
+    )
+
+
+@pytest.mark.parametrize(
+    ("in_size", "out_size"), [(256, 1024), (1024, 480), (5, 1), (1, 9), (700, 4100), (256, 256)]
+)
+def test_bilinear_matrix_matches_torch(in_size: int, out_size: int) -> None:
+    x = np.random.default_rng(in_size).standard_normal((in_size, 3)).astype(np.float32)
+    # Resizing only the rows of an in x 3 image: the column pass (3 -> 3) is the identity.
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None, None], size=(out_size, 3), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    # Source positions are float32 in PyTorch: at 4000 px one ulp of a position is 6e-5, so the
+    # weights agree to that, not to the last bit.
+    np.testing.assert_allclose(bilinear_matrix(in_size, out_size) @ x, expected, atol=1e-4)
+    np.testing.assert_allclose(bilinear_matrix(in_size, out_size).sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES[:-2] + [(4032, 3024)])
+def test_postprocess_matches_official(height: int, width: int) -> None:
+    rng = np.random.default_rng(1)
+    low_res = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
+    geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
+    official = Sam.postprocess_masks(
+        _official_sam(1024), torch.from_numpy(low_res), geometry.input_size, (height, width)
+    ).numpy()
+    ours = postprocess_masks(low_res, geometry)
+    assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, official, atol=2e-4, rtol=0)
+    assert np.mean((ours > 0) != (official > 0)) < 1e-4
