@@ -1,0 +1,452 @@
+"""Automatic mask generation math in numpy: the counterpart of ``segment_anything.utils.amg``.
+
+Every function here gives the same numbers as its official (torch/torchvision) counterpart: the
+integer and boolean results (boxes, keep indices, RLE counts, filters) are equal, not just close.
+Where torch does float32 arithmetic (stability scores, box IoU, comparisons against a Python
+threshold) the same float32 operations are done here in the same order.
+
+Shapes: ``N`` masks, ``HxW`` pixels, boxes XYXY in pixels with right/bottom inclusive for boxes
+computed from masks (``batched_mask_to_box``) and exclusive for crop boxes, as in the official code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+Rle = dict[str, Any]
+"""Uncompressed RLE: ``{"size": [h, w], "counts": [zeros, ones, zeros, ...]}`` over column-major pixels."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Point grids and crop boxes
+# ---------------------------------------------------------------------------------------------
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n*n)x2 float64 points evenly spaced in [0,1]x[0,1], cell centres, x varying fastest."""
+    offset = 1 / (2 * n_per_side)
+    points_one_side = np.linspace(offset, 1 - offset, n_per_side)
+    points_x = np.tile(points_one_side[None, :], (n_per_side, 1))
+    points_y = np.tile(points_one_side[:, None], (1, n_per_side))
+    return np.stack([points_x, points_y], axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One normalized point grid per crop layer 0..n_layers; layer i has ``n_per_side / scale**i`` per side."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    im_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
+    """Crop boxes (XYXY, exclusive right/bottom) and their layer index.
+
+    Layer 0 is the whole image; layer i has ``(2**i)**2`` overlapping crops, listed column by column
+    (``product(x0s, y0s)``) as the official generator does.
+    """
+    im_h, im_w = im_size
+    short_side = min(im_h, im_w)
+    crop_boxes: list[list[int]] = [[0, 0, im_w, im_h]]
+    layer_idxs = [0]
+
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
+        return int(math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops))
+
+    for i_layer in range(n_layers):
+        n_crops_per_side = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_crops_per_side))
+        crop_w = crop_len(im_w, n_crops_per_side, overlap)
+        crop_h = crop_len(im_h, n_crops_per_side, overlap)
+        crop_box_x0 = [int((crop_w - overlap) * i) for i in range(n_crops_per_side)]
+        crop_box_y0 = [int((crop_h - overlap) * i) for i in range(n_crops_per_side)]
+        for x0, y0 in product(crop_box_x0, crop_box_y0):
+            crop_boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+            layer_idxs.append(i_layer + 1)
+    return crop_boxes, layer_idxs
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores, boxes and the crop frame
+# ---------------------------------------------------------------------------------------------
+
+
+def calculate_stability_score(
+    logits: np.ndarray, mask_threshold: float, threshold_offset: float
+) -> np.ndarray:
+    """Stability of ...xHxW mask logits -> ... float32: IoU of the masks cut at ``thr + off`` and ``thr - off``.
+
+    The high cut is contained in the low one, so the IoU is ``count(> thr + off) / count(> thr - off)``;
+    0/0 gives NaN, as in the official code. The thresholds are float32, like torch's comparison
+    with a Python scalar, and the counts are summed as int16 per row then int32, as officially.
+    """
+    high = np.float32(mask_threshold + threshold_offset)
+    low = np.float32(mask_threshold - threshold_offset)
+    intersections = (logits > high).sum(-1, dtype=np.int16).sum(-1, dtype=np.int32)
+    unions = (logits > low).sum(-1, dtype=np.int16).sum(-1, dtype=np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return intersections.astype(np.float32) / unions.astype(np.float32)
+
+
+def batched_mask_to_box(masks: np.ndarray) -> np.ndarray:
+    """Boxes around ...xHxW boolean masks -> ...x4 int64 XYXY, right/bottom inclusive; [0,0,0,0] if empty."""
+    h, w = masks.shape[-2:]
+    if masks.size == 0:
+        return np.zeros((*masks.shape[:-2], 4), dtype=np.int64)
+    rows = masks.any(axis=-1)  # ...xH
+    cols = masks.any(axis=-2)  # ...xW
+    top = rows.argmax(axis=-1)
+    bottom = h - 1 - rows[..., ::-1].argmax(axis=-1)
+    left = cols.argmax(axis=-1)
+    right = w - 1 - cols[..., ::-1].argmax(axis=-1)
+    boxes = np.stack([left, top, right, bottom], axis=-1).astype(np.int64)
+    boxes[~rows.any(axis=-1)] = 0
+    return boxes
+
+
+def box_xyxy_to_xywh(box: np.ndarray) -> np.ndarray:
+    """A 4-vector (or ...x4 array) XYXY -> XYWH, same dtype."""
+    out = np.array(box, copy=True)
+    out[..., 2] = out[..., 2] - out[..., 0]
+    out[..., 3] = out[..., 3] - out[..., 1]
+    return out
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Areas ``(x1 - x0) * (y1 - y0)`` of Nx4 XYXY boxes, in the boxes' dtype."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def is_box_near_crop_edge(
+    boxes: np.ndarray, crop_box: list[int], orig_box: list[int], atol: float = 20.0
+) -> np.ndarray:
+    """N bool: the box (crop frame, Nx4) lies within ``atol`` px of a crop edge that is not an image edge."""
+    crop = np.asarray(crop_box, dtype=np.float32)
+    orig = np.asarray(orig_box, dtype=np.float32)
+    boxes = uncrop_boxes_xyxy(boxes, crop_box).astype(np.float32)
+    near_crop_edge = np.abs(boxes - crop[None, :]) <= np.float32(atol)
+    near_image_edge = np.abs(boxes - orig[None, :]) <= np.float32(atol)
+    return np.any(near_crop_edge & ~near_image_edge, axis=1)
+
+
+def uncrop_boxes_xyxy(boxes: np.ndarray, crop_box: list[int]) -> np.ndarray:
+    """...x4 boxes in the crop frame -> the image frame."""
+    x0, y0, _, _ = crop_box
+    return boxes + np.array([x0, y0, x0, y0], dtype=np.int64)
+
+
+def uncrop_points(points: np.ndarray, crop_box: list[int]) -> np.ndarray:
+    """...x2 points in the crop frame -> the image frame."""
+    x0, y0, _, _ = crop_box
+    return points + np.array([x0, y0], dtype=np.int64)
+
+
+def uncrop_masks(masks: np.ndarray, crop_box: list[int], orig_h: int, orig_w: int) -> np.ndarray:
+    """Nxhxw masks of a crop -> NxHxW masks of the image, zero outside the crop."""
+    x0, y0, x1, y1 = crop_box
+    if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
+        return masks
+    out = np.zeros((*masks.shape[:-2], orig_h, orig_w), dtype=masks.dtype)
+    out[..., y0:y1, x0:x1] = masks
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-maximum suppression
+# ---------------------------------------------------------------------------------------------
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy box NMS: indices (int64) of the boxes kept, by decreasing score.
+
+    Same result as ``torchvision.ops.batched_nms(boxes.float(), scores, zeros, iou_threshold)`` on
+    CPU, which is how the official generator calls it: IoU in float32 in torchvision's operation
+    order, a box is dropped when its IoU with a kept box is ``> iou_threshold`` (compared in float64).
+    Equal scores are visited in index order (torchvision's kernel sorts stably), which decides which
+    of two tied duplicates survives; for more than 1000 boxes torchvision re-sorts the kept indices
+    with torch's unstable sort, replayed here so that the order of tied results matches too.
+
+    Args:
+      boxes: Nx4 XYXY boxes (any real dtype; used as float32).
+      scores: N scores (used as float32).
+      iou_threshold: the IoU above which the lower-scored box is suppressed.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.lexsort((-scores, ~np.isnan(scores)))  # stable: by score descending, NaN first
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for pos, i in enumerate(order):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            rest = order[pos + 1 :]
+            rest = rest[~suppressed[rest]]
+            if rest.size == 0:
+                break
+            w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+            h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+            inter = w * h
+            iou = inter / (areas[i] + areas[rest] - inter)
+            suppressed[rest[iou.astype(np.float64) > iou_threshold]] = True
+    kept = np.asarray(keep, dtype=np.int64)
+    if boxes.size > 4000:
+        # torchvision's large-input path re-sorts the kept indices (in index order) by score.
+        kept = np.sort(kept)
+        kept = kept[_torch_sort_descending(scores[kept])]
+    return kept
+
+
+def _torch_sort_descending(keys: np.ndarray) -> np.ndarray:
+    """Indices that sort float32 ``keys`` descending, NaN first, equal keys ordered as torch's CPU sort.
+
+    Without ties every sort agrees, so numpy sorts. With ties, ``torch.sort(descending=True)`` on
+    CPU is libstdc++'s ``std::sort`` (introsort: median-of-three quicksort to runs of 16, heapsort
+    past a depth of 2*log2(n), then insertion sort) over (key, index) pairs compared by key only;
+    it is replayed here step by step so that ties come out in the same order.
+    """
+    keys = np.asarray(keys, dtype=np.float32)
+    if np.unique(keys).size == keys.size and not np.isnan(keys).any():
+        return np.argsort(-keys, kind="stable").astype(np.int64)
+    return np.asarray(_IntroSort([float(k) for k in keys]).run(), dtype=np.int64)
+
+
+class _IntroSort:
+    """libstdc++'s ``std::sort`` of the indices 0..n-1 with "a before b" = key[a] > key[b] (NaN largest)."""
+
+    _THRESHOLD = 16
+
+    def __init__(self, keys: list[float]) -> None:
+        self.keys = keys
+        self.a = list(range(len(keys)))
+
+    def before(self, i: int, j: int) -> bool:
+        ki, kj = self.keys[i], self.keys[j]
+        return (math.isnan(ki) and not math.isnan(kj)) or ki > kj
+
+    def run(self) -> list[int]:
+        n = len(self.a)
+        if n < 2:
+            return self.a
+        self._introsort_loop(0, n, 2 * (n.bit_length() - 1))
+        if n > self._THRESHOLD:
+            self._insertion_sort(0, self._THRESHOLD)
+            for i in range(self._THRESHOLD, n):
+                self._unguarded_linear_insert(i)
+        else:
+            self._insertion_sort(0, n)
+        return self.a
+
+    def _introsort_loop(self, first: int, last: int, depth: int) -> None:
+        a = self.a
+        while last - first > self._THRESHOLD:
+            if depth == 0:
+                self._heap_sort(first, last)
+                return
+            depth -= 1
+            self._move_median_to_first(first, first + 1, first + (last - first) // 2, last - 1)
+            lo, hi = first + 1, last
+            while True:
+                while self.before(a[lo], a[first]):
+                    lo += 1
+                hi -= 1
+                while self.before(a[first], a[hi]):
+                    hi -= 1
+                if not lo < hi:
+                    break
+                a[lo], a[hi] = a[hi], a[lo]
+                lo += 1
+            self._introsort_loop(lo, last, depth)
+            last = lo
+
+    def _move_median_to_first(self, result: int, x: int, y: int, z: int) -> None:
+        a, before = self.a, self.before
+        if before(a[x], a[y]):
+            if before(a[y], a[z]):
+                pick = y
+            elif before(a[x], a[z]):
+                pick = z
+            else:
+                pick = x
+        elif before(a[x], a[z]):
+            pick = x
+        elif before(a[y], a[z]):
+            pick = z
+        else:
+            pick = y
+        a[result], a[pick] = a[pick], a[result]
+
+    def _insertion_sort(self, first: int, last: int) -> None:
+        a = self.a
+        for i in range(first + 1, last):
+            if self.before(a[i], a[first]):
+                value = a[i]
+                a[first + 1 : i + 1] = a[first:i]
+                a[first] = value
+            else:
+                self._unguarded_linear_insert(i)
+
+    def _unguarded_linear_insert(self, last: int) -> None:
+        a = self.a
+        value = a[last]
+        while self.before(value, a[last - 1]):
+            a[last] = a[last - 1]
+            last -= 1
+        a[last] = value
+
+    def _heap_sort(self, first: int, last: int) -> None:
+        a = self.a
+        length = last - first
+        for parent in range((length - 2) // 2, -1, -1):
+            self._adjust_heap(first, parent, length, a[first + parent])
+        while last - first > 1:
+            last -= 1
+            value = a[last]
+            a[last] = a[first]
+            self._adjust_heap(first, 0, last - first, value)
+
+    def _adjust_heap(self, first: int, hole: int, length: int, value: int) -> None:
+        a, before = self.a, self.before
+        top = child = hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if before(a[first + child], a[first + child - 1]):
+                child -= 1
+            a[first + hole] = a[first + child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            a[first + hole] = a[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2
+        while hole > top and before(a[first + parent], value):
+            a[first + hole] = a[first + parent]
+            hole = parent
+            parent = (hole - 1) // 2
+        a[first + hole] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-length encoding and mask clean-up
+# ---------------------------------------------------------------------------------------------
+
+
+def mask_to_rle(masks: np.ndarray) -> list[Rle]:
+    """NxHxW boolean masks -> N uncompressed RLEs (column-major, counts start with a run of zeros)."""
+    n, h, w = masks.shape
+    flat = np.ascontiguousarray(masks.transpose(0, 2, 1)).reshape(n, h * w)
+    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
+    per_mask = np.split(cols + 1, np.cumsum(np.bincount(rows, minlength=n))[:-1])
+    out = []
+    for i, change in enumerate(per_mask):
+        runs = np.diff(np.concatenate(([0], change, [h * w])))
+        counts = runs.tolist() if not flat[i, 0] else [0, *runs.tolist()]
+        out.append({"size": [h, w], "counts": counts})
+    return out
+
+
+def rle_to_mask(rle: Rle) -> np.ndarray:
+    """An uncompressed RLE -> HxW boolean mask (C order)."""
+    h, w = rle["size"]
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    values = np.arange(counts.size) % 2 == 1
+    return np.repeat(values, counts).reshape(w, h).T
+
+
+def area_from_rle(rle: Rle) -> int:
+    """Number of foreground pixels of an uncompressed RLE."""
+    return int(sum(rle["counts"][1::2]))
+
+
+def coco_encode_rle(rle: Rle) -> Rle:
+    """Uncompressed RLE -> COCO compressed RLE with ``counts`` as a str (JSON-serializable)."""
+    h, w = rle["size"]
+    coco = mask_utils.frPyObjects(rle, h, w)
+    coco["counts"] = coco["counts"].decode("utf-8")
+    return coco
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh`` pixels.
+
+    8-connected components (``cv2.connectedComponentsWithStats``). If every island is small, the
+    largest one is kept. Returns the HxW boolean mask and whether it changed.
+    """
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', not {mode!r}")
+    correct_holes = mode == "holes"
+    working_mask = (correct_holes ^ mask).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working_mask, 8)
+    sizes = stats[1:, -1]  # row 0 is the background
+    small_regions = np.flatnonzero(sizes < area_thresh) + 1
+    if small_regions.size == 0:
+        return mask, False
+    fill_labels = np.concatenate(([0], small_regions))
+    if not correct_holes:
+        fill_labels = np.setdiff1d(np.arange(n_labels), fill_labels)
+        if fill_labels.size == 0:
+            fill_labels = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(regions, fill_labels), True
+
+
+# ---------------------------------------------------------------------------------------------
+# A batch of candidate masks and what is known about them
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskCandidates:
+    """N candidate masks in the image frame, as RLEs with their scores (the official ``MaskData``).
+
+    ``rles`` N uncompressed RLEs at image size; ``boxes`` Nx4 int64 XYXY (inclusive); ``iou_preds``
+    N float32 predicted IoU; ``points`` Nx2 float64 prompt points (image pixels); ``stability_score``
+    N float32; ``crop_boxes`` Nx4 int64 XYXY crop each mask came from.
+    """
+
+    rles: list[Rle] = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+    iou_preds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.float64))
+    stability_score: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    crop_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def select(self, keep: np.ndarray) -> MaskCandidates:
+        """The candidates at integer indices ``keep``, in that order."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return MaskCandidates(
+            rles=[self.rles[i] for i in keep],
+            boxes=self.boxes[keep],
+            iou_preds=self.iou_preds[keep],
+            points=self.points[keep],
+            stability_score=self.stability_score[keep],
+            crop_boxes=self.crop_boxes[keep],
+        )
+
+    @staticmethod
+    def concat(parts: list[MaskCandidates]) -> MaskCandidates:
+        """All candidates of ``parts``, in order."""
+        if not parts:
+            return MaskCandidates()
+        return MaskCandidates(
+            rles=[rle for part in parts for rle in part.rles],
+            boxes=np.concatenate([p.boxes for p in parts]),
+            iou_preds=np.concatenate([p.iou_preds for p in parts]),
+            points=np.concatenate([p.points for p in parts]),
+            stability_score=np.concatenate([p.stability_score for p in parts]),
+            crop_boxes=np.concatenate([p.crop_boxes for p in parts]),
+        )

@@ -1,0 +1,203 @@
+"""Parity of samdeploy.sam.amg with segment_anything.utils.amg and torchvision (exact results)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+from segment_anything.utils import amg as official
+from torchvision.ops.boxes import batched_nms
+
+from samdeploy.sam import amg
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Blobby masks (rectangles, noise, empty and full ones) so boxes and runs vary."""
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            masks[i, y0 : y0 + rng.integers(1, h + 1), x0 : x0 + rng.integers(1, w + 1)] = True
+        elif kind == 1:
+            masks[i] = rng.random((h, w)) < rng.random()
+        elif kind == 2 and i % 8 == 2:
+            masks[i] = True
+    return masks
+
+
+@pytest.mark.parametrize("n_per_side", [4, 7, 32])
+def test_point_grid_equals_official(n_per_side: int) -> None:
+    assert np.array_equal(amg.build_point_grid(n_per_side), official.build_point_grid(n_per_side))
+    ours = amg.build_all_layer_point_grids(n_per_side, 2, 2)
+    theirs = official.build_all_layer_point_grids(n_per_side, 2, 2)
+    assert len(ours) == len(theirs) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@FAST
+@given(
+    h=st.integers(1, 5000),
+    w=st.integers(1, 5000),
+    n_layers=st.integers(0, 3),
+    overlap=st.floats(0.0, 0.9),
+)
+def test_crop_boxes_equal_official(h: int, w: int, n_layers: int, overlap: float) -> None:
+    assert amg.generate_crop_boxes((h, w), n_layers, overlap) == official.generate_crop_boxes(
+        (h, w), n_layers, overlap
+    )
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1), offset=st.sampled_from([1.0, 0.5, 0.1, 2.0]), scale=st.floats(0.1, 8.0)
+)
+def test_stability_score_equals_official(seed: int, offset: float, scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((5, 37, 53)) * scale).astype(np.float32)
+    # Values exactly at and next to the cuts, where float32-vs-float64 comparisons would differ.
+    logits[0, :3, :3] = np.float32(offset)
+    logits[1, :3, :3] = np.nextafter(np.float32(-offset), np.float32(0))
+    logits[2] = -10.0  # empty union: NaN in both
+    ours = amg.calculate_stability_score(logits, 0.0, offset)
+    theirs = official.calculate_stability_score(torch.from_numpy(logits), 0.0, offset).numpy()
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("shape", [(12, 31, 17), (3, 1, 1), (0, 8, 8), (2, 3, 9, 9)])
+def test_mask_to_box_equals_official(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    masks = random_masks(rng, int(np.prod(shape[:-2])), *shape[-2:]).reshape(shape)
+    ours = amg.batched_mask_to_box(masks)
+    theirs = official.batched_mask_to_box(torch.from_numpy(masks)).numpy()
+    assert ours.dtype == np.int64 and ours.shape == (*shape[:-2], 4)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_near_crop_edge_and_uncrop_equal_official() -> None:
+    rng = np.random.default_rng(1)
+    crop_box, orig_box = [100, 50, 400, 300], [0, 0, 400, 600]
+    x0 = rng.integers(0, 300, 200)
+    y0 = rng.integers(0, 250, 200)
+    boxes = np.stack([x0, y0, x0 + rng.integers(0, 60, 200), y0 + rng.integers(0, 60, 200)], 1)
+    ours = amg.is_box_near_crop_edge(boxes, crop_box, orig_box)
+    theirs = official.is_box_near_crop_edge(torch.from_numpy(boxes), crop_box, orig_box).numpy()
+    assert ours.any() and not ours.all()
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(
+        amg.uncrop_boxes_xyxy(boxes, crop_box), official.uncrop_boxes_xyxy(torch.from_numpy(boxes), crop_box)
+    )
+    points = rng.random((7, 2)) * 300
+    np.testing.assert_array_equal(
+        amg.uncrop_points(points, crop_box), official.uncrop_points(torch.from_numpy(points), crop_box)
+    )
+    masks = random_masks(rng, 4, 250, 300)
+    np.testing.assert_array_equal(
+        amg.uncrop_masks(masks, crop_box, 600, 400),
+        official.uncrop_masks(torch.from_numpy(masks), crop_box, 600, 400).numpy(),
+    )
+
+
+def nms_case(seed: int, n: int, n_score_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered integer boxes (many overlaps) and scores drawn from few values (many ties, some NaN)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 200, (max(1, n // 5), 2))
+    c = centres[rng.integers(0, len(centres), n)] + rng.integers(-6, 7, (n, 2))
+    half = rng.integers(0, 30, (n, 2))
+    boxes = np.concatenate([c - half, c + half], axis=1).astype(np.int64)
+    if n_score_values:
+        scores = rng.integers(0, n_score_values, n).astype(np.float32) / 4
+        scores[rng.random(n) < 0.05] = np.nan
+    else:
+        scores = rng.random(n).astype(np.float32)
+    return boxes, scores
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 300),
+    n_score_values=st.sampled_from([0, 1, 2, 5]),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.95]),
+)
+def test_box_nms_equals_torchvision(seed: int, n: int, n_score_values: int, threshold: float) -> None:
+    boxes, scores = nms_case(seed, n, n_score_values)
+    ours = amg.box_nms(boxes, scores, threshold)
+    theirs = batched_nms(
+        torch.from_numpy(boxes).float(), torch.from_numpy(scores), torch.zeros(n), threshold
+    ).numpy()
+    assert ours.dtype == np.int64
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("n_score_values", [0, 2, 40])
+def test_box_nms_equals_torchvision_on_large_inputs(n_score_values: int) -> None:
+    # More than 1000 boxes takes torchvision's other code path, which re-sorts the kept indices.
+    boxes, scores = nms_case(7, 2500, n_score_values)
+    ours = amg.box_nms(boxes, scores, 0.7)
+    theirs = batched_nms(
+        torch.from_numpy(boxes).float(), torch.from_numpy(scores), torch.zeros(len(boxes)), 0.7
+    ).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 3000), n_values=st.integers(1, 6))
+def test_tie_order_equals_torch_sort(seed: int, n: int, n_values: int) -> None:
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, n_values, n).astype(np.float32)
+    keys[rng.random(n) < 0.05] = np.nan
+    expected = torch.from_numpy(keys).sort(0, descending=True)[1].numpy()
+    np.testing.assert_array_equal(amg._torch_sort_descending(keys), expected)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 40), w=st.integers(1, 40))
+def test_rle_equals_official_and_round_trips(seed: int, h: int, w: int) -> None:
+    masks = random_masks(np.random.default_rng(seed), 9, h, w)
+    ours = amg.mask_to_rle(masks)
+    assert ours == official.mask_to_rle_pytorch(torch.from_numpy(masks))
+    for mask, rle in zip(masks, ours, strict=True):
+        np.testing.assert_array_equal(amg.rle_to_mask(rle), mask)
+        assert amg.area_from_rle(rle) == int(mask.sum())
+        coco = amg.coco_encode_rle(rle)
+        assert coco == official.coco_encode_rle(rle)
+        np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), mask)
+
+
+@pytest.mark.parametrize("mode", ["holes", "islands"])
+@pytest.mark.parametrize("area", [1, 5, 30, 10_000])
+def test_remove_small_regions_equals_official(mode: str, area: int) -> None:
+    rng = np.random.default_rng(area)
+    for mask in random_masks(rng, 8, 60, 70):
+        ours, changed = amg.remove_small_regions(mask, area, mode)
+        theirs, their_changed = official.remove_small_regions(mask, area, mode)
+        assert changed == their_changed
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_remove_small_regions_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="holes"):
+        amg.remove_small_regions(np.zeros((3, 3), dtype=bool), 1, "blobs")
+
+
+def test_mask_candidates_select_and_concat() -> None:
+    part = amg.MaskCandidates(
+        rles=amg.mask_to_rle(random_masks(np.random.default_rng(0), 3, 4, 5)),
+        boxes=np.arange(12, dtype=np.int64).reshape(3, 4),
+        iou_preds=np.array([0.1, 0.2, 0.3], dtype=np.float32),
+        points=np.arange(6, dtype=np.float64).reshape(3, 2),
+        stability_score=np.array([0.9, 0.8, 0.7], dtype=np.float32),
+        crop_boxes=np.zeros((3, 4), dtype=np.int64),
+    )
+    both = amg.MaskCandidates.concat([part, part.select(np.array([2, 0]))])
+    assert len(both) == 5
+    np.testing.assert_array_equal(both.iou_preds, np.array([0.1, 0.2, 0.3, 0.3, 0.1], dtype=np.float32))
+    assert both.rles[3] == part.rles[2]
+    assert len(amg.MaskCandidates.concat([])) == 0
