@@ -1,0 +1,105 @@
+"""The generic inference node: one node type for every model, configured by params."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from samdeploy.engine.backends import backend_class, check_options, shared_backend
+from samdeploy.engine.backends.base import Backend
+from samdeploy.engine.node import Node, register_node, resolve_path
+from samdeploy.errors import BackendError
+from samdeploy.package import TensorSpec
+
+# Params that configure the backend; each is passed only when changed from its default, so a
+# backend that does not take an option (providers for OpenVINO) complains only if it is set.
+_BACKEND_OPTIONS = (
+    "providers",
+    "provider_options",
+    "device",
+    "threads",
+    "inter_op_threads",
+    "optimization_level",
+)
+
+
+@register_node("engine.Inference")
+class Inference(Node):
+    """Runs a model file with an inference backend. Its ports are the model's tensor names.
+
+    The model's inputs and outputs are read from the file when the node is created (cheaply,
+    without loading weights); the model itself is loaded in :meth:`setup`, and nodes that ask
+    for the same file with the same options share one loaded model.
+    """
+
+    @dataclass
+    class Params:
+        model: str = ""  # model file; relative paths resolve against the graph file's folder
+        backend: str = "onnxruntime"  # see available_backends()
+        providers: list[str] | None = None  # onnxruntime: e.g. ["cuda"] or ["tensorrt", "cuda"]
+        provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # onnxruntime
+        device: str | None = None  # openvino: CPU (default), GPU, AUTO, ...
+        threads: int = 0  # intra-op threads; 0: the backend's default
+        inter_op_threads: int = 0  # onnxruntime
+        optimization_level: str = "all"  # onnxruntime: disable, basic, extended, all
+        outputs: list[str] | None = None  # compute only these outputs; None: all
+
+    def __init__(self, name: str, params: Any = None) -> None:
+        super().__init__(name, params)
+        p = self.params
+        if not p.model:
+            raise BackendError(f"node '{name}': params.model must name a model file")
+        cls = backend_class(p.backend)
+        self.options = self._backend_options()
+        check_options(cls, self.options)
+        self.path = resolve_path(p.model)
+        inputs, outputs = cls.read_specs(self.path)
+        if p.outputs is not None:
+            known = {spec.name: spec for spec in outputs}
+            unknown = [n for n in p.outputs if n not in known]
+            if unknown:
+                raise BackendError(
+                    f"node '{name}': {self.path.name} has no output {', '.join(unknown)};"
+                    f" its outputs: {', '.join(known)}"
+                )
+            outputs = tuple(known[n] for n in p.outputs)
+        self.input_specs: tuple[TensorSpec, ...] = inputs
+        self.output_specs: tuple[TensorSpec, ...] = outputs
+        self._output_names = [spec.name for spec in outputs]
+        self._backend: Backend | None = None
+
+    def _backend_options(self) -> dict[str, Any]:
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self.Params)
+        }  # type: ignore[misc]
+        return {
+            key: getattr(self.params, key)
+            for key in _BACKEND_OPTIONS
+            if getattr(self.params, key) != defaults[key]
+        }
+
+    def input_ports(self) -> dict[str, Any]:
+        return {spec.name: np.ndarray for spec in self.input_specs}
+
+    def output_ports(self) -> dict[str, Any]:
+        return {spec.name: np.ndarray for spec in self.output_specs}
+
+    @property
+    def backend(self) -> Backend:
+        """The loaded backend (loads the model on first use)."""
+        self.ensure_setup()
+        assert self._backend is not None
+        return self._backend
+
+    def setup(self) -> None:
+        self._backend = shared_backend(self.params.backend, self.path, **self.options)
+
+    def close(self) -> None:
+        self._backend = None
+
+    def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        return self._backend.run(feeds, self._output_names)  # type: ignore[union-attr]
