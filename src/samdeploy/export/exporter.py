@@ -1,0 +1,365 @@
+"""``export_model``: checkpoint in, complete and validated model package out.
+
+The package is assembled in a hidden temporary folder beside ``output`` and renamed into place only
+when every step succeeded, so a failed or interrupted export never leaves a half-written package.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from rich.console import Console
+from segment_anything.modeling import Sam
+
+import samdeploy
+from samdeploy.errors import CheckpointError, ExportError, PackageError
+from samdeploy.export.checkpoint import (
+    MODEL_TYPES,
+    load_sam,
+    load_state_dict,
+    normalize_state_dict,
+    resolve_config,
+)
+from samdeploy.export.config import SamConfig, detect_config, preset_name
+from samdeploy.export.models import decoder_specs, encoder_specs, export_decoder, export_encoder
+from samdeploy.export.optimize import (
+    DEFAULT_SIMPLIFIER,
+    QUANTIZATIONS,
+    SIMPLIFIERS,
+    quantize_int8,
+    save,
+    simplify,
+)
+from samdeploy.export.validate import failures, validate_package
+from samdeploy.package import (
+    DECODER,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    ModelPackage,
+    describe_files,
+    sha256_file,
+    write_manifest,
+)
+
+# Disk needed per byte of fp32 weights: the traced graph and the final file exist side by side,
+# plus the int8 copy when quantizing; with a margin for the graph structure.
+_DISK_FACTOR = 2.5
+_DISK_MARGIN = 64 * 2**20
+
+
+@dataclass
+class ExportReport:
+    """What an export produced: the package folder, its manifest, and the figures shown to users."""
+
+    output: Path
+    model_type: str
+    config: SamConfig
+    precision: str
+    files: dict[str, int]
+    nodes: dict[str, dict[str, int]]
+    timings: dict[str, float]
+    validation: dict[str, Any] | None
+    manifest: dict[str, Any] = field(repr=False)
+
+
+class _Steps:
+    """Times each slow step; with a console, shows a spinner while it runs and a line when done."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, key: str, label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.console is None:
+            yield
+        else:
+            with self.console.status(f"{label}..."):
+                yield
+        elapsed = time.perf_counter() - start
+        self.timings[key] = round(elapsed, 3)
+        if self.console is not None:
+            self.console.print(f"[green]✓[/] {label} [dim]{elapsed:.1f}s[/]", highlight=False)
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (the nearest existing ancestor)."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _config_of_module(sam: Sam) -> SamConfig:
+    """Config of an in-memory ``Sam``: shapes, plus what only the module knows (decoder heads, pixel stats)."""
+    heads = sam.mask_decoder.transformer.layers[0].self_attn.num_heads
+    config = detect_config(sam.state_dict(), decoder_num_heads=heads)
+    mean = tuple(float(v) for v in sam.pixel_mean.flatten())
+    std = tuple(float(v) for v in sam.pixel_std.flatten())
+    return SamConfig.from_json({**config.to_json(), "pixel_mean": mean, "pixel_std": std})
+
+
+def _check_output(output: Path, force: bool) -> None:
+    """Refuse to overwrite anything that is not an empty folder or (with ``force``) a package."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ExportError(f"output {output} exists and is not a folder")
+    if not any(output.iterdir()):
+        return
+    try:
+        ModelPackage.load(output)
+    except PackageError:
+        raise ExportError(
+            f"output folder {output} exists and is not a samdeploy model package: choose another --output or empty it"
+        ) from None
+    if not force:
+        raise ExportError(f"output folder {output} already holds a model package: pass --force to replace it")
+
+
+def _check_disk(output: Path, weight_bytes: int) -> None:
+    needed = int(weight_bytes * _DISK_FACTOR) + _DISK_MARGIN
+    free = free_disk_bytes(output.parent)
+    if free < needed:
+        raise ExportError(
+            f"not enough disk space for {output}: export needs about {needed / 2**30:.1f} GiB,"
+            f" {free / 2**30:.1f} GiB free"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _load(
+    checkpoint: str | Path | Mapping[str, Any] | Sam, model_type: str, config: SamConfig | None
+) -> tuple[Sam, SamConfig, dict[str, Any]]:
+    """The torch model, its config, and provenance for the report."""
+    if isinstance(checkpoint, Sam):
+        resolved = config or _config_of_module(checkpoint)
+        if model_type != "auto":
+            resolve_config(checkpoint.state_dict(), model_type)
+        return checkpoint.eval(), resolved, {"source": "torch module"}
+    if isinstance(checkpoint, Mapping):
+        state = normalize_state_dict(checkpoint, source="state dict")
+        source: dict[str, Any] = {"source": "state dict"}
+    else:
+        path = Path(checkpoint)
+        state = load_state_dict(path)
+        source = {"source": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    # An explicit config adds what shapes cannot tell (decoder heads, pixel statistics); loading
+    # the weights into it (strict) still checks every shape.
+    resolved = config or resolve_config(state, model_type)
+    return load_sam(state, resolved), resolved, source
+
+
+def export_model(
+    checkpoint: str | Path | Mapping[str, Any] | Sam,
+    output: str | Path,
+    model_type: str = "auto",
+    *,
+    config: SamConfig | None = None,
+    opset: int = 17,
+    simplify_with: str = DEFAULT_SIMPLIFIER,
+    quantize: str = "none",
+    validate: bool = True,
+    force: bool = False,
+    console: Console | None = None,
+) -> ExportReport:
+    """Export a SAM checkpoint to a model package folder and return what was written.
+
+    Args:
+        checkpoint: a ``.pth`` file (read with ``weights_only=True``), a state dict, or a ``Sam`` module.
+        output: the package folder to create; an existing package is replaced only with ``force``.
+        model_type: ``auto`` (detect from tensor shapes), ``vit_b``, ``vit_l`` or ``vit_h`` (checked).
+        config: the architecture, when shapes cannot tell it all (a custom decoder head count).
+        opset: ONNX opset of both graphs.
+        simplify_with: ``onnxslim``, ``onnxsim`` or ``none``.
+        quantize: ``none`` (fp32) or ``int8`` (ONNX Runtime dynamic quantization of MatMul/Gemm).
+        validate: compare ONNX Runtime with PyTorch after writing; fp32 exports fail beyond
+            :data:`samdeploy.export.validate.TOLERANCES`, int8 ones record their differences.
+        force: replace an existing package at ``output``.
+        console: where to show progress; ``None`` for silence.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; wrong ``model_type``.
+        ExportError: bad option, unusable output folder, too little disk, tracing or validation failure.
+    """
+    output = Path(output)
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model type '{model_type}': choose one of {', '.join(MODEL_TYPES)}")
+    if simplify_with not in SIMPLIFIERS:
+        raise ExportError(f"unknown simplifier '{simplify_with}': choose one of {', '.join(SIMPLIFIERS)}")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
+    if not 14 <= opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
+    _check_output(output, force)
+
+    steps = _Steps(console)
+    with steps.step("load", "loading checkpoint"):
+        sam, sam_config, source = _load(checkpoint, model_type, config)
+    weight_bytes = sum(t.numel() * t.element_size() for t in sam.state_dict().values())
+    _check_disk(output, weight_bytes)
+    name = preset_name(sam_config)
+    precision = "int8" if quantize == "int8" else "fp32"
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    work = staging / ".work"
+    work.mkdir(parents=True)
+    try:
+        files: list[str] = []
+        nodes: dict[str, dict[str, int]] = {}
+        for role, label in ((ENCODER, "image encoder"), (DECODER, "mask decoder")):
+            traced = work / f"{role}.onnx"
+            with steps.step(f"trace_{role}", f"tracing the {label}"):
+                try:
+                    if role == ENCODER:
+                        export_encoder(sam, traced, opset)
+                    else:
+                        export_decoder(sam, sam_config, traced, opset)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
+            graph = onnx.load(str(traced))
+            counts = {"traced": len(graph.graph.node)}
+            if simplify_with != "none":
+                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify_with})"):
+                    try:
+                        graph = simplify(graph, simplify_with)
+                    except ExportError:
+                        raise
+                    except Exception as exc:
+                        raise ExportError(
+                            f"{simplify_with} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
+                        ) from None
+                counts["simplified"] = len(graph.graph.node)
+            if quantize == "int8":
+                with steps.step(f"quantize_{role}", f"quantizing the {label} (int8)"):
+                    simplified = work / f"{role}.simplified.onnx"
+                    save(graph, simplified)
+                    quantized = work / f"{role}.int8.onnx"
+                    quantize_int8(simplified, quantized)
+                    graph = onnx.load(str(quantized))
+                counts["quantized"] = len(graph.graph.node)
+            with steps.step(f"save_{role}", f"saving the {label}"):
+                files += save(graph, staging / f"{role}.onnx")
+                onnx.checker.check_model(str(staging / f"{role}.onnx"))
+            nodes[role] = counts
+            del graph
+        shutil.rmtree(work)
+
+        report = None
+        if validate:
+            with steps.step("validate", "validating against PyTorch"):
+                report = validate_package(sam, staging / f"{ENCODER}.onnx", staging / f"{DECODER}.onnx")
+            problems = failures(report)
+            report["passed"] = not problems
+            if problems and precision == "fp32":
+                raise ExportError(
+                    f"validation against PyTorch failed: {'; '.join(problems)}; nothing was written"
+                )
+
+        enc_in, enc_out = encoder_specs(sam_config)
+        dec_in, dec_out = decoder_specs(sam_config)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_type": name,
+            "architecture": sam_config.to_json(),
+            "image_size": sam_config.image_size,
+            "embedding_size": [sam_config.embedding_size] * 2,
+            "mask_input_size": [sam_config.mask_input_size] * 2,
+            "pixel_mean": list(sam_config.pixel_mean),
+            "pixel_std": list(sam_config.pixel_std),
+            "preprocessing": {
+                "resize": "longest_side",
+                "normalize": "runtime",
+                "pad": "runtime",
+                "channel_order": "RGB",
+                "layout": "NCHW",
+                "pad_position": "bottom_right",
+            },
+            "precision": precision,
+            "opset": opset,
+            "models": {
+                ENCODER: {
+                    "file": f"{ENCODER}.onnx",
+                    "inputs": [t.to_json() for t in enc_in],
+                    "outputs": [t.to_json() for t in enc_out],
+                },
+                DECODER: {
+                    "file": f"{DECODER}.onnx",
+                    "inputs": [t.to_json() for t in dec_in],
+                    "outputs": [t.to_json() for t in dec_out],
+                    "mask_tokens": {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))},
+                },
+            },
+            "files": describe_files(staging, files),
+            "export": {
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "checkpoint": source,
+                "versions": {
+                    "samdeploy": samdeploy.__version__,
+                    "torch": torch.__version__,
+                    "segment_anything": _version("segment-anything"),
+                    "onnx": onnx.__version__,
+                    "onnxruntime": _version("onnxruntime"),
+                    simplify_with: _version(simplify_with) if simplify_with != "none" else None,
+                },
+                "exporter": "torch.onnx TorchScript (dynamo=False)",
+                "simplify": simplify_with,
+                "quantize": quantize,
+                "nodes": nodes,
+                "timings": steps.timings,
+                "validation": report,
+            },
+        }
+        write_manifest(staging, manifest)
+        _move_into_place(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportReport(
+        output=output,
+        model_type=name,
+        config=sam_config,
+        precision=precision,
+        files={f: manifest["files"][f]["bytes"] for f in files},
+        nodes=nodes,
+        timings=steps.timings,
+        validation=report,
+        manifest=manifest,
+    )
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    """Rename the finished package to ``output``; an old package there is removed only afterwards."""
+    if output.exists():
+        retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        output.rename(retired)
+        staging.rename(output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(output)

@@ -1,0 +1,153 @@
+"""The two ONNX graphs of a package, traced from the official torch modules.
+
+* ``image_encoder``: ``image`` float32 ``1x3xSxS`` (resized, normalized and zero-padded by the
+  runtime) -> ``image_embeddings`` float32 ``1xCxGxG``.
+* ``mask_decoder``: the official ``SamOnnxModel`` contract (six inputs, three outputs, same names),
+  with ``return_single_mask=False`` so all mask tokens come out (token 0 = single-mask output,
+  1..3 = multimask outputs) and the runtime picks, as ``SamPredictor`` does.
+
+The decoder adds one freedom to the official export: axis 0 of ``point_coords``/``point_labels``
+(and of ``mask_input``) is a dynamic prompt batch. ``MaskDecoder.predict_masks`` already
+``repeat_interleave``-s the single image embedding over that batch, so B boxes or B points run in
+one call.
+
+Tracing uses the TorchScript exporter (``dynamo=False``): the dynamo exporter needs
+``onnxscript`` and must model the decoder's data-dependent output size (``orig_im_size`` is a
+tensor *value* that sets the mask height and width), while the tracer records it as ops directly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.onnx import SamOnnxModel
+from torch.nn import functional as F
+
+from samdeploy.export.config import SamConfig
+from samdeploy.package import TensorSpec
+
+ENCODER_INPUTS = ("image",)
+ENCODER_OUTPUTS = ("image_embeddings",)
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+
+# Dynamic axes of the decoder. "batch" is the prompt batch; mask_input has its own name because it
+# may stay 1 (broadcast: the same previous mask, or none, for every prompt) while points batch.
+DECODER_DYNAMIC_AXES = {
+    "point_coords": {0: "batch", 1: "num_points"},
+    "point_labels": {0: "batch", 1: "num_points"},
+    "mask_input": {0: "mask_batch"},
+    "masks": {0: "batch", 2: "height", 3: "width"},
+    "iou_predictions": {0: "batch"},
+    "low_res_masks": {0: "batch"},
+}
+
+
+class DecoderOnnxModel(SamOnnxModel):
+    """``SamOnnxModel`` whose crop to the pre-padding size stays dynamic in the traced graph.
+
+    The official ``mask_postprocessing`` crops with ``int(prepadded_size[i])``; the tracer turns that
+    Python int into a constant, which bakes the dummy input's aspect ratio into the graph (masks of
+    any other aspect ratio come out cropped wrongly). Slicing with the 0-d tensors keeps it an op.
+    """
+
+    def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """``Bx4x(4G)x(4G)`` low-res logits -> ``Bx4xHxW`` logits at ``orig_im_size`` (H, W)."""
+        masks = F.interpolate(
+            masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
+        )
+        prepadded_size = self.resize_longest_image_size(orig_im_size, self.img_size)
+        masks = masks[..., : prepadded_size[0], : prepadded_size[1]]
+        orig_im_size = orig_im_size.to(torch.int64)
+        return F.interpolate(
+            masks, size=(orig_im_size[0], orig_im_size[1]), mode="bilinear", align_corners=False
+        )
+
+
+def encoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of ``image_encoder.onnx``."""
+    size, grid = config.image_size, config.embedding_size
+    return (
+        [TensorSpec("image", (1, 3, size, size), "float32")],
+        [TensorSpec("image_embeddings", (1, config.prompt_embed_dim, grid, grid), "float32")],
+    )
+
+
+def decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of ``mask_decoder.onnx`` (strings name dynamic axes)."""
+    grid, low, tokens = config.embedding_size, config.mask_input_size, config.num_mask_tokens
+    inputs = [
+        TensorSpec("image_embeddings", (1, config.prompt_embed_dim, grid, grid), "float32"),
+        TensorSpec("point_coords", ("batch", "num_points", 2), "float32"),
+        TensorSpec("point_labels", ("batch", "num_points"), "float32"),
+        TensorSpec("mask_input", ("mask_batch", 1, low, low), "float32"),
+        TensorSpec("has_mask_input", (1,), "float32"),
+        TensorSpec("orig_im_size", (2,), "float32"),
+    ]
+    outputs = [
+        TensorSpec("masks", ("batch", tokens, "height", "width"), "float32"),
+        TensorSpec("iou_predictions", ("batch", tokens), "float32"),
+        TensorSpec("low_res_masks", ("batch", tokens, low, low), "float32"),
+    ]
+    return inputs, outputs
+
+
+def _export(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, **kwargs: object
+) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about every tensor->Python number conversion and about its own
+        # deprecation; the validation step, not these warnings, is what tells a good graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), opset_version=opset, dynamo=False, do_constant_folding=True, **kwargs
+        )
+
+
+def export_encoder(sam: Sam, path: Path, opset: int) -> None:
+    """Trace ``sam.image_encoder`` to ``path`` (weights beside it as external data if over 2 GB)."""
+    size = sam.image_encoder.img_size
+    dummy = torch.zeros(1, 3, size, size)
+    _export(
+        sam.image_encoder,
+        (dummy,),
+        path,
+        opset,
+        input_names=list(ENCODER_INPUTS),
+        output_names=list(ENCODER_OUTPUTS),
+    )
+
+
+def export_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
+    """Trace the prompt encoder + mask decoder + mask post-processing to ``path``."""
+    model = DecoderOnnxModel(sam, return_single_mask=False).eval()
+    grid, low = config.embedding_size, config.mask_input_size
+    generator = torch.Generator().manual_seed(0)
+    # Dummy values only fix the trace path; every size they carry is declared dynamic below.
+    dummy = (
+        torch.randn(1, config.prompt_embed_dim, grid, grid, generator=generator),
+        torch.randint(0, config.image_size, (1, 5, 2), generator=generator).float(),
+        torch.randint(-1, 4, (1, 5), generator=generator).float(),
+        torch.randn(1, 1, low, low, generator=generator),
+        torch.tensor([1.0]),
+        torch.tensor([1500.0, 2250.0]),
+    )
+    _export(
+        model,
+        dummy,
+        path,
+        opset,
+        input_names=list(DECODER_INPUTS),
+        output_names=list(DECODER_OUTPUTS),
+        dynamic_axes=DECODER_DYNAMIC_AXES,
+    )

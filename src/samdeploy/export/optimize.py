@@ -1,0 +1,98 @@
+"""Graph clean-up after tracing: simplification, int8 quantization, and saving with external data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import onnx
+
+from samdeploy.errors import ExportError
+
+SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+QUANTIZATIONS = ("none", "int8")
+# Chosen by measurement on a random-weight vit_b (docs/export.md): the smaller, faster graph.
+DEFAULT_SIMPLIFIER = "onnxslim"
+
+# A protobuf message cannot exceed 2 GiB; stay clear of it, the graph itself needs some room.
+_SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+def external_data_name(model_file: str) -> str:
+    """Name of the one external-data file that sits beside ``model_file`` when it is too large."""
+    return model_file + ".data"
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers (its weights), without serializing the model."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data"):
+            total += len(tensor.raw_data)
+        else:
+            count = 1
+            for dim in tensor.dims:
+                count *= dim
+            total += count * 4
+    return total
+
+
+def simplify(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
+    """The model simplified by ``onnxslim``, ``onnxsim``, or unchanged (``none``)."""
+    if method not in SIMPLIFIERS:
+        raise ExportError(f"unknown simplifier '{method}': choose one of {', '.join(SIMPLIFIERS)}")
+    if method == "none":
+        return model
+    # Both tools print tables and banners; the export shows its own progress instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if method == "onnxslim":
+            import onnxslim
+
+            return onnxslim.slim(model)
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise ExportError(
+            "onnxsim could not check the simplified graph; retry with --simplify onnxslim or none"
+        )
+    return simplified
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime dynamic quantization: int8 weights for MatMul/Gemm, activations quantized per call.
+
+    Convolutions stay fp32 (ConvInteger is slow on CPU and the convs are a small share of the work).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source,
+        target,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+    )
+
+
+def save(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Write ``model`` to ``path``; returns the names of the files written, relative to its folder.
+
+    Models over the protobuf limit keep their weights in ONE external-data file
+    (``<name>.onnx.data``) referenced by a relative path, so the folder can move and be loaded from
+    any working directory.
+    """
+    if weight_bytes(model) < _SINGLE_FILE_LIMIT:
+        onnx.save_model(model, str(path))
+        return [path.name]
+    data_name = external_data_name(path.name)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    return [path.name, data_name]

@@ -1,0 +1,141 @@
+"""Shared fixtures: seeded random-weight SAM models and the packages exported from them.
+
+* ``tiny_sam_config``: a small custom config of the official architecture (ViT 64x2, 2 heads, one
+  global block, window 7 over a 16x16 grid so window padding runs, 256 px input; official decoder).
+* ``tiny_sam``: the torch ``Sam`` for it with seeded random weights, eval mode.
+* ``tiny_checkpoint``: its state dict saved as ``.pth``.
+* ``tiny_package``: the validated package exported from ``tiny_checkpoint``.
+* ``vit_b_sam`` / ``vit_b_checkpoint`` / ``vit_b_package``: the same for a full-size random vit_b
+  (exported once per test run, shared by xdist workers through a file lock).
+
+``tiny_sam`` and ``vit_b_sam`` are loaded from the very checkpoint their package was exported from,
+so torch and ONNX always hold identical weights. Tests must not modify them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY_SEED = 0
+VIT_B_SEED = 1
+
+
+def random_sam(config, seed: int):
+    """Official ``Sam`` for ``config`` with seeded random weights.
+
+    The official init leaves ``pos_embed`` and the relative-position tables at zero; they get small
+    random values here so every path of the graph carries signal in tests.
+    """
+    import torch
+
+    from samdeploy.export import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sam.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return sam.eval()
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by all xdist workers of this run (the run's own temp folder otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = root / "samdeploy-fixtures"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def _build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """Run ``build(folder)`` once per test run (across workers) and return the folder."""
+    from filelock import FileLock
+
+    shared = _shared_dir(tmp_path_factory)
+    folder = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not (folder / ".complete").exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
+def _model_artifacts(tmp_path_factory: pytest.TempPathFactory, name: str, config, seed: int) -> Path:
+    """Folder with ``checkpoint.pth`` and the exported, validated ``package/``."""
+
+    def build(folder: Path) -> None:
+        import torch
+
+        from samdeploy.export import export_model
+
+        torch.save(random_sam(config, seed).state_dict(), folder / "checkpoint.pth")
+        export_model(folder / "checkpoint.pth", folder / "package", force=True)
+
+    return _build_once(tmp_path_factory, name, build)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_config():
+    from samdeploy.export import SamConfig
+
+    return SamConfig(
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=256,
+        window_size=7,
+    )
+
+
+@pytest.fixture(scope="session")
+def _tiny_artifacts(tmp_path_factory, tiny_sam_config) -> Path:
+    return _model_artifacts(tmp_path_factory, "tiny", tiny_sam_config, TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(_tiny_artifacts) -> Path:
+    return _tiny_artifacts / "checkpoint.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_package(_tiny_artifacts) -> Path:
+    return _tiny_artifacts / "package"
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tiny_sam_config, tiny_checkpoint):
+    from samdeploy.export import load_sam, load_state_dict
+
+    return load_sam(load_state_dict(tiny_checkpoint), tiny_sam_config)
+
+
+@pytest.fixture(scope="session")
+def _vit_b_artifacts(tmp_path_factory) -> Path:
+    from samdeploy.export import PRESETS
+
+    return _model_artifacts(tmp_path_factory, "vit_b", PRESETS["vit_b"], VIT_B_SEED)
+
+
+@pytest.fixture(scope="session")
+def vit_b_checkpoint(_vit_b_artifacts) -> Path:
+    return _vit_b_artifacts / "checkpoint.pth"
+
+
+@pytest.fixture(scope="session")
+def vit_b_package(_vit_b_artifacts) -> Path:
+    return _vit_b_artifacts / "package"
+
+
+@pytest.fixture(scope="session")
+def vit_b_sam(vit_b_checkpoint):
+    from samdeploy.export import PRESETS, load_sam, load_state_dict
+
+    return load_sam(load_state_dict(vit_b_checkpoint), PRESETS["vit_b"])
