@@ -79,6 +79,8 @@ def run_step(step: Step, values: list[Any], profile: Profile | None, index: int 
 def setup_plan(plan: Plan) -> None:
     """Set up every node of a plan (once per node); failures name the node."""
     for step in plan.steps:
+        if step.node._ready:
+            continue
         try:
             step.node.ensure_setup()
         except Exception as exc:
@@ -153,7 +155,8 @@ class TaskExecutor(Executor):
     """Runs each item's nodes on a thread pool as soon as their inputs are ready.
 
     A worker that finishes a node continues with one of the nodes it made ready and hands the
-    others to the pool, so a chain of nodes costs no thread switches. ``workers`` defaults to
+    others to the pool; the calling thread is one of the workers. A chain of nodes therefore
+    costs no thread switches. ``workers`` defaults to
     the number of CPUs plus four (nodes often wait on native code that releases the GIL).
     """
 
@@ -218,10 +221,15 @@ class TaskExecutor(Executor):
                     active -= 1
                     cond.notify_all()
 
+        # The caller works too: it runs one root (and the chain after it) itself, so a graph
+        # without parallel branches runs without a single thread switch.
+        roots = [i for i, deps in enumerate(plan.deps) if not deps]
         with cond:
-            for i, deps in enumerate(plan.deps):
-                if not deps:
-                    start(i)
+            for i in roots[1:]:
+                start(i)
+            active += 1
+        work(roots[0])
+        with cond:
             try:
                 cond.wait_for(lambda: active == 0)
             except BaseException as exc:  # KeyboardInterrupt: stop scheduling, let running nodes end
@@ -400,6 +408,8 @@ class PipelineExecutor(Executor):
             failures.append(exc)
             stop.set()
 
+
+SEQUENTIAL = SequentialExecutor()  # stateless, so one instance serves every caller
 
 EXECUTORS: dict[str, type[Executor]] = {
     cls.name: cls for cls in (SequentialExecutor, TaskExecutor, PipelineExecutor)

@@ -342,9 +342,9 @@ class Graph(Node):
         ``executor`` is ``"sequential"``, ``"task"``, ``"pipeline"`` or an :class:`Executor`;
         ``options`` go to the executor (``workers`` for task, ``queue_depth`` for pipeline).
         """
-        from samdeploy.engine.executors import executing
-
-        with executing(executor, **options) as ex:
+        if executor == "sequential" and not options:  # the common case, without executor set-up
+            return _executors.SEQUENTIAL.run(self.plan(), inputs, profile)
+        with _executors.executing(executor, **options) as ex:
             return ex.run(self.plan(), inputs, profile)
 
     def stream(
@@ -359,10 +359,8 @@ class Graph(Node):
         A failing item yields a result whose ``error`` is a :class:`NodeError`; the others go on.
         Close the iterator (or iterate to the end) to stop the executor's threads.
         """
-        from samdeploy.engine.executors import executing
-
         plan = self.plan()
-        with executing(executor, **options) as ex:
+        with _executors.executing(executor, **options) as ex:
             yield from ex.stream(plan, items, profile)
 
     # ------------------------------------------------------------------ JSON
@@ -437,3 +435,7 @@ class Graph(Node):
             raise GraphError(f"cannot read graph file {path}: {exc.strerror or exc}") from None
         with resolving_paths_from(path.parent):
             return cls.from_json(text)
+
+
+# Imported last: the executors module imports Plan and Step from this one.
+from samdeploy.engine import executors as _executors  # noqa: E402
