@@ -133,15 +133,18 @@ def validate_prompt(
                 f"mask_input must be 1x{height}x{width} (or Bx1x{height}x{width}), the low_res_logits of a"
                 f" previous prediction; got shape {np.shape(mask_input)}"
             )
+    prompt = Prompt(point_coords=coords, point_labels=labels, boxes=boxes, mask_input=masks, batch=batch)
     if inside_image:
         if image_size is None:
             raise PromptError("inside_image needs the image size")
-        _check_inside(coords, boxes, image_size)
-    return Prompt(point_coords=coords, point_labels=labels, boxes=boxes, mask_input=masks, batch=batch)
+        check_inside(prompt, image_size)
+    return prompt
 
 
-def _check_inside(coords: np.ndarray | None, boxes: np.ndarray | None, image_size: tuple[int, int]) -> None:
+def check_inside(prompt: Prompt, image_size: tuple[int, int]) -> None:
+    """Raise :class:`PromptError` if a point or box corner lies outside ``[0, W] x [0, H]``."""
     height, width = image_size
+    coords, boxes = prompt.point_coords, prompt.boxes
     if coords is not None:
         outside = (
             (coords[..., 0] < 0) | (coords[..., 0] > width) | (coords[..., 1] < 0) | (coords[..., 1] > height)

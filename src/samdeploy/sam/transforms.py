@@ -205,3 +205,27 @@ def postprocess_masks(low_res: np.ndarray, geometry: MaskGeometry) -> np.ndarray
 def threshold_masks(logits: np.ndarray) -> np.ndarray:
     """Binary masks: ``logits > 0`` (strict, ``Sam.mask_threshold``)."""
     return logits > MASK_THRESHOLD
+
+
+class ResizeLongestSide:
+    """numpy stand-in for ``segment_anything.utils.transforms.ResizeLongestSide`` (same method names),
+    so code that uses ``predictor.transform`` keeps working."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = target_length
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> newh x neww x 3 uint8."""
+        return resize_longest_side(image, self.target_length)
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """...x2 XY pixels -> the resized frame, float64."""
+        return apply_coords(coords, original_size, self.target_length)
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """Bx4 XYXY pixels -> the resized frame, Bx4 float64."""
+        return apply_boxes(boxes, original_size, self.target_length)
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        return preprocess_shape(oldh, oldw, long_side_length)

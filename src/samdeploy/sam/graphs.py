@@ -1,0 +1,134 @@
+"""The SAM graph, built from a model package's manifest.
+
+Five nodes in two nested graphs, so an image is encoded once and prompted many times::
+
+    sam
+    ├── encode:  image -> preprocess -> image_encoder -> image_embeddings, original_size
+    └── decode:  prompt -> prompt_build -> mask_decoder -> postprocess -> masks, scores, low_res_logits
+
+``encode`` and ``decode`` run on their own (the predictor's ``set_image`` and ``predict``); ``sam``
+runs both for one image and one prompt (the command line streams several through it).
+``segment_files`` puts a file reader in front, so a bad file fails its own item only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from samdeploy.engine import Graph, Inference
+from samdeploy.package import ENCODER, ModelPackage
+from samdeploy.sam.nodes import Postprocess, Preprocess, PromptBuild, ReadImage
+
+# The decoder outputs postprocess needs; its own upscaled ``masks`` output is not used.
+DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
+EMBEDDINGS = "image_embeddings"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How the two Inference nodes run their models (params of :class:`~samdeploy.engine.Inference`)."""
+
+    backend: str = "onnxruntime"
+    providers: list[str] | None = None
+    threads: int = 0  # intra-op threads; 0: the backend's default
+
+    def params(self, model: str, outputs: list[str]) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": model, "backend": self.backend, "outputs": outputs}
+        if self.providers is not None:
+            params["providers"] = list(self.providers)
+        if self.threads:
+            params["threads"] = self.threads
+        return params
+
+
+def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
+    """``image`` (HxWx3 uint8 RGB) -> ``image_embeddings`` (1xCxhxw), ``original_size`` (H, W)."""
+    graph = Graph("encode")
+    graph.add(
+        Preprocess(
+            "preprocess",
+            {
+                "image_size": package.image_size,
+                "pixel_mean": list(package.pixel_mean),
+                "pixel_std": list(package.pixel_std),
+            },
+        )
+    )
+    graph.add(Inference("image_encoder", options.params(str(package.encoder_path), [EMBEDDINGS])))
+    encoder_input = package.model(ENCODER).inputs[0].name
+    graph.connect("preprocess.tensor", f"image_encoder.{encoder_input}")
+    graph.input("image", "preprocess.image")
+    graph.output(EMBEDDINGS, f"image_encoder.{EMBEDDINGS}")
+    graph.output("original_size", "preprocess.original_size")
+    return graph
+
+
+def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: bool = False) -> Graph:
+    """``image_embeddings``, ``prompt``, ``original_size``, ``multimask_output``, ``return_logits``
+    -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR)."""
+    graph = Graph("decode")
+    graph.add(
+        PromptBuild(
+            "prompt_build",
+            {
+                "image_size": package.image_size,
+                "mask_input_size": list(package.mask_input_size),
+                "inside_image": inside_image,
+            },
+        )
+    )
+    graph.add(Inference("mask_decoder", options.params(str(package.decoder_path), list(DECODER_OUTPUTS))))
+    graph.add(Postprocess("postprocess", {"image_size": package.image_size}))
+    for port in ("point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"):
+        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+    graph.connect("mask_decoder.low_res_masks", "postprocess.low_res_masks")
+    graph.connect("mask_decoder.iou_predictions", "postprocess.iou_predictions")
+    graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")
+    graph.input("prompt", "prompt_build.prompt")
+    graph.input("original_size", "prompt_build.original_size", "postprocess.original_size")
+    graph.input("multimask_output", "postprocess.multimask_output")
+    graph.input("return_logits", "postprocess.return_logits")
+    for port in ("masks", "scores", "low_res_logits"):
+        graph.output(port, f"postprocess.{port}")
+    return graph
+
+
+def sam_graph(
+    package: ModelPackage, options: BackendOptions, inside_image: bool = False
+) -> tuple[Graph, Graph, Graph]:
+    """The full five-node graph ``sam`` and its two parts ``(sam, encode, decode)``.
+
+    ``sam`` takes ``image``, ``prompt``, ``multimask_output``, ``return_logits`` and gives
+    ``masks``, ``scores``, ``low_res_logits``.
+    """
+    encode = encode_graph(package, options)
+    decode = decode_graph(package, options, inside_image)
+    graph = Graph("sam")
+    graph.add(encode)
+    graph.add(decode)
+    graph.connect(f"encode.{EMBEDDINGS}", f"decode.{EMBEDDINGS}")
+    graph.connect("encode.original_size", "decode.original_size")
+    graph.input("image", "encode.image")
+    for port in ("prompt", "multimask_output", "return_logits"):
+        graph.input(port, f"decode.{port}")
+    for port in ("masks", "scores", "low_res_logits"):
+        graph.output(port, f"decode.{port}")
+    graph.validate()
+    return graph, encode, decode
+
+
+def segment_files_graph(sam: Graph, max_pixels: int | None) -> Graph:
+    """``path`` (an image file) + the ``sam`` inputs -> ``image`` and the ``sam`` outputs."""
+    graph = Graph("segment_files")
+    graph.add(ReadImage("read_image", {"max_pixels": max_pixels}))
+    graph.add(sam)
+    graph.connect("read_image.image", "sam.image")
+    graph.input("path", "read_image.path")
+    for port in ("prompt", "multimask_output", "return_logits"):
+        graph.input(port, f"sam.{port}")
+    graph.output("image", "read_image.image")
+    for port in ("masks", "scores", "low_res_logits"):
+        graph.output(port, f"sam.{port}")
+    graph.validate()
+    return graph

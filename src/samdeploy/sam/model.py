@@ -1,0 +1,282 @@
+"""A loaded SAM model package: its graph, executor and embedding cache. Never imports torch.
+
+model = load_model("models/sam_vit_b")     # or load_model() for the embedded default model
+embedding = model.encode(image)             # HxWx3 uint8 RGB -> ImageEmbedding (cached by content)
+out = model.decode(embedding, prompt)       # masks, scores, low_res_logits
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samdeploy.engine import Graph, make_executor
+from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
+from samdeploy.package import DECODER, ENCODER, ModelPackage
+from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph
+from samdeploy.sam.images import as_rgb_array
+from samdeploy.sam.prompts import Prompt
+from samdeploy.sam.transforms import preprocess_shape
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODES = ("sequential", "task", "pipeline")
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DEFAULT_CACHE_MB = 64.0  # 16 vit_b embeddings (4 MiB each)
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An encoded image: ``embeddings`` 1xCxhxw float32 (read-only), the image's ``original_size``
+    (H, W) and ``input_size`` (newh, neww): its size inside the SxS encoder input."""
+
+    embeddings: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.embeddings.nbytes)
+
+
+class EmbeddingCache:
+    """Least-recently-used image embeddings, keyed by image content, bounded in megabytes.
+
+    ``hits`` and ``misses`` count lookups; ``max_mb=0`` disables caching. Thread-safe.
+    """
+
+    def __init__(self, max_mb: float = DEFAULT_CACHE_MB) -> None:
+        if max_mb < 0:
+            raise ValueError("max_mb must be >= 0")
+        self.max_bytes = int(max_mb * 2**20)
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(image: np.ndarray, image_format: str) -> str:
+        """Content hash of an image array (pixels, shape, dtype) and its declared channel order."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{image.shape}|{image.dtype}|{image_format}".encode())
+        digest.update(np.ascontiguousarray(image).data)
+        return digest.hexdigest()
+
+    def get(self, key: str) -> ImageEmbedding | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key: str, entry: ImageEmbedding) -> None:
+        if entry.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while self.nbytes > self.max_bytes:
+                self._entries.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(entry.nbytes for entry in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingCache({len(self)} images, {self.nbytes / 2**20:.1f}/{self.max_bytes / 2**20:.1f} MB,"
+            f" hits={self.hits}, misses={self.misses})"
+        )
+
+
+def run_graph(graph: Graph, inputs: dict[str, Any], executor: Any, profile: Any = None) -> dict[str, Any]:
+    """Run ``graph`` on one item; a user error inside a node comes out as itself (a
+    :class:`PromptError`, not a :class:`NodeError` wrapping it)."""
+    try:
+        return graph.run(inputs, executor=executor, profile=profile)
+    except NodeError as exc:
+        if isinstance(exc.cause, SamDeployError):
+            raise exc.cause from None
+        raise
+
+
+class SamModel:
+    """A SAM model package loaded into its graph (see :mod:`samdeploy.sam.graphs`).
+
+    ``graph`` is the five-node graph; ``encode_graph`` / ``decode_graph`` its two halves. The
+    embedding ``cache`` is shared by every predictor of this model.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        options: BackendOptions,
+        mode: str = "sequential",
+        cache_mb: float = DEFAULT_CACHE_MB,
+    ) -> None:
+        if mode not in MODES:
+            raise GraphError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        self.package = package
+        self.options = options
+        self.mode = mode
+        self.graph, self.encode_graph, self.decode_graph = sam_graph(package, options)
+        self.executor = make_executor(mode)
+        self.cache = EmbeddingCache(cache_mb)
+
+    @property
+    def image_size(self) -> int:
+        """S: the encoder's square input side."""
+        return self.package.image_size
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """(R, R): size of the low-res logits and of ``mask_input``."""
+        return self.package.mask_input_size
+
+    def encode(self, image: np.ndarray, image_format: str = "RGB", profile: Any = None) -> ImageEmbedding:
+        """HxWx3 uint8 image -> :class:`ImageEmbedding`, from the cache when this content was seen."""
+        key = EmbeddingCache.key(image, image_format) if self.cache.max_bytes else None
+        if key is not None and (hit := self.cache.get(key)) is not None:
+            return hit
+        rgb = as_rgb_array(image, image_format)
+        out = run_graph(self.encode_graph, {"image": rgb}, self.executor, profile)
+        embeddings = np.array(out[EMBEDDINGS], dtype=np.float32)  # own copy, then read-only
+        embeddings.setflags(write=False)
+        original_size = tuple(out["original_size"])
+        entry = ImageEmbedding(embeddings, original_size, preprocess_shape(*original_size, self.image_size))
+        if key is not None:
+            self.cache.put(key, entry)
+        return entry
+
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        prompt: Prompt,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        profile: Any = None,
+    ) -> dict[str, np.ndarray]:
+        """One decoder call for a prompt batch of B: ``masks`` BxCxHxW, ``scores`` BxC,
+        ``low_res_logits`` BxCxRxR (C = 3 with ``multimask_output``, else 1)."""
+        inputs = {
+            EMBEDDINGS: embedding.embeddings,
+            "prompt": prompt,
+            "original_size": embedding.original_size,
+            "multimask_output": bool(multimask_output),
+            "return_logits": bool(return_logits),
+        }
+        return run_graph(self.decode_graph, inputs, self.executor, profile)
+
+    def close(self) -> None:
+        """Release the inference sessions and executor threads."""
+        self.executor.close()
+        self.graph.close()
+
+    def __enter__(self) -> SamModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"SamModel({str(self.package.root)!r}, type={self.package.model_type}, S={self.image_size},"
+            f" backend={self.options.backend}, mode={self.mode})"
+        )
+
+
+def _check_package(package: ModelPackage, model: SamModel) -> None:
+    """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
+    root = package.root
+    for name, info in package.manifest["files"].items():
+        size = (root / name).stat().st_size
+        if size != info.get("bytes", size):
+            raise PackageError(
+                f"model package {root}: {name} has {size} bytes, the manifest says {info['bytes']}"
+                " (corrupt or replaced file; export the package again)"
+            )
+    encoder = model.encode_graph.nodes["image_encoder"]
+    decoder = model.decode_graph.nodes["mask_decoder"]
+    size = package.image_size
+    shape = tuple(encoder.input_specs[0].shape)
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != (size, size):
+        raise PackageError(
+            f"model package {root}: {package.model(ENCODER).file} takes {list(shape)}, but the manifest"
+            f" says image_size {size} (expected [1, 3, {size}, {size}])"
+        )
+    names = [spec.name for spec in decoder.input_specs]
+    missing = [name for name in DECODER_INPUTS if name not in names]
+    if missing:
+        raise PackageError(
+            f"model package {root}: {package.model(DECODER).file} lacks the SAM decoder inputs"
+            f" {', '.join(missing)}"
+        )
+    mask_shape = next(spec.shape for spec in decoder.input_specs if spec.name == "mask_input")
+    if tuple(mask_shape[-2:]) != package.mask_input_size:
+        raise PackageError(
+            f"model package {root}: the decoder takes mask_input {list(mask_shape)}, but the manifest"
+            f" says mask_input_size {list(package.mask_input_size)}"
+        )
+
+
+def load_model(
+    path: str | Path | None = None,
+    backend: str = "onnxruntime",
+    mode: str = "sequential",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    cache_mb: float = DEFAULT_CACHE_MB,
+) -> SamModel:
+    """Load a model package folder (``None``: the default model embedded in samdeploy).
+
+    ``backend``: an inference backend name (``onnxruntime``, ``openvino``); ``mode``: the executor
+    (``sequential``, ``task`` or ``pipeline``); ``providers``: ONNX Runtime execution providers
+    (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
+    ``cache_mb``: size bound of the embedding cache (0 disables it).
+
+    Both models are loaded now, so a bad package fails here: :class:`PackageError` for a missing
+    package or files that do not match the manifest, :class:`BackendError` for a model file the
+    backend cannot load (or a backend or provider that is not installed).
+    """
+    if path is None:
+        if not (DEFAULT_MODEL / "model.json").is_file():
+            raise PackageError(
+                "this samdeploy has no embedded default model; pass a model package folder"
+                " (made with `samdeploy export CHECKPOINT --output DIR`)"
+            )
+        path = DEFAULT_MODEL
+    if threads is not None and threads < 0:
+        raise BackendError(f"threads must be positive (or None for the default), got {threads}")
+    package = ModelPackage.load(path)
+    options = BackendOptions(backend=backend, providers=providers, threads=threads or 0)
+    model = SamModel(package, options, mode=mode, cache_mb=cache_mb)
+    try:
+        _check_package(package, model)
+        model.graph.setup()
+    except BaseException:
+        model.close()
+        raise
+    return model

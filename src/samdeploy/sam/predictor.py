@@ -1,0 +1,129 @@
+"""``SamPredictor``: a drop-in for ``segment_anything.SamPredictor`` that runs the SAM graph.
+
+    from samdeploy import SamPredictor, load_model      # was: from segment_anything import ...
+    predictor = SamPredictor(load_model("models/sam_vit_b"))
+    predictor.set_image(image)                           # HxWx3 uint8, "RGB" or "BGR"
+    masks, scores, low_res_logits = predictor.predict(point_coords=..., point_labels=..., box=...)
+
+Same method names, arguments, shapes, dtypes and semantics; numpy in and out (there is no
+``predict_torch``). Additions: a batch of boxes in one decoder call (``box`` Bx4 -> BxCxHxW),
+:meth:`SamPredictor.predict_batch`, and an embedding cache shared through the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
+from samdeploy.sam.prompts import validate_prompt
+from samdeploy.sam.transforms import ResizeLongestSide
+
+_NO_IMAGE = "An image must be set with .set_image(...) before mask prediction."
+
+
+class SamPredictor:
+    """Computes an image's embedding once (:meth:`set_image`), then answers prompts (:meth:`predict`).
+
+    ``sam_model`` is a :class:`~samdeploy.sam.model.SamModel` (or a package path, loaded with
+    defaults). Errors are :class:`~samdeploy.errors.PromptError` / :class:`~samdeploy.errors.ImageError`
+    for bad input and ``RuntimeError`` for predicting before an image is set, as the official one.
+    """
+
+    def __init__(self, sam_model: SamModel | str | Path) -> None:
+        self.model = sam_model if isinstance(sam_model, SamModel) else load_model(sam_model)
+        self.transform = ResizeLongestSide(self.model.image_size)
+        self.profile: Any = None  # an engine Profile to time every node run, or None
+        self.reset_image()
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an HxWx3 uint8 image (``image_format`` "RGB" or "BGR").
+
+        An image whose content was set recently is not encoded again (see ``model.cache``).
+        """
+        self.reset_image()
+        self._embedding = self.model.encode(image, image_format, profile=self.profile)
+        self.original_size = self._embedding.original_size
+        self.input_size = self._embedding.input_size
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts on the current image.
+
+        Arguments (pixels of the original image):
+          point_coords: Nx2 points, XY. point_labels: N labels, 1 foreground, 0 background.
+          box: 4 numbers XYXY; a Bx4 batch (B > 1) is answered in one decoder call.
+          mask_input: 1xRxR low-res logits from a previous call (R = 256 for SAM).
+          multimask_output: three masks (for ambiguous prompts such as one click) or one.
+          return_logits: return un-thresholded logits instead of boolean masks.
+
+        Returns:
+          masks CxHxW bool (float32 with ``return_logits``), C = 3 or 1, (H, W) the original size;
+          scores C float32, the model's predicted IoU of each mask;
+          low_res_logits CxRxR float32, to pass as ``mask_input`` to a next call.
+          With a Bx4 box batch every output gains a leading B axis.
+        """
+        batched = box is not None and np.ndim(box) == 2 and np.shape(box)[0] > 1
+        masks, scores, low_res = self.predict_batch(
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits
+        )
+        if batched:
+            return masks, scores, low_res
+        return masks[0], scores[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B prompts in one decoder call: ``point_coords`` BxNx2 (or Nx2 shared by all boxes) with
+        ``point_labels`` BxN (or N), ``boxes`` Bx4, ``mask_input`` Bx1xRxR or 1xRxR (shared).
+
+        Returns masks BxCxHxW, scores BxC, low_res_logits BxCxRxR.
+        """
+        if not self.is_image_set:
+            raise RuntimeError(_NO_IMAGE)
+        prompt = validate_prompt(
+            point_coords, point_labels, boxes, mask_input, mask_input_size=self.model.mask_input_size
+        )
+        out = self.model.decode(
+            self._embedding, prompt, multimask_output, return_logits, profile=self.profile
+        )
+        return out["masks"], out["scores"], out["low_res_logits"]
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image's embedding, 1xCxhxw float32 (C = 256, h = w = S/16), read-only."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
+        return self._embedding.embeddings
+
+    @property
+    def features(self) -> np.ndarray | None:
+        """The official attribute name of the current embedding (None before :meth:`set_image`)."""
+        return self._embedding.embeddings if self._embedding is not None else None
+
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        """The current :class:`~samdeploy.sam.model.ImageEmbedding` (embedding plus sizes)."""
+        return self._embedding
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self.is_image_set = False
+        self._embedding: ImageEmbedding | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
