@@ -104,6 +104,7 @@ class Executor:
         self, plan: Plan, items: Iterable[Mapping[str, Any]], profile: Profile | None = None
     ) -> Iterator[ItemResult]:
         """Run items one at a time with :meth:`run`, yielding results in order."""
+        setup_plan(plan)  # a node that cannot set up fails the stream, not each item
         for index, inputs in enumerate(items):
             start = time.perf_counter()
             try:

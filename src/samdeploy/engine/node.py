@@ -193,7 +193,7 @@ class Node:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type", "name", "params"}``: enough to rebuild the node with :meth:`from_dict`."""
-        if not self.type_name:
+        if _REGISTRY.get(self.type_name) is not type(self):
             raise GraphError(
                 f"node '{self.name}': {type(self).__name__} is not registered with @register_node"
             )

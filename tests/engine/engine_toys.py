@@ -1,0 +1,141 @@
+"""Small node types for the engine tests (importable by name, for ``run-graph --import``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from samdeploy.engine import Node, register_node
+
+
+@register_node("toy.Add")
+class Add(Node):
+    """out = sum of its ``n`` inputs ``in0..in{n-1}`` plus ``bias``."""
+
+    @dataclass
+    class Params:
+        n: int = 1
+        bias: float = 0.0
+
+    outputs = {"out": float}
+
+    def input_ports(self) -> dict[str, Any]:
+        return {f"in{i}": float for i in range(self.params.n)}
+
+    def run(self, **inputs: float) -> dict[str, Any]:
+        return {"out": sum(inputs.values()) + self.params.bias}
+
+
+@register_node("toy.Identity")
+class Identity(Node):
+    inputs = {"x": Any}
+    outputs = {"x": Any}
+
+    def run(self, x: Any) -> dict[str, Any]:
+        return {"x": x}
+
+
+@register_node("toy.Scale")
+class Scale(Node):
+    """Multiplies an array; used with real arrays for the CLI and inference tests."""
+
+    @dataclass
+    class Params:
+        factor: float = 2.0
+
+    inputs = {"x": np.ndarray}
+    outputs = {"x": np.ndarray}
+
+    def run(self, x: np.ndarray) -> dict[str, Any]:
+        return {"x": (x * self.params.factor).astype(x.dtype)}
+
+
+@register_node("toy.Text")
+class Text(Node):
+    inputs = {"text": str}
+    outputs = {"length": int}
+
+    def run(self, text: str) -> dict[str, Any]:
+        return {"length": len(text)}
+
+
+@register_node("toy.Step")
+class Step(Node):
+    """x -> x + 1 after a delay (seconds, per item index if a list), failing on chosen item values.
+
+    Logs which items it saw and how many run at once; shared state is set by the tests.
+    """
+
+    @dataclass
+    class Params:
+        delays: list[float] = field(default_factory=list)
+        fail_on: list[int] = field(default_factory=list)
+
+    inputs = {"x": int}
+    outputs = {"x": int}
+
+    def __init__(self, name: str, params: Any = None) -> None:
+        super().__init__(name, params)
+        self.seen: list[int] = []
+        self.setups = 0
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def run(self, x: int) -> dict[str, Any]:
+        self.seen.append(x)
+        if self.params.delays:
+            time.sleep(self.params.delays[x % len(self.params.delays)])
+        if x in self.params.fail_on:
+            raise ValueError(f"bad value {x}")
+        return {"x": x + 1}
+
+
+class Gate(Node):
+    """Blocks in run() until ``release`` is set; counts the items that entered (not registered)."""
+
+    inputs = {"x": Any}
+    outputs = {"x": Any}
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = threading.Event()
+        self.entered = 0
+
+    def run(self, x: Any) -> dict[str, Any]:
+        self.entered += 1
+        self.release.wait()
+        return {"x": x}
+
+
+class Meet(Node):
+    """Waits on a barrier shared with other Meet nodes: they pass only if they run at once."""
+
+    inputs = {"x": Any}
+    outputs = {"x": Any}
+
+    def __init__(self, name: str, barrier: threading.Barrier) -> None:
+        super().__init__(name)
+        self.barrier = barrier
+
+    def run(self, x: Any) -> dict[str, Any]:
+        self.barrier.wait(timeout=30)
+        return {"x": x}
+
+
+def chain(length: int, node: type[Node] = Identity, name: str = "chain") -> Any:
+    """A graph x -> n0 -> n1 -> ... -> x of ``length`` nodes taking and giving port ``x``."""
+    from samdeploy.engine import Graph
+
+    graph = Graph(name)
+    for i in range(length):
+        graph.add(node(f"n{i}"))
+        if i:
+            graph.connect(f"n{i - 1}.x", f"n{i}.x")
+    graph.input("x", "n0.x")
+    graph.output("x", f"n{length - 1}.x")
+    return graph

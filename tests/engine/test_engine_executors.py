@@ -1,0 +1,314 @@
+"""Executors: concurrency of the task executor; ordering, isolation, backpressure and clean
+shutdown of the pipeline. Concurrency is shown with barriers and events, never with wall time."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import engine_threads
+from engine_toys import Gate, Identity, Meet, Step, chain
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samdeploy.engine import Graph, PipelineExecutor, Profile, TaskExecutor, make_executor
+from samdeploy.errors import GraphError, NodeError
+
+EXECUTORS = ["sequential", "task", "pipeline"]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    yield
+    assert engine_threads() == []
+
+
+def steps_graph(count: int, delays: list[list[float]] | None = None, fail: dict[int, list[int]] | None = None) -> Graph:
+    """x -> s0 -> s1 -> ... (each +1), with per-node delays and failing input values."""
+    g = Graph("steps")
+    for i in range(count):
+        params = {"delays": (delays or [[]] * count)[i], "fail_on": (fail or {}).get(i, [])}
+        g.add(Step(f"s{i}", params))
+        if i:
+            g.connect(f"s{i - 1}.x", f"s{i}.x")
+    g.input("x", "s0.x")
+    g.output("x", f"s{count - 1}.x")
+    return g
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_executors_agree(executor: str) -> None:
+    g = steps_graph(4)
+    assert g.run({"x": 3}, executor=executor) == {"x": 7}
+    results = list(g.stream([{"x": i} for i in range(20)], executor=executor))
+    assert [(r.index, r.outputs, r.error) for r in results] == [(i, {"x": i + 4}, None) for i in range(20)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_run_raises_node_error_with_node_name(executor: str) -> None:
+    g = steps_graph(3, fail={1: [11]})
+    with pytest.raises(NodeError, match=r"node 's1': ValueError: bad value 11") as info:
+        g.run({"x": 10}, executor=executor)
+    assert info.value.node == "s1" and isinstance(info.value.cause, ValueError)
+
+
+def test_unknown_executor_and_bad_options() -> None:
+    g = chain(1)
+    with pytest.raises(GraphError, match="unknown executor 'turbo'; choose one of sequential, task, pipeline"):
+        g.run({"x": 1}, executor="turbo")
+    with pytest.raises(GraphError, match="bad option"):
+        g.run({"x": 1}, executor="task", queue_depth=3)
+    with pytest.raises(GraphError, match="queue_depth must be at least 1"):
+        make_executor("pipeline", queue_depth=0)
+
+
+def test_task_executor_runs_independent_nodes_at_once() -> None:
+    # Both branches wait on one barrier: the run completes only if they are inside run() together.
+    barrier = threading.Barrier(2)
+    g = Graph("fork")
+    g.add(Meet("left", barrier))
+    g.add(Meet("right", barrier))
+    g.input("x", "left.x", "right.x")
+    g.output("l", "left.x")
+    g.output("r", "right.x")
+    assert g.run({"x": 1}, executor="task") == {"l": 1, "r": 1}
+    with TaskExecutor(workers=2) as ex:
+        for i in range(5):
+            assert g.run({"x": i}, executor=ex) == {"l": i, "r": i}
+        assert list(engine_threads())  # the pool lives as long as the executor
+
+
+def test_task_executor_stops_scheduling_after_a_failure() -> None:
+    g = steps_graph(3, fail={0: [0]})
+    with pytest.raises(NodeError, match="node 's0'"):
+        g.run({"x": 0}, executor="task")
+    assert g.nodes["s1"].seen == []
+
+
+def test_pipeline_overlaps_nodes() -> None:
+    # Item 1 can enter n0 while item 0 is held in n1 only if the two nodes work at once.
+    g = Graph("two")
+    first = g.add(Gate("n0"))
+    second = g.add(Gate("n1"))
+    g.connect("n0.x", "n1.x")
+    g.input("x", "n0.x")
+    g.output("x", "n1.x")
+    first.release.set()
+    results = g.stream(({"x": i} for i in range(3)), queue_depth=1)
+    waiter = threading.Thread(target=lambda: (second_entered(second), second.release.set()))
+    waiter.start()
+    assert [r.outputs["x"] for r in results] == [0, 1, 2]
+    waiter.join()
+
+
+def second_entered(gate: Gate) -> None:
+    while gate.entered == 0:
+        time.sleep(0.001)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    count=st.integers(0, 150),
+    nodes=st.integers(1, 4),
+    depth=st.integers(1, 5),
+    delays=st.lists(st.lists(st.sampled_from([0.0, 0.0, 0.0001, 0.0005]), min_size=1, max_size=5), min_size=4, max_size=4),
+    failing=st.sets(st.integers(0, 160), max_size=10),
+    failing_node=st.integers(0, 3),
+)
+def test_pipeline_keeps_order_loses_nothing_and_isolates_failures(
+    count: int, nodes: int, depth: int, delays: list[list[float]], failing: set[int], failing_node: int
+) -> None:
+    failing_node %= nodes
+    # Node k sees value i + k for item i; make it fail on the chosen items.
+    g = steps_graph(nodes, delays=delays[:nodes], fail={failing_node: [i + failing_node for i in failing]})
+    results = list(g.stream(({"x": i} for i in range(count)), queue_depth=depth))
+    assert [r.index for r in results] == list(range(count))
+    for r in results:
+        if r.index in failing:
+            assert r.outputs is None and r.error is not None
+            assert r.error.node == f"s{failing_node}" and r.error.item == r.index
+            assert isinstance(r.error.cause, ValueError)
+        else:
+            assert r.error is None and r.outputs == {"x": r.index + nodes}
+    # Nodes after the failing one never saw the failed items.
+    for k in range(failing_node + 1, nodes):
+        assert len(g.nodes[f"s{k}"].seen) == count - len([i for i in failing if i < count])
+
+
+def test_pipeline_bad_item_inputs_fail_alone() -> None:
+    g = steps_graph(2)
+    results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}]))
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.node == "steps" and "input 'x' is missing" in str(results[1].error)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_pipeline_memory_is_bounded_with_a_slow_consumer(depth: int) -> None:
+    taken = 0
+
+    def source() -> Iterator[dict[str, Any]]:
+        nonlocal taken
+        for i in range(10_000):
+            taken += 1
+            yield {"x": i}
+
+    g = chain(3)
+    bound = PipelineExecutor(depth).max_in_flight(len(g.plan().steps))
+    worst = 0
+    for done, result in enumerate(g.stream(source(), queue_depth=depth), start=1):
+        worst = max(worst, taken - done)
+        if done % 500 == 0:
+            time.sleep(0.005)  # a slow consumer: the pipeline must wait, not pile items up
+    assert result.index == 9_999
+    assert worst <= bound
+
+
+def test_pipeline_stops_reading_when_a_node_blocks() -> None:
+    taken = itertools.count()
+    g = Graph("blocked")
+    gate = g.add(Gate("gate"))
+    g.input("x", "gate.x")
+    g.output("x", "gate.x")
+
+    def endless() -> Iterator[dict[str, Any]]:
+        for i in taken:
+            yield {"x": i}
+
+    executor = PipelineExecutor(queue_depth=2)
+    results = g.stream(endless(), executor=executor)
+    releaser = threading.Timer(0.3, gate.release.set)  # lets the pipeline fill up while blocked
+    releaser.start()
+    first = next(results)
+    assert first.index == 0
+    # Items taken from the endless source when the first result came out: bounded.
+    assert next(taken) <= executor.max_in_flight(1) + 1
+    results.close()
+    releaser.join()
+
+
+@pytest.mark.parametrize("how", ["close", "break", "consumer raises", "source raises", "KeyboardInterrupt"])
+def test_pipeline_shuts_down_cleanly(how: str) -> None:
+    def source() -> Iterator[dict[str, Any]]:
+        for i in itertools.count():
+            if how == "source raises" and i == 50:
+                raise OSError("camera unplugged")
+            if how == "KeyboardInterrupt" and i == 50:
+                raise KeyboardInterrupt
+            yield {"x": i}
+
+    g = steps_graph(4, delays=[[0.0, 0.0002]] * 4, fail={2: [7]})
+    results = g.stream(source(), queue_depth=2)
+    if how == "close":
+        assert [next(results).index for _ in range(10)] == list(range(10))
+        results.close()
+    elif how == "break":
+        for r in results:
+            if r.index == 20:
+                break
+        del results
+    elif how == "consumer raises":
+        with pytest.raises(RuntimeError):
+            for r in results:
+                if r.index == 20:
+                    raise RuntimeError("consumer gave up")
+        del results
+    elif how == "source raises":
+        with pytest.raises(OSError, match="camera unplugged"):
+            list(results)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            list(results)
+
+
+def test_pipeline_stops_while_a_node_is_blocked_downstream() -> None:
+    g = Graph("g")
+    g.add(Identity("a"))
+    gate = g.add(Gate("gate"))
+    g.connect("a.x", "gate.x")
+    g.input("x", "a.x")
+    g.output("x", "gate.x")
+    results = g.stream(({"x": i} for i in itertools.count()), queue_depth=1)
+    threading.Timer(0.1, gate.release.set).start()
+    next(results)
+    results.close()
+
+
+def test_setup_failure_is_raised_before_any_thread_starts() -> None:
+    class Broken(Identity):
+        def setup(self) -> None:
+            raise OSError("no such model")
+
+    g = Graph("g")
+    g.add(Broken("broken"))
+    g.input("x", "broken.x")
+    g.output("x", "broken.x")
+    for executor in EXECUTORS:
+        with pytest.raises(NodeError, match="node 'broken': OSError: no such model"):
+            list(g.stream([{"x": 1}], executor=executor))
+        with pytest.raises(NodeError, match="node 'broken'"):
+            g.run({"x": 1}, executor=executor)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_profile_counts_every_node(executor: str) -> None:
+    g = steps_graph(3)
+    profile = Profile()
+    list(g.stream([{"x": i} for i in range(25)], executor=executor, profile=profile))
+    assert [(s.node, s.count) for s in profile.stats()] == [("s0", 25), ("s1", 25), ("s2", 25)]
+    assert profile.items == 25 and profile.wall_s > 0
+    table = profile.table()
+    assert table.splitlines()[0].split() == ["node", "count", "total", "ms", "mean", "ms", "p50", "ms", "p95", "ms"]
+    assert "s2" in table and "25 item(s)" in table
+
+
+def test_profile_percentiles() -> None:
+    profile = Profile()
+    for ms in range(1, 101):
+        profile.record("n", ms / 1000)
+    stats = profile["n"]
+    assert stats.count == 100
+    assert stats.total_ms == pytest.approx(5050)
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p95_ms == pytest.approx(95.05)
+
+
+def test_run_is_never_concurrent_for_one_node() -> None:
+    active = 0
+    overlaps = 0
+
+    class Exclusive(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            nonlocal active, overlaps
+            active += 1
+            overlaps += active > 1
+            time.sleep(0.0005)
+            active -= 1
+            return {"x": x}
+
+    g = Graph("g")
+    g.add(Exclusive("only"))
+    g.input("x", "only.x")
+    g.output("x", "only.x")
+    threads = [threading.Thread(target=lambda: [g.run({"x": i}) for i in range(20)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == 0
+
+
+def test_nested_graph_nodes_are_pipeline_stages() -> None:
+    inner = chain(2, name="inner")
+    outer = Graph("outer")
+    outer.add(inner)
+    outer.input("x", "inner.x")
+    outer.output("x", "inner.x")
+    with contextlib.closing(outer.stream(({"x": i} for i in range(5)))) as results:
+        assert [r.outputs["x"] for r in results] == list(range(5))
+    assert [s.name for s in outer.plan().steps] == ["inner/n0", "inner/n1"]
