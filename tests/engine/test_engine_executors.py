@@ -28,7 +28,9 @@ def no_leftover_threads() -> Iterator[None]:
     assert engine_threads() == []
 
 
-def steps_graph(count: int, delays: list[list[float]] | None = None, fail: dict[int, list[int]] | None = None) -> Graph:
+def steps_graph(
+    count: int, delays: list[list[float]] | None = None, fail: dict[int, list[int]] | None = None
+) -> Graph:
     """x -> s0 -> s1 -> ... (each +1), with per-node delays and failing input values."""
     g = Graph("steps")
     for i in range(count):
@@ -59,7 +61,9 @@ def test_run_raises_node_error_with_node_name(executor: str) -> None:
 
 def test_unknown_executor_and_bad_options() -> None:
     g = chain(1)
-    with pytest.raises(GraphError, match="unknown executor 'turbo'; choose one of sequential, task, pipeline"):
+    with pytest.raises(
+        GraphError, match="unknown executor 'turbo'; choose one of sequential, task, pipeline"
+    ):
         g.run({"x": 1}, executor="turbo")
     with pytest.raises(GraphError, match="bad option"):
         g.run({"x": 1}, executor="task", queue_depth=3)
@@ -116,7 +120,9 @@ def second_entered(gate: Gate) -> None:
     count=st.integers(0, 150),
     nodes=st.integers(1, 4),
     depth=st.integers(1, 5),
-    delays=st.lists(st.lists(st.sampled_from([0.0, 0.0, 0.0001, 0.0005]), min_size=1, max_size=5), min_size=4, max_size=4),
+    delays=st.lists(
+        st.lists(st.sampled_from([0.0, 0.0, 0.0001, 0.0005]), min_size=1, max_size=5), min_size=4, max_size=4
+    ),
     failing=st.sets(st.integers(0, 160), max_size=10),
     failing_node=st.integers(0, 3),
 )
@@ -159,12 +165,12 @@ def test_pipeline_memory_is_bounded_with_a_slow_consumer(depth: int) -> None:
 
     g = chain(3)
     bound = PipelineExecutor(depth).max_in_flight(len(g.plan().steps))
-    worst = 0
+    worst = last = 0
     for done, result in enumerate(g.stream(source(), queue_depth=depth), start=1):
-        worst = max(worst, taken - done)
+        worst, last = max(worst, taken - done), result.index
         if done % 500 == 0:
             time.sleep(0.005)  # a slow consumer: the pipeline must wait, not pile items up
-    assert result.index == 9_999
+    assert last == 9_999
     assert worst <= bound
 
 
@@ -262,7 +268,18 @@ def test_profile_counts_every_node(executor: str) -> None:
     assert [(s.node, s.count) for s in profile.stats()] == [("s0", 25), ("s1", 25), ("s2", 25)]
     assert profile.items == 25 and profile.wall_s > 0
     table = profile.table()
-    assert table.splitlines()[0].split() == ["node", "count", "total", "ms", "mean", "ms", "p50", "ms", "p95", "ms"]
+    assert table.splitlines()[0].split() == [
+        "node",
+        "count",
+        "total",
+        "ms",
+        "mean",
+        "ms",
+        "p50",
+        "ms",
+        "p95",
+        "ms",
+    ]
     assert "s2" in table and "25 item(s)" in table
 
 
@@ -309,6 +326,6 @@ def test_nested_graph_nodes_are_pipeline_stages() -> None:
     outer.add(inner)
     outer.input("x", "inner.x")
     outer.output("x", "inner.x")
-    with contextlib.closing(outer.stream(({"x": i} for i in range(5)))) as results:
+    with contextlib.closing(outer.stream({"x": i} for i in range(5))) as results:
         assert [r.outputs["x"] for r in results] == list(range(5))
     assert [s.name for s in outer.plan().steps] == ["inner/n0", "inner/n1"]

@@ -133,6 +133,7 @@ def run_graph(
     graph = Graph.load(graph_file)
     ports = graph.input_ports()
     values = dict(parse_input(text, ports.get(text.partition("=")[0])) for text in inputs or [])
+    graph.plan().bind(values)  # wrong input names fail here, before any node runs
     options: dict[str, Any] = {}
     if executor == "pipeline":
         options["queue_depth"] = queue_depth

@@ -71,16 +71,19 @@ class Plan:
         try:
             for name, slot in self.inputs.items():
                 values[slot] = inputs[name]
-        except KeyError as exc:
-            raise GraphError(
-                f"graph '{self.name}' input {exc} is missing; it takes {', '.join(self.inputs) or 'nothing'}"
-            ) from None
-        if len(inputs) != len(self.inputs):
-            extra = sorted(set(inputs) - set(self.inputs))
-            raise GraphError(
-                f"graph '{self.name}' has no input {', '.join(extra)}; it takes {', '.join(self.inputs) or 'nothing'}"
-            )
-        return values
+        except KeyError:
+            pass
+        else:
+            if len(inputs) == len(self.inputs):
+                return values
+        missing = [name for name in self.inputs if name not in inputs]
+        extra = [str(name) for name in inputs if name not in self.inputs]
+        problems = ([f"input {', '.join(map(repr, missing))} is missing"] if missing else []) + (
+            [f"has no input {', '.join(map(repr, extra))}"] if extra else []
+        )
+        raise GraphError(
+            f"graph '{self.name}' {'; '.join(problems)}; it takes {', '.join(self.inputs) or 'nothing'}"
+        )
 
     def collect(self, values: list[Any]) -> dict[str, Any]:
         return {name: values[slot] for name, slot in self.outputs.items()}

@@ -1,0 +1,228 @@
+"""Inference backends and the Inference node, on a tiny ONNX model built by the tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny_model
+from engine_toys import Scale
+
+from samdeploy.engine import Graph, Inference, available_backends, create_backend
+from samdeploy.engine.backends import OpenVinoBackend, shared_backend
+from samdeploy.engine.backends.onnx_header import read_onnx_specs
+from samdeploy.errors import BackendError, NodeError
+from samdeploy.package import TensorSpec
+
+X = np.array([[1, 1, 1], [0, 1, 2]], np.float32)
+Y = X * np.array([1, 2, 3], np.float32)
+SUM = Y.sum(axis=1, keepdims=True)
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def test_onnxruntime_is_always_available() -> None:
+    assert "onnxruntime" in available_backends()
+
+
+def test_specs_run_and_output_subset(tiny_model: Path) -> None:
+    backend = create_backend("onnxruntime", tiny_model)
+    assert backend.inputs == (TensorSpec("x", ("batch", 3), "float32"),)
+    assert backend.outputs == (
+        TensorSpec("y", ("batch", 3), "float32"),
+        TensorSpec("sum", ("batch", 1), "float32"),
+    )
+    out = backend.run({"x": X})
+    assert list(out) == ["y", "sum"]
+    np.testing.assert_allclose(out["y"], Y)
+    np.testing.assert_allclose(out["sum"], SUM)
+    assert list(backend.run({"x": X}, ["sum"])) == ["sum"]
+
+
+def test_header_reader_matches_the_runtime(tiny_model: Path, tmp_path: Path) -> None:
+    backend = create_backend("onnxruntime", tiny_model)
+    assert read_onnx_specs(tiny_model) == (backend.inputs, backend.outputs)
+    # IR version 3 models list their weights as graph inputs: they are not ports.
+    old = build_tiny_model(tmp_path / "old.onnx", ir_version=3)
+    assert [s.name for s in read_onnx_specs(old)[0]] == ["x"]
+
+
+def test_header_reader_errors(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="model file not found"):
+        read_onnx_specs(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\x01not a model")
+    with pytest.raises(BackendError, match="junk.onnx"):
+        read_onnx_specs(tmp_path / "junk.onnx")
+
+
+def test_bad_feeds_and_outputs_are_named(tiny_model: Path) -> None:
+    backend = create_backend("onnxruntime", tiny_model)
+    with pytest.raises(BackendError, match="missing x.*unknown z"):
+        backend.run({"z": X})
+    with pytest.raises(BackendError, match="has no output nope; its outputs: sum, y"):
+        backend.run({"x": X}, ["nope"])
+    with pytest.raises(BackendError, match="onnxruntime failed on tiny.onnx"):
+        backend.run({"x": X.astype(np.float64)})
+
+
+def test_options(tiny_model: Path) -> None:
+    backend = create_backend(
+        "onnxruntime",
+        tiny_model,
+        providers=["cpu"],
+        threads=1,
+        inter_op_threads=2,
+        optimization_level="basic",
+    )
+    assert backend.providers == ["CPUExecutionProvider"]
+    np.testing.assert_allclose(backend.run({"x": X})["sum"], SUM)
+    with pytest.raises(BackendError, match="optimization_level 'max'"):
+        create_backend("onnxruntime", tiny_model, optimization_level="max")
+    with pytest.raises(BackendError, match="does not take device"):
+        create_backend("onnxruntime", tiny_model, device="GPU")
+
+
+def test_unavailable_provider_names_the_available_ones(tiny_model: Path) -> None:
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has TensorRT")
+    with pytest.raises(
+        BackendError, match=r"TensorrtExecutionProvider is not available.*available: .*CPUExecutionProvider"
+    ):
+        create_backend("onnxruntime", tiny_model, providers=["tensorrt"])
+    with pytest.raises(BackendError, match="not available"):
+        create_backend("onnxruntime", tiny_model, providers=["NoSuchExecutionProvider"])
+
+
+def test_unknown_backend_and_missing_model(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match=r"unknown backend 'tensorflow'.*installed: onnxruntime"):
+        create_backend("tensorflow", tiny_model)
+    with pytest.raises(BackendError, match="model file not found"):
+        create_backend("onnxruntime", tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(BackendError, match="cannot load"):
+        create_backend("onnxruntime", tmp_path / "junk.onnx")
+
+
+def test_openvino_missing_names_installed_backends(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OpenVinoBackend, "is_available", classmethod(lambda cls: False))
+    assert "openvino" not in available_backends()
+    with pytest.raises(
+        BackendError, match=r"backend 'openvino' is not installed.*installed backends: onnxruntime"
+    ):
+        create_backend("openvino", tiny_model)
+    with pytest.raises(BackendError, match="not installed"):
+        Inference("m", {"model": str(tiny_model), "backend": "openvino"})
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (the openvino extra)")
+def test_openvino_backend(tiny_model: Path) -> None:
+    backend = create_backend("openvino", tiny_model, device="CPU", threads=1)
+    assert [s.name for s in backend.inputs] == ["x"]
+    assert [s.name for s in backend.outputs] == ["y", "sum"]
+    np.testing.assert_allclose(backend.run({"x": X})["sum"], SUM)
+    assert list(backend.run({"x": X}, ["y"])) == ["y"]
+    with pytest.raises(BackendError, match="device 'NPU9'.*available: .*CPU"):
+        create_backend("openvino", tiny_model, device="NPU9")
+    with pytest.raises(BackendError, match="does not take providers"):
+        create_backend("openvino", tiny_model, providers=["cuda"])
+    g = Graph("g")
+    g.add(Inference("m", {"model": str(tiny_model), "backend": "openvino"}))
+    g.input("x", "m.x")
+    g.output("sum", "m.sum")
+    np.testing.assert_allclose(g.run({"x": X}, executor="task")["sum"], SUM)
+
+
+def test_shared_backend_loads_a_file_once(tiny_model: Path) -> None:
+    a = shared_backend("onnxruntime", tiny_model)
+    assert shared_backend("onnxruntime", str(tiny_model)) is a
+    assert shared_backend("onnxruntime", tiny_model, threads=1) is not a
+
+
+def test_inference_node_ports_come_from_the_model(tiny_model: Path) -> None:
+    node = Inference("m", {"model": str(tiny_model)})
+    assert node.input_ports() == {"x": np.ndarray}
+    assert node.output_ports() == {"y": np.ndarray, "sum": np.ndarray}
+    assert node._backend is None  # nothing loaded until the first run
+    subset = Inference("m", {"model": str(tiny_model), "outputs": ["sum"]})
+    assert subset.output_ports() == {"sum": np.ndarray}
+    with pytest.raises(BackendError, match="has no output nope"):
+        Inference("m", {"model": str(tiny_model), "outputs": ["nope"]})
+    with pytest.raises(BackendError, match="params.model"):
+        Inference("m")
+    with pytest.raises(BackendError, match="model file not found"):
+        Inference("m", {"model": "nowhere.onnx"})
+    with pytest.raises(BackendError, match="does not take device"):
+        Inference("m", {"model": str(tiny_model), "device": "GPU"})
+
+
+def inference_graph(model: Path, **params: object) -> Graph:
+    g = Graph("infer")
+    g.add(Scale("scale", {"factor": 2.0}))
+    g.add(Inference("model", {"model": str(model), **params}))
+    g.connect("scale.x", "model.x")
+    g.input("x", "scale.x")
+    g.output("sum", "model.sum")
+    return g
+
+
+@pytest.mark.parametrize("executor", ["sequential", "task", "pipeline"])
+def test_inference_in_a_graph(tiny_model: Path, executor: str) -> None:
+    g = inference_graph(tiny_model, threads=1)
+    np.testing.assert_allclose(g.run({"x": X}, executor=executor)["sum"], 2 * SUM)
+    results = list(g.stream([{"x": X * i} for i in range(6)], executor=executor))
+    for i, r in enumerate(results):
+        np.testing.assert_allclose(r.outputs["sum"], 2 * i * SUM)
+
+
+def test_two_inference_nodes_share_one_model(tiny_model: Path) -> None:
+    g = Graph("twice")
+    first = g.add(Inference("first", {"model": str(tiny_model)}))
+    second = g.add(Inference("second", {"model": str(tiny_model)}))
+    g.input("x", "first.x", "second.x")
+    g.output("a", "first.sum")
+    g.output("b", "second.sum")
+    out = g.run({"x": X}, executor="task")
+    np.testing.assert_allclose(out["a"], out["b"])
+    assert first.backend is second.backend
+
+
+def test_inference_failure_is_a_node_error(tiny_model: Path) -> None:
+    g = inference_graph(tiny_model)
+    with pytest.raises(NodeError, match="node 'model'.*BackendError"):
+        g.run({"x": np.ones((2, 4), np.float32)})
+
+
+def test_inference_json_round_trip_with_relative_model_path(tiny_model: Path, tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "model.onnx")
+    g = inference_graph(model)
+    g.nodes["model"].params.model = "model.onnx"  # relative to the graph file, as saved
+    path = tmp_path / "graph.json"
+    path.write_text(g.to_json())
+    loaded = Graph.load(path)
+    assert loaded.nodes["model"].params.model == "model.onnx"
+    assert loaded.to_json() == g.to_json()
+    np.testing.assert_allclose(loaded.run({"x": X})["sum"], 2 * SUM)
+
+
+def test_concurrent_runs_on_one_backend(tiny_model: Path) -> None:
+    backend = create_backend("onnxruntime", tiny_model)
+    errors: list[BaseException] = []
+
+    def hammer(k: int) -> None:
+        try:
+            for i in range(50):
+                np.testing.assert_allclose(backend.run({"x": X * (k + i)})["sum"], SUM * (k + i))
+        except BaseException as exc:  # noqa: BLE001  (reported by the main thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
