@@ -45,10 +45,10 @@ class ItemResult:
         return self.error is None
 
 
-def _bad_output(step: Step, out: Any) -> NodeError:
+def _bad_output(step: Step, out: Any) -> Exception:
     wanted = ", ".join(port for port, _ in step.outputs)
     got = f"keys {', '.join(map(str, out))}" if isinstance(out, Mapping) else type(out).__name__
-    return RuntimeError(f"run() must return a dict with output ports {wanted}; it returned {got}")  # type: ignore[return-value]
+    return RuntimeError(f"run() must return a dict with output ports {wanted}; it returned {got}")
 
 
 def run_step(step: Step, values: list[Any], profile: Profile | None, index: int | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +71,11 @@ class Inference(Node):
         self._backend: Backend | None = None
 
     def _backend_options(self) -> dict[str, Any]:
-        defaults = {
-            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(self.Params)
-        }  # type: ignore[misc]
+        defaults = self.Params()
         return {
             key: getattr(self.params, key)
             for key in _BACKEND_OPTIONS
-            if getattr(self.params, key) != defaults[key]
+            if getattr(self.params, key) != getattr(defaults, key)
         }
 
     def input_ports(self) -> dict[str, Any]:
