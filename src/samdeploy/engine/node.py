@@ -131,8 +131,9 @@ class Node:
             raise GraphError(f"bad node name {name!r}: use a non-empty name without '.' or '/'")
         self.name = name
         self.params = self._make_params(params)
-        # Guards the "run is only called from one thread at a time" promise and a single setup().
-        self._lock = threading.Lock()
+        # Guards the "run is only called from one thread at a time" promise and a single setup();
+        # re-entrant so that a run() or setup() that touches ensure_setup() cannot deadlock.
+        self._lock = threading.RLock()
         self._ready = False
 
     def _make_params(self, params: Any) -> Any:
