@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import numpy as np
 from samdeploy.engine import Graph, make_executor
 from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
 from samdeploy.package import DECODER, ENCODER, ModelPackage
-from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph
-from samdeploy.sam.images import as_rgb_array
+from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph, segment_files_graph
+from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
+from samdeploy.sam.results import Segmentation
 from samdeploy.sam.transforms import preprocess_shape
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
@@ -112,6 +114,17 @@ class EmbeddingCache:
         )
 
 
+@dataclass(frozen=True)
+class FileResult:
+    """One image file of :meth:`SamModel.segment_files`: its image and segmentation, or its error."""
+
+    index: int
+    path: Path
+    image: np.ndarray | None
+    segmentation: Segmentation | None
+    error: Exception | None = None
+
+
 def run_graph(graph: Graph, inputs: dict[str, Any], executor: Any, profile: Any = None) -> dict[str, Any]:
     """Run ``graph`` on one item; a user error inside a node comes out as itself (a
     :class:`PromptError`, not a :class:`NodeError` wrapping it)."""
@@ -136,13 +149,14 @@ class SamModel:
         options: BackendOptions,
         mode: str = "sequential",
         cache_mb: float = DEFAULT_CACHE_MB,
+        inside_image: bool = False,
     ) -> None:
         if mode not in MODES:
             raise GraphError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         self.package = package
         self.options = options
         self.mode = mode
-        self.graph, self.encode_graph, self.decode_graph = sam_graph(package, options)
+        self.graph, self.encode_graph, self.decode_graph = sam_graph(package, options, inside_image)
         self.executor = make_executor(mode)
         self.cache = EmbeddingCache(cache_mb)
 
@@ -189,6 +203,35 @@ class SamModel:
             "return_logits": bool(return_logits),
         }
         return run_graph(self.decode_graph, inputs, self.executor, profile)
+
+    def segment_files(
+        self,
+        paths: Iterable[str | Path],
+        prompt: Prompt,
+        multimask_output: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        profile: Any = None,
+    ) -> Iterator[FileResult]:
+        """Stream image files through reader + the five-node graph with this model's executor
+        (``pipeline``: each node a worker, so reading, encoding and decoding of successive images
+        overlap). Yields a :class:`FileResult` per file, in order; a bad file fails alone, with
+        the user-facing error (an :class:`ImageError`, :class:`PromptError`...) in ``error``."""
+        paths = [Path(p) for p in paths]
+        graph = segment_files_graph(self.graph, max_pixels)
+        items = (
+            {"path": path, "prompt": prompt, "multimask_output": multimask_output, "return_logits": False}
+            for path in paths
+        )
+        for result in graph.stream(items, executor=self.mode, profile=profile):
+            path = paths[result.index]
+            if result.error is not None:
+                cause = result.error.cause
+                error = cause if isinstance(cause, SamDeployError) else result.error
+                yield FileResult(result.index, path, None, None, error)
+                continue
+            out = result.outputs
+            segmentation = Segmentation(out["masks"][0], out["scores"][0], out["low_res_logits"][0])
+            yield FileResult(result.index, path, out["image"], segmentation)
 
     def close(self) -> None:
         """Release the inference sessions and executor threads."""
@@ -249,13 +292,15 @@ def load_model(
     providers: list[str] | None = None,
     threads: int | None = None,
     cache_mb: float = DEFAULT_CACHE_MB,
+    inside_image: bool = False,
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy).
 
     ``backend``: an inference backend name (``onnxruntime``, ``openvino``); ``mode``: the executor
     (``sequential``, ``task`` or ``pipeline``); ``providers``: ONNX Runtime execution providers
     (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
-    ``cache_mb``: size bound of the embedding cache (0 disables it).
+    ``cache_mb``: size bound of the embedding cache (0 disables it); ``inside_image``: refuse points
+    and boxes outside the image instead of passing them to the model as the official predictor does.
 
     Both models are loaded now, so a bad package fails here: :class:`PackageError` for a missing
     package or files that do not match the manifest, :class:`BackendError` for a model file the
@@ -272,7 +317,7 @@ def load_model(
         raise BackendError(f"threads must be positive (or None for the default), got {threads}")
     package = ModelPackage.load(path)
     options = BackendOptions(backend=backend, providers=providers, threads=threads or 0)
-    model = SamModel(package, options, mode=mode, cache_mb=cache_mb)
+    model = SamModel(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
     try:
         _check_package(package, model)
         model.graph.setup()

@@ -1,0 +1,245 @@
+"""``samdeploy segment`` (prompted masks for image files) and ``samdeploy graph`` (show the SAM graph).
+
+    samdeploy segment photo.jpg --point 500,375 --output mask.png --overlay overlay.png --json result.json
+    samdeploy segment a.jpg b.jpg c.jpg --box 10,20,300,400 --output-dir out/ --profile
+    samdeploy graph --model models/sam_vit_b --save graph.json
+
+Prompts are in pixels of the (EXIF-oriented) image and must lie inside it. With several images the
+same prompt applies to each, and each writes ``<stem>.mask.png``, ``<stem>.overlay.png`` and
+``<stem>.json`` into ``--output-dir``. A bad image fails alone (one error line); the exit code is 2
+if any failed. Files are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from samdeploy.cli.app import app
+from samdeploy.errors import ImageError, PromptError, SamDeployError
+from samdeploy.sam.images import DEFAULT_MAX_PIXELS
+
+MODES = ("sequential", "task", "pipeline")
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y`` (foreground) or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise PromptError(
+            f"malformed --point '{text}': use X,Y or X,Y,LABEL (LABEL 1 = foreground, 0 = background)"
+        )
+    try:
+        x, y = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise PromptError(f"malformed --point '{text}': X and Y must be numbers") from None
+    label = 1
+    if len(parts) == 3:
+        if parts[2] not in ("0", "1"):
+            raise PromptError(
+                f"unknown label '{parts[2]}' in --point '{text}': use 1 (foreground) or 0 (background)"
+            )
+        label = int(parts[2])
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise PromptError(f"--point '{text}' is not a finite position")
+    return x, y, label
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` in pixels (top-left and bottom-right corners)."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise PromptError(f"malformed --box '{text}': use X0,Y0,X1,Y1 (four numbers, pixels)")
+    if not all(math.isfinite(v) for v in values):
+        raise PromptError(f"--box '{text}' is not finite")
+    return values  # type: ignore[return-value]
+
+
+def _check_folder(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise SamDeployError(f"{what} does not exist: {path} (create it first)")
+
+
+def _outputs(
+    images: list[Path],
+    output: Path | None,
+    overlay: Path | None,
+    json_path: Path | None,
+    output_dir: Path | None,
+) -> list[dict[str, Path | None]]:
+    """Where each image's mask, overlay and JSON go; checks the folders exist."""
+    if output_dir is not None:
+        if output or overlay or json_path:
+            raise SamDeployError("use either --output-dir or --output/--overlay/--json, not both")
+        _check_folder(output_dir, "output folder")
+        stems = [image.stem for image in images]
+        duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+        if duplicate is not None:
+            raise SamDeployError(f"two input images are named '{duplicate}': their outputs would collide")
+        return [
+            {
+                "mask": output_dir / f"{stem}.mask.png",
+                "overlay": output_dir / f"{stem}.overlay.png",
+                "json": output_dir / f"{stem}.json",
+            }
+            for stem in stems
+        ]
+    if len(images) > 1:
+        raise SamDeployError("several images need --output-dir (one mask per image)")
+    if output is None:
+        raise SamDeployError("give --output mask.png (or --output-dir DIR)")
+    targets = {"mask": output, "overlay": overlay, "json": json_path}
+    for path in targets.values():
+        if path is not None:
+            _check_folder(path.parent if str(path.parent) else Path("."), "output folder")
+    return [targets]
+
+
+@app.command()
+def segment(
+    images: Annotated[list[Path], typer.Argument(help="image files (JPEG, PNG, WebP, TIFF, BMP)")],
+    point: Annotated[
+        list[str] | None,
+        typer.Option("--point", "-p", help="X,Y or X,Y,LABEL (1 foreground, 0 background); repeat"),
+    ] = None,
+    box: Annotated[str | None, typer.Option("--box", "-b", help="X0,Y0,X1,Y1 in pixels")] = None,
+    multimask: Annotated[
+        bool, typer.Option(help="predict 3 masks; the best-scoring one is the mask PNG")
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="mask PNG (original size, 0/255)")
+    ] = None,
+    overlay: Annotated[
+        Path | None, typer.Option(help="overlay PNG: mask tinted over the image, prompts drawn")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="JSON: scores, area, bbox, COCO RLE")
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="folder for <stem>.mask.png/.overlay.png/.json")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="executor: sequential, task or pipeline")] = "pipeline",
+    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
+    threads: Annotated[
+        int | None, typer.Option(help="intra-op threads per model (default: backend's)")
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="refuse images with more pixels (decompression-bomb guard); 0: no limit")
+    ] = DEFAULT_MAX_PIXELS,
+    profile: Annotated[bool, typer.Option(help="print per-node timings")] = False,
+) -> None:
+    """Segment images with point and box prompts; write masks, overlays and JSON."""
+    from samdeploy.engine import Profile
+    from samdeploy.sam.model import load_model
+    from samdeploy.sam.prompts import validate_prompt
+    from samdeploy.sam.results import json_bytes, mask_png, overlay_png, result_record, write_atomic
+
+    if mode not in MODES:
+        raise SamDeployError(f"unknown --mode '{mode}'; choose one of {', '.join(MODES)}")
+    if max_pixels < 0:
+        raise SamDeployError("--max-pixels must be positive, or 0 for no limit")
+    points = [parse_point(text) for text in point or []]
+    if not points and box is None:
+        raise PromptError("no prompt: give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    prompt = validate_prompt(
+        point_coords=[p[:2] for p in points] if points else None,
+        point_labels=[p[2] for p in points] if points else None,
+        box=parse_box(box) if box is not None else None,
+    )
+    targets = _outputs(images, output, overlay, json_path, output_dir)
+    missing = next((image for image in images if not image.is_file()), None)
+    if missing is not None and len(images) == 1:
+        raise ImageError(f"image not found: {missing}" if not missing.exists() else f"not a file: {missing}")
+
+    sam = load_model(model, backend=backend, mode=mode, threads=threads, inside_image=True)
+    console = Console(stderr=True)
+    timings = Profile() if profile else None
+    failed = 0
+    columns = (TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with sam, Progress(*columns, console=console, transient=True, disable=len(images) == 1) as progress:
+        task = progress.add_task("segment", total=len(images))
+        for result in sam.segment_files(images, prompt, multimask, max_pixels or None, timings):
+            progress.advance(task)
+            if result.error is not None:
+                failed += 1
+                if len(images) == 1:
+                    raise result.error
+                console.print(
+                    f"[bold red]error:[/] {result.path}: {result.error}", highlight=False, soft_wrap=True
+                )
+                continue
+            segmentation = result.segmentation
+            best = segmentation.masks[segmentation.best]
+            target = targets[result.index]
+            # Encode everything first, then write: no output of this image is left half-done.
+            files = {target["mask"]: mask_png(best)}
+            if target["overlay"] is not None:
+                files[target["overlay"]] = overlay_png(result.image, best, prompt)
+            if target["json"] is not None:
+                files[target["json"]] = json_bytes(result_record(segmentation, str(result.path), prompt))
+            for path, data in files.items():
+                write_atomic(path, data)
+            scores = ", ".join(f"{s:.3f}" for s in segmentation.scores)
+            console.print(
+                f"{result.path}: mask {int(best.sum())} px, score {scores} -> {target['mask']}",
+                highlight=False,
+            )
+    if timings is not None:
+        Console().print(timings.table(), highlight=False)
+    if failed:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def graph(
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
+    ] = None,
+    save: Annotated[Path | None, typer.Option(help="also write the graph as JSON to this file")] = None,
+    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
+) -> None:
+    """Print the SAM graph of a model package: nodes, ports and backends; optionally save it as JSON."""
+    from samdeploy.engine import Inference
+    from samdeploy.sam.model import load_model
+    from samdeploy.sam.results import write_atomic
+
+    if save is not None:
+        _check_folder(save.parent if str(save.parent) else Path("."), "output folder")
+    sam = load_model(model, backend=backend)
+    with sam:
+        console = Console()
+        package = sam.package
+        console.print(
+            f"graph {sam.graph.name}: {package.root} ({package.model_type}, input {package.image_size}px,"
+            f" {package.precision}, backend {backend})",
+            highlight=False,
+        )
+        for part in (sam.encode_graph, sam.decode_graph):
+            console.print(
+                f"  {part.name}: {', '.join(part.input_ports())} -> {', '.join(part.output_ports())}"
+            )
+            for node in part.nodes.values():
+                ins = ", ".join(node.input_ports())
+                outs = ", ".join(node.output_ports())
+                console.print(f"    {node.name} [{node.type_name}]: {ins} -> {outs}", highlight=False)
+                if isinstance(node, Inference):
+                    console.print(
+                        f"      {node.params.backend} {' '.join(getattr(node.backend, 'providers', []))}"
+                        f" {node.path.name}",
+                        highlight=False,
+                    )
+        if save is not None:
+            write_atomic(save, (sam.graph.to_json() + "\n").encode())
+            console.print(f"saved {save}", highlight=False)
