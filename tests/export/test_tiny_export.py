@@ -126,7 +126,7 @@ def test_custom_config_other_input_size_exports(tmp_path):
 
     torch.manual_seed(5)
     state = build_sam(config).state_dict()
-    report = export_model(state, tmp_path / "pkg", simplify_with="none")
+    report = export_model(state, tmp_path / "pkg", simplify="none")
     package = ModelPackage.load(tmp_path / "pkg", verify=True)
     assert SamConfig.from_json(package.manifest["architecture"]) == config
     assert package.image_size == 128 and package.manifest["embedding_size"] == [8, 8]

@@ -1,11 +1,125 @@
-"""Placeholder replaced by the export sub-commands."""
+"""``samdeploy export`` and ``samdeploy inspect``: write a model package, and show what one holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
 
 from samdeploy.cli.app import app
+from samdeploy.errors import ExportError
+from samdeploy.package import ModelPackage
+
+
+def _size(num_bytes: int) -> str:
+    value, unit = float(num_bytes), "B"
+    for larger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _validation_table(validation: dict[str, Any]) -> Table:
+    worst, limits = validation["worst"], validation["tolerances"]
+    table = Table(title="validation: ONNX Runtime vs PyTorch (worst case over prompts)", title_justify="left")
+    for column in ("figure", "value", "tolerance"):
+        table.add_column(column, justify="right" if column != "figure" else "left")
+    above = ("embeddings_cosine", "mask_agreement")
+    for key, value in worst.items():
+        limit = limits.get(key)
+        bound = "" if limit is None else (">= " if key in above else "<= ") + f"{limit:g}"
+        table.add_row(key, f"{value:.6g}", bound)
+    return table
 
 
 @app.command()
-def inspect(path: str) -> None:
-    """Print what a model package holds and verify its checksums."""
-    from samdeploy.package import ModelPackage
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="package folder to create")],
+    model_type: Annotated[
+        str, typer.Option(help="auto (detect from tensor shapes), vit_b, vit_l or vit_h")
+    ] = "auto",
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    simplify: Annotated[str, typer.Option(help="graph simplifier: onnxslim, onnxsim or none")] = "onnxslim",
+    quantize: Annotated[str, typer.Option(help="none (fp32) or int8 (dynamic quantization)")] = "none",
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
+    force: Annotated[bool, typer.Option(help="replace an existing package at --output")] = False,
+) -> None:
+    """Export a SAM checkpoint to a validated ONNX model package (image encoder + mask decoder)."""
+    try:
+        from samdeploy.export import export_model
+    except ImportError as exc:
+        raise ExportError(
+            f"export needs PyTorch and the official segment-anything ({exc.name} is missing):"
+            " pip install 'samdeploy[export]'"
+        ) from None
+    console = Console(stderr=True)
+    report = export_model(
+        checkpoint,
+        output,
+        model_type,
+        opset=opset,
+        simplify=simplify,
+        quantize=quantize,
+        validate=validate,
+        force=force,
+        console=console,
+    )
+    out = Console()
+    files = Table(title=f"{report.output}  ({report.model_type}, {report.precision})", title_justify="left")
+    for column in ("file", "size", "nodes"):
+        files.add_column(column, justify="left" if column == "file" else "right")
+    for name, size in report.files.items():
+        counts = report.nodes.get(name.removesuffix(".onnx"), {})
+        files.add_row(name, _size(size), " -> ".join(f"{v} {k}" for k, v in counts.items()))
+    out.print(files)
+    if report.validation is not None:
+        out.print(_validation_table(report.validation))
+        if not report.validation["passed"]:
+            out.print(
+                f"[yellow]{report.precision} export: differences above the fp32 tolerances are recorded, not fatal[/]"
+            )
+    out.print(
+        f"exported in {sum(report.timings.values()):.1f}s: {report.output}", highlight=False, soft_wrap=True
+    )
 
-    print(ModelPackage.load(path, verify=True).manifest["model_type"])
+
+@app.command()
+def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) -> None:
+    """Print what a model package holds and verify the checksum of every file."""
+    package = ModelPackage.load(path, verify=True)
+    manifest = package.manifest
+    out = Console()
+    architecture = manifest.get("architecture", {})
+    out.print(
+        f"[bold]{package.root}[/]: {package.model_type}, {package.precision}, opset {manifest.get('opset')},"
+        f" input {package.image_size}x{package.image_size}, embedding {manifest.get('embedding_size')},"
+        f" ViT {architecture.get('encoder_embed_dim')}x{architecture.get('encoder_depth')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    models = Table(title="models", title_justify="left")
+    for column in ("model", "tensor", "name", "shape", "dtype"):
+        models.add_column(column)
+    for role in manifest["models"]:
+        entry = package.model(role)
+        rows = [("in", spec) for spec in entry.inputs] + [("out", spec) for spec in entry.outputs]
+        for index, (kind, spec) in enumerate(rows):
+            models.add_row(
+                entry.file if index == 0 else "", kind, spec.name, str(list(spec.shape)), spec.dtype
+            )
+    out.print(models)
+    files = Table(title="files (sha256 verified)", title_justify="left")
+    for column in ("file", "size", "sha256"):
+        files.add_column(column, justify="right" if column == "size" else "left")
+    for name, info in manifest["files"].items():
+        files.add_row(name, _size(info["bytes"]), info["sha256"][:16] + "...")
+    out.print(files)
+    validation = package.export_report.get("validation")
+    if validation:
+        out.print(_validation_table(validation))
+    out.print("[green]ok[/]: every checksum matches", highlight=False)

@@ -8,6 +8,9 @@ containers and refuses everything else before it is called.
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,25 +47,50 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     # (every torch.save since 1.6) supports it.
     mmap = zipfile.is_zipfile(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not support; the failure below says more.
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        if "weights only load failed" in str(exc).lower():
-            # The restricted unpickler names the offending global, e.g. "Unsupported global: GLOBAL os.system".
-            reason = next(
-                (line.strip() for line in first if "global" in line.lower()), "it holds Python objects"
-            )
+        message = str(exc)
+        named = re.search(r"GLOBAL ([\w.]+)", message)
+        calls = [named.group(1)] if named else ([] if mmap else _pickle_globals(path))
+        if calls:
             raise CheckpointError(
-                f"refusing to load {path}: it would run code when unpickled ({reason});"
+                f"refusing to load {path}: unpickling it would run code (it calls {', '.join(calls[:3])});"
                 " only plain tensor checkpoints are accepted"
             ) from None
-        raise CheckpointError(f"corrupt checkpoint {path}: {first[0] if first else exc}") from None
+        raise CheckpointError(f"corrupt checkpoint {path}: not a readable PyTorch checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        message = str(exc).strip().splitlines()
+        lines = str(exc).strip().splitlines()
         raise CheckpointError(
-            f"corrupt checkpoint {path}: {message[0] if message else type(exc).__name__}"
+            f"corrupt checkpoint {path}: {lines[0] if lines else type(exc).__name__}"
         ) from None
     return normalize_state_dict(data, source=str(path))
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """Callables a plain pickle file would import, read from its opcodes without unpickling it.
+
+    ``weights_only`` loading stops at the first opcode it does not support (e.g. protocol 4 framing)
+    before it reaches the import, so this scan is what names the code a hostile pickle would run.
+    Returns ``[]`` when the file is not a pickle at all.
+    """
+    strings: list[str] = []
+    found: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if isinstance(arg, str) and "UNICODE" in opcode.name:
+                    strings.append(arg)
+                elif opcode.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # any parse failure means: not a pickle, so nothing that could run
+        return []
+    # Tensor rebuilders and ordered dicts are what a plain torch pickle legitimately names.
+    return [name for name in found if not name.startswith(("torch.", "collections."))]
 
 
 def normalize_state_dict(data: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

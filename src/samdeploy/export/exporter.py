@@ -24,6 +24,7 @@ from segment_anything.modeling import Sam
 
 import samdeploy
 from samdeploy.errors import CheckpointError, ExportError, PackageError
+from samdeploy.export import optimize
 from samdeploy.export.checkpoint import (
     MODEL_TYPES,
     load_sam,
@@ -33,14 +34,7 @@ from samdeploy.export.checkpoint import (
 )
 from samdeploy.export.config import SamConfig, detect_config, preset_name
 from samdeploy.export.models import decoder_specs, encoder_specs, export_decoder, export_encoder
-from samdeploy.export.optimize import (
-    DEFAULT_SIMPLIFIER,
-    QUANTIZATIONS,
-    SIMPLIFIERS,
-    quantize_int8,
-    save,
-    simplify,
-)
+from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
 from samdeploy.export.validate import failures, validate_package
 from samdeploy.package import (
     DECODER,
@@ -181,7 +175,7 @@ def export_model(
     *,
     config: SamConfig | None = None,
     opset: int = 17,
-    simplify_with: str = DEFAULT_SIMPLIFIER,
+    simplify: str = DEFAULT_SIMPLIFIER,
     quantize: str = "none",
     validate: bool = True,
     force: bool = False,
@@ -195,7 +189,7 @@ def export_model(
         model_type: ``auto`` (detect from tensor shapes), ``vit_b``, ``vit_l`` or ``vit_h`` (checked).
         config: the architecture, when shapes cannot tell it all (a custom decoder head count).
         opset: ONNX opset of both graphs.
-        simplify_with: ``onnxslim``, ``onnxsim`` or ``none``.
+        simplify: ``onnxslim``, ``onnxsim`` or ``none``.
         quantize: ``none`` (fp32) or ``int8`` (ONNX Runtime dynamic quantization of MatMul/Gemm).
         validate: compare ONNX Runtime with PyTorch after writing; fp32 exports fail beyond
             :data:`samdeploy.export.validate.TOLERANCES`, int8 ones record their differences.
@@ -209,8 +203,8 @@ def export_model(
     output = Path(output)
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"unknown model type '{model_type}': choose one of {', '.join(MODEL_TYPES)}")
-    if simplify_with not in SIMPLIFIERS:
-        raise ExportError(f"unknown simplifier '{simplify_with}': choose one of {', '.join(SIMPLIFIERS)}")
+    if simplify not in SIMPLIFIERS:
+        raise ExportError(f"unknown simplifier '{simplify}': choose one of {', '.join(SIMPLIFIERS)}")
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
@@ -244,27 +238,27 @@ def export_model(
                     raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
             graph = onnx.load(str(traced))
             counts = {"traced": len(graph.graph.node)}
-            if simplify_with != "none":
-                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify_with})"):
+            if simplify != "none":
+                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
                     try:
-                        graph = simplify(graph, simplify_with)
+                        graph = optimize.simplify(graph, simplify)
                     except ExportError:
                         raise
                     except Exception as exc:
                         raise ExportError(
-                            f"{simplify_with} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
+                            f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
                         ) from None
                 counts["simplified"] = len(graph.graph.node)
             if quantize == "int8":
                 with steps.step(f"quantize_{role}", f"quantizing the {label} (int8)"):
                     simplified = work / f"{role}.simplified.onnx"
-                    save(graph, simplified)
+                    optimize.save(graph, simplified)
                     quantized = work / f"{role}.int8.onnx"
-                    quantize_int8(simplified, quantized)
+                    optimize.quantize_int8(simplified, quantized)
                     graph = onnx.load(str(quantized))
                 counts["quantized"] = len(graph.graph.node)
             with steps.step(f"save_{role}", f"saving the {label}"):
-                files += save(graph, staging / f"{role}.onnx")
+                files += optimize.save(graph, staging / f"{role}.onnx")
                 onnx.checker.check_model(str(staging / f"{role}.onnx"))
             nodes[role] = counts
             del graph
@@ -326,10 +320,10 @@ def export_model(
                     "segment_anything": _version("segment-anything"),
                     "onnx": onnx.__version__,
                     "onnxruntime": _version("onnxruntime"),
-                    simplify_with: _version(simplify_with) if simplify_with != "none" else None,
+                    simplify: _version(simplify) if simplify != "none" else None,
                 },
                 "exporter": "torch.onnx TorchScript (dynamo=False)",
-                "simplify": simplify_with,
+                "simplify": simplify,
                 "quantize": quantize,
                 "nodes": nodes,
                 "timings": steps.timings,

@@ -191,6 +191,8 @@ def _cosine(actual: np.ndarray, expected: np.ndarray) -> float:
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Give activations back after each run: vit_h's global attention needs GBs only while it runs.
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

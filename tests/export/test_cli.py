@@ -1,0 +1,121 @@
+"""The command line: exit codes, one-line errors, the export summary and ``inspect``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from samdeploy.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_then_inspect(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "pkg"
+    code, stdout, stderr = _run(
+        capsys, "export", str(tiny_checkpoint), "--output", str(out), "--simplify", "none"
+    )
+    assert code == 0, stderr
+    assert "image_encoder.onnx" in stdout and "mask_decoder.onnx" in stdout
+    assert "embeddings_cosine" in stdout
+    for step in ("loading checkpoint", "tracing the image encoder", "tracing the mask decoder", "validating"):
+        assert step in stderr
+    code, stdout, _ = _run(capsys, "inspect", str(out))
+    assert code == 0
+    assert "custom, fp32, opset 17" in stdout
+    for name in ("point_coords", "orig_im_size", "low_res_masks", "every checksum matches"):
+        assert name in stdout
+
+
+def test_inspect_tampered_package(tmp_path, tiny_package, capsys):
+    out = tmp_path / "pkg"
+    shutil.copytree(tiny_package, out)
+    with open(out / "mask_decoder.onnx", "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    code, stdout, stderr = _run(capsys, "inspect", str(out))
+    assert code == 2
+    assert stderr.strip().count("\n") == 0
+    assert "checksum mismatch" in stderr and "mask_decoder.onnx" in stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("delete-model", "is missing image_encoder.onnx"),
+        ("manifest", "corrupt"),
+        ("nothing", "no model.json"),
+    ],
+)
+def test_inspect_broken_packages(tmp_path, tiny_package, capsys, damage, message):
+    out = tmp_path / "pkg"
+    if damage == "nothing":
+        out.mkdir()
+    else:
+        shutil.copytree(tiny_package, out)
+        if damage == "delete-model":
+            (out / "image_encoder.onnx").unlink()
+        else:
+            (out / "model.json").write_text("{not json")
+    code, _, stderr = _run(capsys, "inspect", str(out))
+    assert code == 2
+    assert message in stderr and stderr.strip().count("\n") == 0
+
+
+def test_export_errors_are_one_line_exit_2(tmp_path, tiny_checkpoint, capsys):
+    cases = [
+        (["export", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "a")], "checkpoint not found"),
+        (["export", str(tiny_checkpoint), "-o", str(tmp_path / "b"), "--model-type", "vit_h"], "not vit_h"),
+        (
+            ["export", str(tiny_checkpoint), "-o", str(tmp_path / "c"), "--simplify", "zip"],
+            "unknown simplifier",
+        ),
+        (
+            ["export", str(tiny_checkpoint), "-o", str(tmp_path / "d"), "--quantize", "fp8"],
+            "unknown quantization",
+        ),
+    ]
+    for argv, message in cases:
+        code, _, stderr = _run(capsys, *argv)
+        assert code == 2, argv
+        assert message in stderr
+        assert stderr.strip().startswith("error:") and stderr.strip().count("\n") == 0
+        assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_exit_code(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "samdeploy", "inspect", str(tmp_path / "no-such-package")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: model package not found: {tmp_path / 'no-such-package'}"
+
+
+def test_int8_export_records_differences(tmp_path, tiny_checkpoint, tiny_package, capsys):
+    out = tmp_path / "int8"
+    code, stdout, stderr = _run(capsys, "export", str(tiny_checkpoint), "-o", str(out), "--quantize", "int8")
+    assert code == 0, stderr
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["precision"] == "int8"
+    validation = manifest["export"]["validation"]
+    # Random weights put many logits near 0, so int8 flips a visible share of pixels: recorded, not fatal.
+    assert 0.5 < validation["worst"]["end_to_end_mask_agreement"] <= 1.0
+    assert 0.9 < validation["embeddings"]["cosine"] <= 1.0
+    assert isinstance(validation["passed"], bool)
+    assert manifest["export"]["nodes"]["image_encoder"]["quantized"] > 0
+    fp32_bytes = (tiny_package / "image_encoder.onnx").stat().st_size
+    assert manifest["files"]["image_encoder.onnx"]["bytes"] < fp32_bytes
