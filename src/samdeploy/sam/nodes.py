@@ -82,7 +82,7 @@ class PromptBuild(Node):
     ``orig_im_size`` only sizes the decoder's own upscaled ``masks`` output, which this graph does
     not use (postprocess works from ``low_res_masks``). ONNX Runtime computes every output whether
     asked for or not, so by default the decoder gets 1x1 there, which makes that dead upscale cheap
-    (at 4000x3000 it would cost ~5x the decoder itself). ``decoder_masks=True`` feeds the true size.
+    (at 4000x3000 it would cost several times the decoder itself). ``decoder_masks=True`` feeds the true size.
     """
 
     @dataclass

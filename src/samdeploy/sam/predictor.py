@@ -43,8 +43,11 @@ class SamPredictor:
 
         An image whose content was set recently is not encoded again (see ``model.cache``).
         """
+        embedding = self.model.encode(
+            image, image_format, profile=self.profile
+        )  # a bad image keeps the last one
         self.reset_image()
-        self._embedding = self.model.encode(image, image_format, profile=self.profile)
+        self._embedding = embedding
         self.original_size = self._embedding.original_size
         self.input_size = self._embedding.input_size
         self.is_image_set = True

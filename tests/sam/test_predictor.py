@@ -1,0 +1,110 @@
+"""The SamPredictor API beyond parity: state, errors, batches, the embedding cache, load_model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import samdeploy
+from samdeploy import ImageError, PackageError, PromptError, SamPredictor, load_model
+from samdeploy.engine import Profile
+from samdeploy.sam import model as model_module
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_package) -> SamPredictor:
+    return SamPredictor(load_model(tiny_package, threads=1))
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+
+
+def test_state_and_shapes(predictor: SamPredictor, image: np.ndarray) -> None:
+    predictor.reset_image()
+    assert not predictor.is_image_set and predictor.features is None
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.get_image_embedding()
+    predictor.set_image(image)
+    assert predictor.is_image_set
+    assert predictor.original_size == (90, 160) and predictor.input_size == (144, 256)
+    assert predictor.get_image_embedding().shape == (1, 256, 16, 16)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[80, 45]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 90, 160) and masks.dtype == bool
+    assert scores.shape == (3,) and low_res.shape == (3, 64, 64)
+    logits, _, _ = predictor.predict(
+        box=np.array([10, 10, 100, 80]), multimask_output=False, return_logits=True
+    )
+    assert logits.shape == (1, 90, 160) and logits.dtype == np.float32
+
+
+def test_box_batch_is_one_decoder_call(predictor: SamPredictor, image: np.ndarray) -> None:
+    predictor.set_image(image)
+    boxes = np.array([[0, 0, 50, 50], [20, 20, 150, 80], [5, 5, 6, 6], [0, 0, 160, 90]])
+    predictor.profile = Profile()
+    try:
+        masks, scores, low_res = predictor.predict(box=boxes)
+        assert predictor.profile["mask_decoder"].count == 1
+    finally:
+        predictor.profile = None
+    assert masks.shape == (4, 3, 90, 160) and scores.shape == (4, 3) and low_res.shape == (4, 3, 64, 64)
+    for i, box in enumerate(boxes):  # each row equals its own single call
+        single = predictor.predict(box=box)
+        np.testing.assert_allclose(single[2], low_res[i], atol=1e-4)
+        assert np.mean(single[0] == masks[i]) > 0.999
+    batch = predictor.predict_batch(
+        point_coords=np.array([[[10, 10]], [[100, 50]]]), point_labels=np.ones((2, 1))
+    )
+    assert batch[0].shape == (2, 3, 90, 160)
+
+
+def test_embedding_cache_by_content(tiny_package, image: np.ndarray) -> None:
+    model = load_model(tiny_package, threads=1, cache_mb=1)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    predictor.set_image(image.copy())  # same content, another array
+    assert (model.cache.hits, model.cache.misses) == (1, 1)
+    predictor.set_image(image, image_format="BGR")  # other channel order: another embedding
+    assert model.cache.misses == 2
+    bgr_embedding = predictor.get_image_embedding()
+    predictor.set_image(np.ascontiguousarray(image[..., ::-1]))
+    np.testing.assert_allclose(predictor.get_image_embedding(), bgr_embedding, atol=1e-6)
+    assert not predictor.get_image_embedding().flags.writeable
+    assert model.cache.nbytes <= 2**20  # 1 MB bound: 256 KiB embeddings (1x256x16x16), 4 kept
+    for seed in range(20):
+        predictor.set_image(np.full((8, 8, 3), seed, np.uint8))
+    assert len(model.cache) == 4
+    uncached = load_model(tiny_package, threads=1, cache_mb=0)
+    SamPredictor(uncached).set_image(image)
+    assert len(uncached.cache) == 0
+
+
+def test_bad_inputs_raise_documented_errors(predictor: SamPredictor, image: np.ndarray) -> None:
+    predictor.set_image(image)
+    with pytest.raises(PromptError, match="mask_input must be 1x64x64"):
+        predictor.predict(
+            point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=np.zeros((1, 256, 256))
+        )
+    with pytest.raises(PromptError, match="inverted"):
+        predictor.predict(box=np.array([50, 50, 10, 10]))
+    with pytest.raises(ImageError, match="uint8"):
+        predictor.set_image(image.astype(np.float32))
+    with pytest.raises(ImageError, match="image_format"):
+        predictor.set_image(image, image_format="HSV")
+    with pytest.raises(ImageError, match="too thin"):
+        predictor.set_image(np.zeros((1, 600, 3), np.uint8))
+    # Outside the image is allowed through the API, as in the official predictor.
+    masks, _, _ = predictor.predict(point_coords=np.array([[500, -20]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 90, 160)
+
+
+def test_load_model_errors(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "DEFAULT_MODEL", tmp_path / "default")
+    with pytest.raises(PackageError, match="no embedded default model"):
+        load_model()
+    with pytest.raises(PackageError, match="not found"):
+        load_model(tmp_path / "nothing")
+    assert samdeploy.SamPredictor is SamPredictor
