@@ -169,6 +169,7 @@ def test_rle_equals_official_and_round_trips(seed: int, h: int, w: int) -> None:
         coco = amg.coco_encode_rle(rle)
         assert coco == official.coco_encode_rle(rle)
         np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), mask)
+    assert amg.mask_to_rle(masks[:0]) == []
 
 
 @pytest.mark.parametrize("mode", ["holes", "islands"])

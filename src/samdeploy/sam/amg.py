@@ -346,6 +346,8 @@ class _IntroSort:
 def mask_to_rle(masks: np.ndarray) -> list[Rle]:
     """NxHxW boolean masks -> N uncompressed RLEs (column-major, counts start with a run of zeros)."""
     n, h, w = masks.shape
+    if n == 0:
+        return []
     flat = np.ascontiguousarray(masks.transpose(0, 2, 1)).reshape(n, h * w)
     rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
     per_mask = np.split(cols + 1, np.cumsum(np.bincount(rows, minlength=n))[:-1])

@@ -1,0 +1,215 @@
+"""``samdeploy everything``: segment everything in image files (automatic mask generation).
+
+    samdeploy everything photo.jpg --output-dir out/
+    samdeploy everything a.jpg b.jpg --output-dir out/ --format png --crop-n-layers 1 --min-mask-region-area 100
+
+Per image, into ``--output-dir``:
+
+- ``--format coco`` (default): ``<stem>.json``, COCO-style: the image's file name and size, and one
+  annotation per mask with its COCO RLE ``segmentation``, ``area``, ``bbox`` (XYWH),
+  ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box``;
+- ``--format json``: the same with uncompressed RLE (``{"size", "counts": [ints]}``);
+- ``--format png``: ``<stem>.labels.png``, a label map (0 = no mask, i = the i-th mask of the
+  generator's list; 8-bit up to 255 masks, else 16-bit; smaller masks drawn over larger ones);
+- always ``<stem>.overlay.png``: the image with each mask tinted in its own colour.
+
+A bad image fails alone (one error line); the exit code is 2 if any failed. Files are written whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from samdeploy.cli.app import app
+from samdeploy.errors import ImageError, SamDeployError
+from samdeploy.sam.images import DEFAULT_MAX_PIXELS
+
+FORMATS = ("coco", "json", "png")
+OVERLAY_ALPHA = 0.5
+
+
+def label_map_png(masks: list[np.ndarray], size: tuple[int, int]) -> bytes:
+    """HxW masks -> PNG label map of ``size`` (H, W): pixel = 1 + index of the smallest mask covering
+    it, 0 where no mask does. 8-bit for up to 255 masks, else 16-bit."""
+    labels = np.zeros(size, dtype=np.uint8 if len(masks) <= 255 else np.uint16)
+    for index in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        labels[masks[index]] = index + 1
+    buffer = io.BytesIO()
+    Image.fromarray(labels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_colours(count: int) -> np.ndarray:
+    """``count`` x 3 distinct bright RGB colours (golden-ratio hues), the same for every run."""
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    return (
+        np.array([colorsys.hsv_to_rgb(hue, 0.8, 1.0) for hue in hues], dtype=np.float32).reshape(-1, 3) * 255
+    )
+
+
+def overlay_png(image: np.ndarray, masks: list[np.ndarray]) -> bytes:
+    """The image with each mask tinted in its own colour, larger masks first. PNG bytes."""
+    canvas = image.astype(np.float32)
+    colours = mask_colours(len(masks))
+    for index in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        mask = masks[index]
+        canvas[mask] = canvas[mask] * (1 - OVERLAY_ALPHA) + colours[index] * OVERLAY_ALPHA
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(canvas).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A COCO-style document for one image: ``image`` (file name, height, width) and ``annotations``."""
+    height, width = image.shape[:2]
+    annotations = [{"id": i + 1, **record} for i, record in enumerate(records)]
+    return {"image": {"file_name": path.name, "height": height, "width": width}, "annotations": annotations}
+
+
+@app.command()
+def everything(
+    images: Annotated[list[Path], typer.Argument(help="image files (JPEG, PNG, WebP, TIFF, BMP)")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="folder for each image's outputs")],
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="coco (JSON, COCO RLE), json (uncompressed RLE) or png (label map)"
+        ),
+    ] = "coco",
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
+    ] = None,
+    points_per_side: Annotated[int, typer.Option(help="grid points along each image side")] = 32,
+    points_per_batch: Annotated[int, typer.Option(help="points answered by one decoder call")] = 64,
+    pred_iou_thresh: Annotated[float, typer.Option(help="keep masks with predicted IoU above this")] = 0.88,
+    stability_score_thresh: Annotated[float, typer.Option(help="keep masks at least this stable")] = 0.95,
+    stability_score_offset: Annotated[float, typer.Option(help="logit shift for the stability score")] = 1.0,
+    box_nms_thresh: Annotated[float, typer.Option(help="box IoU that marks duplicates")] = 0.7,
+    crop_n_layers: Annotated[int, typer.Option(help="layers of image crops run again (0: none)")] = 0,
+    crop_nms_thresh: Annotated[float, typer.Option(help="box IoU for duplicates across crops")] = 0.7,
+    crop_overlap_ratio: Annotated[float, typer.Option(help="crop overlap, fraction of the short side")] = 512
+    / 1500,
+    crop_n_points_downscale_factor: Annotated[int, typer.Option(help="grid downscale per crop layer")] = 1,
+    min_mask_region_area: Annotated[int, typer.Option(help="fill holes / drop islands below this area")] = 0,
+    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
+    threads: Annotated[
+        int | None, typer.Option(help="intra-op threads per model (default: backend's)")
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="refuse images with more pixels (decompression-bomb guard); 0: no limit")
+    ] = DEFAULT_MAX_PIXELS,
+    profile: Annotated[bool, typer.Option(help="print per-node timings")] = False,
+) -> None:
+    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
+    from samdeploy.engine import Profile
+    from samdeploy.sam.automatic import SamAutomaticMaskGenerator
+    from samdeploy.sam.images import load_image
+    from samdeploy.sam.model import load_model
+    from samdeploy.sam.results import write_atomic
+
+    if output_format not in FORMATS:
+        raise SamDeployError(f"unknown --format '{output_format}'; choose one of {', '.join(FORMATS)}")
+    if max_pixels < 0:
+        raise SamDeployError("--max-pixels must be positive, or 0 for no limit")
+    if not output_dir.is_dir():
+        raise SamDeployError(f"output folder does not exist: {output_dir} (create it first)")
+    stems = [image.stem for image in images]
+    duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if duplicate is not None:
+        raise SamDeployError(f"two input images are named '{duplicate}': their outputs would collide")
+    if len(images) == 1 and not images[0].is_file():
+        raise ImageError(
+            f"image not found: {images[0]}" if not images[0].exists() else f"not a file: {images[0]}"
+        )
+
+    options = {
+        "points_per_side": points_per_side,
+        "points_per_batch": points_per_batch,
+        "pred_iou_thresh": pred_iou_thresh,
+        "stability_score_thresh": stability_score_thresh,
+        "stability_score_offset": stability_score_offset,
+        "box_nms_thresh": box_nms_thresh,
+        "crop_n_layers": crop_n_layers,
+        "crop_nms_thresh": crop_nms_thresh,
+        "crop_overlap_ratio": crop_overlap_ratio,
+        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
+        "min_mask_region_area": min_mask_region_area,
+        "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
+    }
+    sam = load_model(model, backend=backend, threads=threads, cache_mb=0)
+    console = Console(stderr=True)
+    failed = 0
+    with sam:
+        generator = SamAutomaticMaskGenerator(sam, **options)
+        generator.profile = Profile() if profile else None
+        crops_per_image = sum(4**layer for layer in range(crop_n_layers + 1))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            image_task = progress.add_task("images", total=len(images))
+            crop_task = progress.add_task("crops", total=len(images) * crops_per_image)
+            for number, path in enumerate(images):
+                try:
+                    image = load_image(path, max_pixels=max_pixels or None)
+                    records = generator.generate(
+                        image,
+                        progress=lambda done, _total, n=number: progress.update(
+                            crop_task, completed=n * crops_per_image + done
+                        ),
+                    )
+                    files = _encode_outputs(path, image, records, output_format, output_dir)
+                except SamDeployError as exc:
+                    if len(images) == 1:
+                        raise
+                    failed += 1
+                    console.print(f"[bold red]error:[/] {path}: {exc}", highlight=False, soft_wrap=True)
+                    continue
+                finally:
+                    progress.update(crop_task, completed=(number + 1) * crops_per_image)
+                    progress.advance(image_task)
+                for target, data in files.items():
+                    write_atomic(target, data)
+                console.print(
+                    f"{path}: {len(records)} masks -> {', '.join(str(t) for t in files)}", highlight=False
+                )
+    if generator.profile is not None:
+        Console().print(generator.profile.table(), highlight=False)
+    if failed:
+        raise typer.Exit(code=2)
+
+
+def _encode_outputs(
+    path: Path, image: np.ndarray, records: list[dict[str, Any]], output_format: str, output_dir: Path
+) -> dict[Path, bytes]:
+    """Every output file of one image, encoded in memory first so none is left half-written."""
+    from pycocotools import mask as mask_utils
+
+    from samdeploy.sam.amg import rle_to_mask
+
+    stem = path.stem
+    if output_format == "png":
+        masks = [record["segmentation"] for record in records]
+        return {
+            output_dir / f"{stem}.labels.png": label_map_png(masks, image.shape[:2]),
+            output_dir / f"{stem}.overlay.png": overlay_png(image, masks),
+        }
+    if output_format == "coco":
+        masks = [mask_utils.decode(record["segmentation"]).astype(bool) for record in records]
+        document = json.dumps(coco_document(path, image, records), indent=2)
+    else:  # uncompressed RLE counts are long integer lists: compact JSON keeps the file small
+        masks = [rle_to_mask(record["segmentation"]) for record in records]
+        document = json.dumps(coco_document(path, image, records), separators=(",", ":"))
+    return {
+        output_dir / f"{stem}.json": (document + "\n").encode(),
+        output_dir / f"{stem}.overlay.png": overlay_png(image, masks),
+    }
