@@ -235,3 +235,31 @@ def test_accepts_grayscale_and_rejects_bad_images(tiny_model, scene) -> None:
     assert isinstance(generator.generate(scene(30, 40)[..., 0]), list)
     with pytest.raises(ImageError):
         generator.generate(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+FIDELITY_OPTIONS = dict(
+    points_per_side=8,
+    pred_iou_thresh=0.5,
+    stability_score_thresh=0.7,
+    crop_n_layers=1,
+    crop_n_points_downscale_factor=2,
+    min_mask_region_area=40,
+)
+
+
+def assert_fidelity(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    """>= 95% of the masks of each side have a match at IoU >= 0.95 on the other side."""
+    assert theirs, "the official generator kept no mask: lower the thresholds"
+    assert matched_fraction(ours, theirs, 0.95) >= 0.95
+    assert matched_fraction(theirs, ours, 0.95) >= 0.95
+
+
+@pytest.mark.slow
+def test_fidelity_vit_b(vit_b_sam, vit_b_package, scene) -> None:
+    from samdeploy import load_model
+
+    image = scene(300, 400, seed=5)
+    theirs = OfficialGenerator(vit_b_sam, **FIDELITY_OPTIONS).generate(image)
+    with load_model(vit_b_package, cache_mb=0) as model:
+        ours = SamAutomaticMaskGenerator(model, **FIDELITY_OPTIONS).generate(image)
+    assert_fidelity(ours, theirs)

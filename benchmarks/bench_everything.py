@@ -1,0 +1,205 @@
+"""Segment everything: samdeploy against the official ``SamAutomaticMaskGenerator``, side by side.
+
+Both generators get the same random weights, the same picture and the same options (by default
+vit_b, 32x32 points, no crops, the official thresholds), on the same number of threads, in one
+process, one after the other. Prints the wall times, their ratio, the per-stage times of both
+sides and how well the masks agree, and writes them to ``benchmarks/results/everything.json``.
+
+    .venv/bin/python benchmarks/bench_everything.py --threads 2
+    .venv/bin/python benchmarks/bench_everything.py --model-type tiny --points-per-side 8   # smoke run
+
+``--package`` / ``--checkpoint`` reuse an exported random-weight model (a vit_b export takes minutes).
+Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "image_size": 256,
+    "window_size": 7,
+}
+
+
+def picture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """HxWx3 uint8: flat-coloured discs on a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    image = np.stack([xx * 200 // width, yy * 200 // height, np.full_like(xx, 60)], -1).astype(np.uint8)
+    for _ in range(24):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(20, min(height, width) // 4)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
+    return image
+
+
+def random_model(model_type: str, folder: Path, seed: int = 1) -> tuple[Path, Path]:
+    """A random-weight checkpoint and its exported package in ``folder``."""
+    import torch
+
+    from samdeploy.export import PRESETS, SamConfig, build_sam, export_model
+
+    config = PRESETS["vit_b"] if model_type == "vit_b" else SamConfig(**TINY)
+    torch.manual_seed(seed)
+    checkpoint = folder / "checkpoint.pth"
+    torch.save(build_sam(config).state_dict(), checkpoint)
+    export_model(checkpoint, folder / "package", force=True)
+    return checkpoint, folder / "package"
+
+
+class StageTimer:
+    """Wraps methods of an object so each call's wall time adds to a named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, owner: Any, method: str, stage: str) -> None:
+        original: Callable[..., Any] = getattr(owner, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+                self.calls[stage] += 1
+
+        setattr(owner, method, timed)
+
+
+def official_run(
+    checkpoint: Path, model_type: str, image: np.ndarray, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The official generator: records, wall time and the time of its stages."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from samdeploy.export import PRESETS, SamConfig, load_sam, load_state_dict
+
+    config = PRESETS["vit_b"] if model_type == "vit_b" else SamConfig(**TINY)
+    sam = load_sam(load_state_dict(checkpoint), config)
+    generator = SamAutomaticMaskGenerator(sam, **options)
+    timer = StageTimer()
+    predictor = generator.predictor
+    timer.wrap(predictor.model, "preprocess", "normalize + pad")
+    timer.wrap(predictor.model.image_encoder, "forward", "image encoder")
+    timer.wrap(predictor.model.mask_decoder, "forward", "mask decoder")
+    timer.wrap(predictor.model, "postprocess_masks", "upscale masks")
+    with torch.inference_mode():
+        start = time.perf_counter()
+        records = generator.generate(image)
+        wall = time.perf_counter() - start
+    stages = dict(timer.seconds)
+    stages["everything else (filters, RLE, NMS, records)"] = wall - sum(stages.values())
+    return {"records": records, "wall_s": wall, "stages_s": stages}
+
+
+def samdeploy_run(package: Path, image: np.ndarray, options: dict[str, Any], threads: int) -> dict[str, Any]:
+    """samdeploy's generator: records, wall time and the engine's per-node profile."""
+    from samdeploy import SamAutomaticMaskGenerator, load_model
+    from samdeploy.engine import Profile
+
+    model = load_model(package, threads=threads, cache_mb=0)
+    generator = SamAutomaticMaskGenerator(model, **options)
+    generator.generate(image[:64, :64])  # load the sessions and warm the caches of both sides' first call
+    generator.profile = Profile()
+    start = time.perf_counter()
+    records = generator.generate(image)
+    wall = time.perf_counter() - start
+    stages = {s.node: s.total_ms / 1e3 for s in generator.profile.stats()}
+    return {"records": records, "wall_s": wall, "stages_s": stages, "table": generator.profile.table()}
+
+
+def agreement(
+    ours: list[dict[str, Any]], theirs: list[dict[str, Any]], threshold: float = 0.95
+) -> dict[str, Any]:
+    """Masks of each side with an IoU >= threshold match on the other side."""
+
+    def matched(a_list: list[dict[str, Any]], b_list: list[dict[str, Any]]) -> int:
+        hits = 0
+        for a in a_list:
+            for b in b_list:
+                inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
+                union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
+                if union and inter / union >= threshold:
+                    hits += 1
+                    break
+        return hits
+
+    return {
+        "ours": len(ours),
+        "official": len(theirs),
+        "ours_matched": matched(ours, theirs),
+        "official_matched": matched(theirs, ours),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-type", choices=["vit_b", "tiny"], default="vit_b")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--height", type=int, default=768)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--package", type=Path, help="an exported random-weight package to reuse")
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint that package was exported from")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "everything.json")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    image = picture(args.height, args.width)
+    options = {"points_per_side": args.points_per_side}
+    with tempfile.TemporaryDirectory() as temp:
+        if args.package is None or args.checkpoint is None:
+            checkpoint, package = random_model(args.model_type, Path(temp))
+        else:
+            checkpoint, package = args.checkpoint, args.package
+        ours = samdeploy_run(package, image, options, args.threads)
+        theirs = official_run(checkpoint, args.model_type, image, options)
+
+    ratio = theirs["wall_s"] / ours["wall_s"]
+    result = {
+        "model": f"{args.model_type}, random weights",
+        "image": [args.height, args.width],
+        "options": options,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "official_s": round(theirs["wall_s"], 3),
+        "samdeploy_s": round(ours["wall_s"], 3),
+        "speedup": round(ratio, 2),
+        "official_stages_s": {k: round(v, 3) for k, v in theirs["stages_s"].items()},
+        "samdeploy_stages_s": {k: round(v, 3) for k, v in ours["stages_s"].items()},
+        "agreement": agreement(ours["records"], theirs["records"]),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(ours["table"])
+    print(json.dumps(result, indent=2))
+    print(f"official {theirs['wall_s']:.2f} s, samdeploy {ours['wall_s']:.2f} s: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
