@@ -69,11 +69,12 @@ class EmbeddingCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(image: np.ndarray, image_format: str) -> str:
-        """Content hash of an image array (pixels, shape, dtype) and its declared channel order."""
+    def key(rgb: np.ndarray) -> str:
+        """Content hash of an HxWx3 uint8 RGB image (pixels and shape). Taken after conversion to
+        RGB, so a BGR array and its RGB twin share one entry."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{image.shape}|{image.dtype}|{image_format}".encode())
-        digest.update(np.ascontiguousarray(image).data)
+        digest.update(f"{rgb.shape}|{rgb.dtype}".encode())
+        digest.update(np.ascontiguousarray(rgb).data)
         return digest.hexdigest()
 
     def get(self, key: str) -> ImageEmbedding | None:
@@ -172,10 +173,10 @@ class SamModel:
 
     def encode(self, image: np.ndarray, image_format: str = "RGB", profile: Any = None) -> ImageEmbedding:
         """HxWx3 uint8 image -> :class:`ImageEmbedding`, from the cache when this content was seen."""
-        key = EmbeddingCache.key(image, image_format) if self.cache.max_bytes else None
+        rgb = as_rgb_array(image, image_format)
+        key = EmbeddingCache.key(rgb) if self.cache.max_bytes else None
         if key is not None and (hit := self.cache.get(key)) is not None:
             return hit
-        rgb = as_rgb_array(image, image_format)
         out = run_graph(self.encode_graph, {"image": rgb}, self.executor, profile)
         embeddings = np.array(out[EMBEDDINGS], dtype=np.float32)  # own copy, then read-only
         embeddings.setflags(write=False)
