@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samdeploy.errors import PromptError
 from samdeploy.sam.prompts import decoder_inputs, validate_prompt
@@ -80,3 +82,42 @@ def test_inside_image_is_opt_in() -> None:
         validate_prompt(point_coords=[[700, 10]], point_labels=[1], image_size=SIZE, inside_image=True)
     with pytest.raises(PromptError, match="reaches outside"):
         validate_prompt(box=[-1, 0, 10, 10], image_size=SIZE, inside_image=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 5000),
+    width=st.integers(1, 5000),
+    points=st.integers(0, 5),
+    boxes=st.integers(0, 3),
+    with_mask=st.booleans(),
+)
+def test_decoder_input_layout(height: int, width: int, points: int, boxes: int, with_mask: bool) -> None:
+    """Points, then the padding point (only without a box), then box corners 2/3; one row per box."""
+    rng = np.random.default_rng(height + width)
+    prompt = {}
+    if points:
+        prompt["point_coords"] = rng.uniform(0, [width, height], (points, 2))
+        prompt["point_labels"] = rng.integers(0, 2, points)
+    if boxes:
+        corner = rng.uniform(0, [width / 2, height / 2], (boxes, 2))
+        prompt["box"] = np.hstack([corner, corner + [width / 2, height / 2]])
+    if with_mask:
+        prompt["mask_input"] = rng.normal(size=(1, 256, 256))
+    out = decoder_inputs(validate_prompt(**prompt), (height, width), 1024, (256, 256))
+    batch = max(boxes, 1)
+    expected = points + (1 if points and not boxes else 0) + (2 if boxes else 0)
+    assert out["point_coords"].shape == (batch, expected, 2)
+    labels = out["point_labels"]
+    if points:
+        np.testing.assert_array_equal(
+            labels[:, :points], np.broadcast_to(prompt["point_labels"], (batch, points))
+        )
+    if boxes:
+        np.testing.assert_array_equal(labels[:, -2:], [[2, 3]] * batch)
+    elif points:
+        np.testing.assert_array_equal(labels[:, -1], -1)
+        np.testing.assert_array_equal(out["point_coords"][:, -1], 0)
+    # Coordinates land in the resized frame: at most the long side S.
+    assert (out["point_coords"] >= 0).all() and (out["point_coords"] <= 1024 + 1e-3).all()
+    np.testing.assert_array_equal(out["has_mask_input"], [float(with_mask)])
