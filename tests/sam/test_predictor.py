@@ -109,3 +109,21 @@ def test_load_model_errors(tmp_path, monkeypatch) -> None:
     with pytest.raises(PackageError, match="not found"):
         load_model(tmp_path / "nothing")
     assert samdeploy.SamPredictor is SamPredictor
+
+
+@pytest.mark.parametrize("mode", ["task", "pipeline"])
+def test_every_executor_gives_the_same_result(
+    tiny_package, predictor: SamPredictor, image: np.ndarray, mode
+) -> None:
+    kwargs = {
+        "point_coords": np.array([[50, 40]]),
+        "point_labels": np.array([1]),
+        "box": np.array([[0, 0, 99, 80], [9, 9, 50, 50]]),
+    }
+    predictor.set_image(image)
+    expected = predictor.predict(**kwargs)
+    with load_model(tiny_package, mode=mode, threads=1) as model:
+        other = SamPredictor(model)
+        other.set_image(image)
+        for ours, reference in zip(other.predict(**kwargs), expected, strict=True):
+            np.testing.assert_array_equal(ours, reference)
