@@ -1,8 +1,9 @@
 """Segment everything: samdeploy against the official ``SamAutomaticMaskGenerator``, side by side.
 
 Both generators get the same random weights, the same picture and the same options (by default
-vit_b, 32x32 points, no crops, the official thresholds), on the same number of threads, in one
-process, one after the other. Prints the wall times, their ratio, the per-stage times of both
+vit_b, 32x32 points, no crops, the official thresholds), on the same number of threads, one after
+the other in one run (each side in its own child process, so neither inherits the other's memory
+arenas: a vit_b encoder pass holds several GB). Prints the wall times, their ratio, the per-stage times of both
 sides and how well the masks agree, and writes them to ``benchmarks/results/everything.json``.
 
     .venv/bin/python benchmarks/bench_everything.py --threads 2
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,15 +133,18 @@ def samdeploy_run(package: Path, image: np.ndarray, options: dict[str, Any], thr
 def agreement(
     ours: list[dict[str, Any]], theirs: list[dict[str, Any]], threshold: float = 0.95
 ) -> dict[str, Any]:
-    """Masks of each side with an IoU >= threshold match on the other side."""
+    """Masks of each side (uncompressed RLE records) with an IoU >= threshold match on the other side."""
+    from samdeploy.sam.amg import rle_to_mask
 
-    def matched(a_list: list[dict[str, Any]], b_list: list[dict[str, Any]]) -> int:
+    ours_masks = [rle_to_mask(r["segmentation"]) for r in ours]
+    their_masks = [rle_to_mask(r["segmentation"]) for r in theirs]
+
+    def matched(a_list: list[np.ndarray], b_list: list[np.ndarray]) -> int:
         hits = 0
         for a in a_list:
             for b in b_list:
-                inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
-                union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
-                if union and inter / union >= threshold:
+                union = np.logical_or(a, b).sum()
+                if union and np.logical_and(a, b).sum() / union >= threshold:
                     hits += 1
                     break
         return hits
@@ -147,9 +152,23 @@ def agreement(
     return {
         "ours": len(ours),
         "official": len(theirs),
-        "ours_matched": matched(ours, theirs),
-        "official_matched": matched(theirs, ours),
+        "ours_matched": matched(ours_masks, their_masks),
+        "official_matched": matched(their_masks, ours_masks),
     }
+
+
+def run_side(args: argparse.Namespace) -> None:
+    """Child process: run one side and write its result (records as uncompressed RLE) as JSON."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    image = picture(args.height, args.width)
+    options = {"points_per_side": args.points_per_side, "output_mode": "uncompressed_rle"}
+    if args.side == "samdeploy":
+        result = samdeploy_run(args.package, image, options, args.threads)
+    else:
+        result = official_run(args.checkpoint, args.model_type, image, options)
+    args.side_output.write_text(json.dumps(result))
 
 
 def main() -> None:
@@ -162,26 +181,31 @@ def main() -> None:
     parser.add_argument("--package", type=Path, help="an exported random-weight package to reuse")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint that package was exported from")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "everything.json")
+    parser.add_argument("--side", choices=["samdeploy", "official"], help=argparse.SUPPRESS)
+    parser.add_argument("--side-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side is not None:
+        run_side(args)
+        return
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    image = picture(args.height, args.width)
-    options = {"points_per_side": args.points_per_side}
     with tempfile.TemporaryDirectory() as temp:
         if args.package is None or args.checkpoint is None:
-            checkpoint, package = random_model(args.model_type, Path(temp))
-        else:
-            checkpoint, package = args.checkpoint, args.package
-        ours = samdeploy_run(package, image, options, args.threads)
-        theirs = official_run(checkpoint, args.model_type, image, options)
-
+            args.checkpoint, args.package = random_model(args.model_type, Path(temp))
+        sides = {}
+        for side in ("samdeploy", "official"):
+            side_output = Path(temp) / f"{side}.json"
+            forwarded = ["--side", side, "--side-output", str(side_output), "--package", str(args.package)]
+            forwarded += ["--checkpoint", str(args.checkpoint), "--model-type", args.model_type]
+            forwarded += ["--threads", str(args.threads), "--points-per-side", str(args.points_per_side)]
+            forwarded += ["--height", str(args.height), "--width", str(args.width)]
+            subprocess.run([sys.executable, __file__, *forwarded], check=True)
+            sides[side] = json.loads(side_output.read_text())
+    ours, theirs = sides["samdeploy"], sides["official"]
     ratio = theirs["wall_s"] / ours["wall_s"]
     result = {
         "model": f"{args.model_type}, random weights",
         "image": [args.height, args.width],
-        "options": options,
+        "options": {"points_per_side": args.points_per_side},
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,4 +264,31 @@ def test_fidelity_vit_b(vit_b_sam, vit_b_package, scene) -> None:
     theirs = OfficialGenerator(vit_b_sam, **FIDELITY_OPTIONS).generate(image)
     with load_model(vit_b_package, cache_mb=0) as model:
         ours = SamAutomaticMaskGenerator(model, **FIDELITY_OPTIONS).generate(image)
+    assert_fidelity(ours, theirs)
+
+
+def default_checkpoint() -> Path | None:
+    """The trained default model's PyTorch checkpoint, if this checkout has it."""
+    candidates = [os.environ.get("SAMDEPLOY_DEFAULT_CHECKPOINT"), "runs/default.pth"]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+def test_fidelity_default_model(default_package) -> None:
+    """The trained default model segments the shapes of its training scenes, so its masks differ
+    from prompt to prompt: the matching is a strong test here."""
+    from samdeploy import load_model
+    from samdeploy.export import SamConfig, load_sam, load_state_dict
+    from samdeploy.package import ModelPackage
+    from samdeploy.training.scenes import SceneConfig, generate_scene
+
+    checkpoint = default_checkpoint()
+    if checkpoint is None:
+        pytest.skip("the default model's checkpoint is not available (set SAMDEPLOY_DEFAULT_CHECKPOINT)")
+    config = SamConfig.from_json(ModelPackage.load(default_package).manifest["architecture"])
+    sam = load_sam(load_state_dict(checkpoint), config)
+    image = generate_scene(11, SceneConfig(long_side=(320, 320))).image
+    theirs = OfficialGenerator(sam, **FIDELITY_OPTIONS).generate(image)
+    with load_model(default_package, cache_mb=0) as model:
+        ours = SamAutomaticMaskGenerator(model, **FIDELITY_OPTIONS).generate(image)
+    assert len(theirs) >= 5
     assert_fidelity(ours, theirs)
