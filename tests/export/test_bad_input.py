@@ -192,3 +192,10 @@ def test_existing_package_needs_force(tmp_path, tiny_checkpoint, tiny_package):
     assert package.manifest["opset"] == 17
     assert package.export_report["validation"] is None
     assert _leftovers(tmp_path) == []
+
+
+def test_output_under_a_file(tmp_path, tiny_checkpoint):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ExportError, match="cannot create .*notes.txt/out") as info:
+        export_model(tiny_checkpoint, tmp_path / "notes.txt" / "out")
+    _one_line(info)

@@ -119,3 +119,26 @@ def test_int8_export_records_differences(tmp_path, tiny_checkpoint, tiny_package
     assert manifest["export"]["nodes"]["image_encoder"]["quantized"] > 0
     fp32_bytes = (tiny_package / "image_encoder.onnx").stat().st_size
     assert manifest["files"]["image_encoder.onnx"]["bytes"] < fp32_bytes
+
+
+def test_sigterm_removes_the_partial_package(tmp_path, tiny_checkpoint):
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "samdeploy", "export", str(tiny_checkpoint), "-o", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not any(".partial-" in p.name for p in tmp_path.iterdir()) and process.poll() is None:
+            assert time.monotonic() < deadline, "export never started writing"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -36,6 +38,10 @@ def _validation_table(validation: dict[str, Any]) -> Table:
     return table
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth")],
@@ -44,7 +50,7 @@ def export(
         str, typer.Option(help="auto (detect from tensor shapes), vit_b, vit_l or vit_h")
     ] = "auto",
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
-    simplify: Annotated[str, typer.Option(help="graph simplifier: onnxslim, onnxsim or none")] = "onnxslim",
+    simplify: Annotated[str, typer.Option(help="graph simplifier: onnxsim, onnxslim or none")] = "onnxsim",
     quantize: Annotated[str, typer.Option(help="none (fp32) or int8 (dynamic quantization)")] = "none",
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing package at --output")] = False,
@@ -57,6 +63,9 @@ def export(
             f"export needs PyTorch and the official segment-anything ({exc.name} is missing):"
             " pip install 'samdeploy[export]'"
         ) from None
+    # A plain `kill` should clean up like Ctrl-C does: the export removes its partial folder on
+    # KeyboardInterrupt, but the default SIGTERM action ends the process without unwinding.
+    signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=True)
     report = export_model(
         checkpoint,

@@ -134,6 +134,10 @@ def _check_disk(output: Path, weight_bytes: int) -> None:
         )
 
 
+def _node_count(path: Path) -> int:
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
@@ -219,49 +223,54 @@ def export_model(
     name = preset_name(sam_config)
     precision = "int8" if quantize == "int8" else "fp32"
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     work = staging / ".work"
-    work.mkdir(parents=True)
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
     try:
         files: list[str] = []
         nodes: dict[str, dict[str, int]] = {}
         for role, label in ((ENCODER, "image encoder"), (DECODER, "mask decoder")):
-            traced = work / f"{role}.onnx"
+            # One folder per graph: over 2 GB the tracer writes every weight as its own file there.
+            folder = work / role
+            folder.mkdir()
+            current = folder / f"{role}.onnx"
             with steps.step(f"trace_{role}", f"tracing the {label}"):
                 try:
                     if role == ENCODER:
-                        export_encoder(sam, traced, opset)
+                        export_encoder(sam, current, opset)
                     else:
-                        export_decoder(sam, sam_config, traced, opset)
+                        export_decoder(sam, sam_config, current, opset)
                 except (RuntimeError, ValueError, TypeError) as exc:
                     raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
-            graph = onnx.load(str(traced))
-            counts = {"traced": len(graph.graph.node)}
+            counts = {"traced": _node_count(current)}
             if simplify != "none":
+                simplified = work / f"{role}.simplified" / f"{role}.onnx"
+                simplified.parent.mkdir()
                 with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
                     try:
-                        graph = optimize.simplify(graph, simplify)
+                        optimize.simplify(current, simplified, simplify)
                     except ExportError:
                         raise
                     except Exception as exc:
                         raise ExportError(
                             f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
                         ) from None
-                counts["simplified"] = len(graph.graph.node)
+                current = simplified
+                counts["simplified"] = _node_count(current)
             if quantize == "int8":
+                quantized = work / f"{role}.int8" / f"{role}.onnx"
+                quantized.parent.mkdir()
                 with steps.step(f"quantize_{role}", f"quantizing the {label} (int8)"):
-                    simplified = work / f"{role}.simplified.onnx"
-                    optimize.save(graph, simplified)
-                    quantized = work / f"{role}.int8.onnx"
-                    optimize.quantize_int8(simplified, quantized)
-                    graph = onnx.load(str(quantized))
-                counts["quantized"] = len(graph.graph.node)
+                    optimize.quantize_int8(current, quantized)
+                current = quantized
+                counts["quantized"] = _node_count(current)
             with steps.step(f"save_{role}", f"saving the {label}"):
-                files += optimize.save(graph, staging / f"{role}.onnx")
+                files += optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
                 onnx.checker.check_model(str(staging / f"{role}.onnx"))
             nodes[role] = counts
-            del graph
         shutil.rmtree(work)
 
         report = None
@@ -332,6 +341,9 @@ def export_model(
         }
         write_manifest(staging, manifest)
         _move_into_place(staging, output)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"writing {output} failed: {exc.strerror or _one_line(exc)}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
