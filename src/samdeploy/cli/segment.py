@@ -12,6 +12,7 @@ if any failed. Files are written whole or not at all.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Annotated
@@ -202,6 +203,11 @@ def segment(
         raise typer.Exit(code=2)
 
 
+def _tensor(spec) -> str:
+    """``name[1, 3, 1024, 1024]``, dynamic axes by name."""
+    return f"{spec.name}[{', '.join(str(dim) for dim in spec.shape)}]"
+
+
 @app.command()
 def graph(
     model: Annotated[
@@ -219,27 +225,25 @@ def graph(
         _check_folder(save.parent if str(save.parent) else Path("."), "output folder")
     sam = load_model(model, backend=backend)
     with sam:
-        console = Console()
+        console = Console(soft_wrap=True, highlight=False)
+        say = functools.partial(console.print, markup=False)
         package = sam.package
-        console.print(
+        say(
             f"graph {sam.graph.name}: {package.root} ({package.model_type}, input {package.image_size}px,"
-            f" {package.precision}, backend {backend})",
-            highlight=False,
+            f" {package.precision}, backend {backend})"
         )
         for part in (sam.encode_graph, sam.decode_graph):
-            console.print(
-                f"  {part.name}: {', '.join(part.input_ports())} -> {', '.join(part.output_ports())}"
-            )
+            say(f"  {part.name}: {', '.join(part.input_ports())} -> {', '.join(part.output_ports())}")
             for node in part.nodes.values():
-                ins = ", ".join(node.input_ports())
-                outs = ", ".join(node.output_ports())
-                console.print(f"    {node.name} [{node.type_name}]: {ins} -> {outs}", highlight=False)
                 if isinstance(node, Inference):
-                    console.print(
-                        f"      {node.params.backend} {' '.join(getattr(node.backend, 'providers', []))}"
-                        f" {node.path.name}",
-                        highlight=False,
-                    )
+                    ins = ", ".join(_tensor(t) for t in node.input_specs)
+                    outs = ", ".join(_tensor(t) for t in node.output_specs)
+                else:
+                    ins, outs = ", ".join(node.input_ports()), ", ".join(node.output_ports())
+                say(f"    {node.name} ({node.type_name}): {ins} -> {outs}")
+                if isinstance(node, Inference):
+                    providers = ", ".join(getattr(node.backend, "providers", []))
+                    say(f"      backend {node.params.backend} [{providers}], model {node.path}")
         if save is not None:
             write_atomic(save, (sam.graph.to_json() + "\n").encode())
-            console.print(f"saved {save}", highlight=False)
+            say(f"saved {save}")
