@@ -43,7 +43,7 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni"
 # ----------------------------------------------------------------------------- inputs
 
 
-def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+def bench_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A real-looking HxWx3 uint8 RGB picture: gradients, discs of colour and noise (deterministic)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -122,7 +122,16 @@ def interleaved(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process so far, in MB.
+
+    Linux: ``VmHWM`` of /proc/self/status, this program's own high-water mark (``ru_maxrss`` would
+    carry the parent's peak over into a freshly started child). Elsewhere ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -260,7 +269,7 @@ def memory_probe(package: Path, threads: int, backend: str = "onnxruntime") -> d
 def _probe_main(package: str, threads: int, backend: str) -> dict[str, float]:
     import samdeploy
 
-    image = test_image(*BENCH_IMAGE_SIZE)
+    image = bench_image(*BENCH_IMAGE_SIZE)
     baseline = peak_rss_mb()
     start = time.perf_counter()
     model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
@@ -310,7 +319,7 @@ def bench_package(
     model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
     report["model_type"] = model.package.model_type
     report["precision"] = model.package.precision
-    image = test_image(*BENCH_IMAGE_SIZE)
+    image = bench_image(*BENCH_IMAGE_SIZE)
     cases = prompt_cases(*image.shape[:2])
     predictor = samdeploy.SamPredictor(model)
 
@@ -386,7 +395,7 @@ def stream_throughput(
     import samdeploy
     from samdeploy.sam.prompts import validate_prompt
 
-    images = [test_image(*BENCH_IMAGE_SIZE, seed=seed) for seed in range(max(1, count))]
+    images = [bench_image(*BENCH_IMAGE_SIZE, seed=seed) for seed in range(max(1, count))]
     height, width = BENCH_IMAGE_SIZE
     result: dict[str, Any] = {"images": len(images)}
     for mode in MODES:

@@ -1,0 +1,629 @@
+"""samdeploy against the official PyTorch ``SamPredictor``, side by side in one run.
+
+Both sides get the same random weights, the same images and the same prompts, on the same
+threads, and every comparison runs round-robin (A, B, A, B, ...), so the ratios hold even on a
+noisy shared machine. Results go to ``benchmarks/results/<model>.json``, ``docs/benchmarks.md``
+(a markdown report with the machine, its load and the versions) and a per-node time chart
+``docs/benchmarks-nodes.png``.
+
+    .venv/bin/python benchmarks/bench_sam.py --model-type vit_b --threads 2
+    .venv/bin/python benchmarks/bench_sam.py --model-type tiny --repeat 1      # a smoke run
+
+The samdeploy side measures the package as exported (fp32) and the packages of
+``samdeploy.export.precision`` (``fp32-opt``: chunked global attention; ``int8``). The PyTorch
+side measures eager fp32, bf16 autocast and, with ``--torch-compile``, ``torch.compile``; when
+tcmalloc is installed (``apt-get install libtcmalloc-minimal4``) the whole run is re-executed with
+it preloaded, PyTorch's best allocator set-up (``--allocator glibc`` to compare without).
+
+Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TCMALLOC = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+)
+TINY = {
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "image_size": 256,
+    "window_size": 7,
+}
+SAMDEPLOY_VARIANTS = ("fp32", "fp32-opt", "int8")
+
+from samdeploy.cli.bench import (  # noqa: E402  (after the constants the docstring names)
+    BENCH_IMAGE_SIZE,
+    bench_image,
+    encoder_gflop,
+    gemm_peak_gflops,
+    interleaved,
+    machine_info,
+    memory_probe,
+    prompt_cases,
+    stream_throughput,
+)
+
+# ----------------------------------------------------------------------------- the reference model
+
+
+def sam_config(model_type: str) -> Any:
+    from samdeploy.export import PRESETS, SamConfig
+
+    return SamConfig.from_json(TINY) if model_type == "tiny" else PRESETS[model_type]
+
+
+def random_sam(config: Any, seed: int) -> Any:
+    """Official ``Sam`` with seeded random weights; the parameters the official init leaves at zero
+    (position embeddings, relative-position tables) get small random values so every path carries
+    signal (the same recipe as the test fixtures)."""
+    import torch
+
+    from samdeploy.export import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sam.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return sam.eval()
+
+
+def load_reference(checkpoint: Path, config: Any) -> Any:
+    from samdeploy.export import load_sam, load_state_dict
+
+    return load_sam(load_state_dict(checkpoint), config).eval()
+
+
+def torch_predict(predictor: Any, case: dict[str, Any]) -> None:
+    """The official predictor; a batch of boxes goes through ``predict_torch`` as its README shows."""
+    import torch
+
+    box = case.get("box")
+    if box is not None and np.ndim(box) == 2:
+        boxes = predictor.transform.apply_boxes_torch(
+            torch.as_tensor(box, dtype=torch.float), predictor.original_size
+        )
+        predictor.predict_torch(None, None, boxes=boxes, multimask_output=False)
+    else:
+        predictor.predict(**case)
+
+
+def torch_encoder_gflop(sam: Any) -> float | None:
+    """PyTorch's own count of the encoder's FLOPs, on meta tensors (no compute)."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        encoder = copy.deepcopy(sam.image_encoder).to("meta")
+        size = encoder.img_size
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            encoder(torch.zeros(1, 3, size, size, device="meta"))
+        return counter.get_total_flops() / 1e9
+    except Exception:  # an op without a meta kernel: the analytic count still stands
+        return None
+
+
+def torch_gemm_peak(threads: int, size: int = 2048) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def torch_probe(checkpoint: str, config_json: str, threads: int) -> dict[str, float]:
+    """Load time and peak RSS of the PyTorch side in this (fresh) process."""
+    import torch
+    from segment_anything import SamPredictor
+
+    from samdeploy.cli.bench import peak_rss_mb
+    from samdeploy.export import SamConfig
+
+    torch.set_num_threads(threads)
+    image = bench_image(*BENCH_IMAGE_SIZE)
+    baseline = peak_rss_mb()
+    start = time.perf_counter()
+    predictor = SamPredictor(load_reference(Path(checkpoint), SamConfig.from_json(json.loads(config_json))))
+    load_s = time.perf_counter() - start
+    with torch.inference_mode():
+        predictor.set_image(image)
+        for case in prompt_cases(*image.shape[:2]).values():
+            torch_predict(predictor, case)
+    return {"load_s": load_s, "peak_rss_mb": peak_rss_mb(), "interpreter_rss_mb": baseline}
+
+
+def run_torch_probe(checkpoint: Path, config: Any, threads: int) -> dict[str, float]:
+    config_json = json.dumps(config.to_json())
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_sam import torch_probe; "
+        f"print(json.dumps(torch_probe({str(checkpoint)!r}, {config_json!r}, {threads})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"PyTorch memory probe failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, Any, Path, dict[str, Path]]:
+    """The reference model, its checkpoint, and the samdeploy packages to compare (built if missing)."""
+    import torch
+
+    from samdeploy.export import SamConfig, export_model
+    from samdeploy.export.precision import optimize_package
+    from samdeploy.package import ModelPackage
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="samdeploy-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.package is not None:
+        package = args.package
+        config = SamConfig.from_json(ModelPackage.load(package).manifest["architecture"])
+        if args.checkpoint is None:
+            raise SystemExit("--package needs the --checkpoint it was exported from")
+        checkpoint = args.checkpoint
+        sam = load_reference(checkpoint, config)
+    else:
+        config = sam_config(args.model_type)
+        checkpoint = workdir / f"{args.model_type}-seed{args.seed}.pth"
+        package = workdir / f"{args.model_type}-seed{args.seed}"
+        if checkpoint.exists():
+            sam = load_reference(checkpoint, config)
+        else:
+            sam = random_sam(config, args.seed)
+            torch.save(sam.state_dict(), checkpoint)
+        if not (package / "model.json").exists():
+            log(f"exporting {args.model_type} to {package}")
+            export_model(checkpoint, package, force=True)
+    packages = {"fp32": package}
+    for variant in args.variants:
+        if variant == "fp32":
+            continue
+        precision = "int8" if variant == "int8" else "fp32"
+        target = workdir / f"{package.name}-{variant}"
+        if not (target / "model.json").exists():
+            log(f"building the {variant} package")
+            optimize_package(package, target, precision, measure_runs=0, strict=False, force=True)
+        packages[variant] = target
+    return sam, config, checkpoint, packages
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator as TorchGenerator
+    from segment_anything import SamPredictor as TorchPredictor
+
+    import samdeploy
+    from samdeploy.engine import Profile
+    from samdeploy.sam.graphs import segment_files_graph
+    from samdeploy.sam.prompts import validate_prompt
+
+    def log(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    threads = args.threads
+    torch.set_num_threads(threads)
+    sam, config, checkpoint, packages = prepare(args, log)
+    image = bench_image(*BENCH_IMAGE_SIZE)
+    cases = prompt_cases(*image.shape[:2])
+    reference = TorchPredictor(sam)
+    report: dict[str, Any] = {
+        "command": "python benchmarks/bench_sam.py " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
+        "threads": threads,
+        "model_type": args.model_type if args.package is None else package_type(packages["fp32"]),
+        "packages": {name: samdeploy.ModelPackage.load(path).precision for name, path in packages.items()},
+        "repeat": args.repeat,
+    }
+
+    def torch_encode() -> None:
+        with torch.inference_mode():
+            reference.set_image(image)
+
+    def torch_encode_bf16() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            reference.set_image(image)
+
+    # --- PyTorch configurations, against eager fp32
+    log("encoder: PyTorch configurations")
+    torch_fns: dict[str, Callable[[], None]] = {
+        "pytorch eager fp32": torch_encode,
+        "pytorch bf16 autocast": torch_encode_bf16,
+    }
+    if args.torch_compile:
+        compiled = torch.compile(sam.image_encoder)
+        original = sam.image_encoder
+
+        def torch_encode_compiled() -> None:
+            sam.image_encoder = compiled  # the official predictor calls model.image_encoder
+            try:
+                with torch.inference_mode():
+                    reference.set_image(image)
+            finally:
+                sam.image_encoder = original
+
+        log("torch.compile (first call compiles)")
+        start = time.perf_counter()
+        torch_encode_compiled()
+        report["torch_compile_s"] = time.perf_counter() - start
+        torch_fns["pytorch torch.compile fp32"] = torch_encode_compiled
+    groups = {"pytorch": interleaved(torch_fns, args.repeat)}
+
+    # --- each samdeploy package against PyTorch eager fp32 (one package loaded at a time)
+    latency: dict[str, dict[str, Any]] = {}
+    nodes: list[dict[str, Any]] = []
+
+    def detail(model: Any, ours: Any) -> None:
+        """Prompts, per-node profile, segment and segment-everything on the fp32 package."""
+        torch_encode()
+        ours.set_image(image)
+        for name, case in cases.items():
+
+            def run_torch(case: dict[str, Any] = case) -> None:
+                with torch.inference_mode():
+                    torch_predict(reference, case)
+
+            latency[f"predict: {name}"] = interleaved(
+                {"pytorch": run_torch, "samdeploy": lambda case=case: ours.predict(**case)}, args.repeat * 5
+            )
+        log("per-node profile")
+        profile = Profile()
+        ours.profile = profile
+        for _ in range(max(2, args.repeat)):
+            ours.set_image(image)
+            ours.predict(**cases["1 point"])
+        ours.profile = None
+        nodes[:] = [
+            {"node": s.node, "count": s.count, "mean_ms": s.mean_ms, "p95_ms": s.p95_ms}
+            for s in profile.stats()
+        ]
+        log("segment: a PNG file in, masks out")
+        with tempfile.TemporaryDirectory(prefix="samdeploy-bench-") as tmp:
+            from PIL import Image
+
+            photo = Path(tmp) / "photo.png"
+            Image.fromarray(image).save(photo)
+            graph = segment_files_graph(model.graph, max_pixels=None)
+            prompt = validate_prompt(**cases["1 point"], mask_input_size=model.mask_input_size)
+            inputs = {"path": str(photo), "prompt": prompt, "multimask_output": True, "return_logits": False}
+
+            def torch_segment() -> None:
+                picture = np.asarray(Image.open(photo).convert("RGB"))
+                with torch.inference_mode():
+                    reference.set_image(picture)
+                    reference.predict(**cases["1 point"])
+
+            latency["segment (file, 1 point)"] = interleaved(
+                {"pytorch": torch_segment, "samdeploy": lambda: graph.run(inputs, executor=model.executor)},
+                args.repeat,
+                warmup=0,
+            )
+        if args.everything_points:
+            log(f"segment everything ({args.everything_points}x{args.everything_points} points)")
+            theirs = TorchGenerator(sam, points_per_side=args.everything_points)
+            mine = samdeploy.SamAutomaticMaskGenerator(model, points_per_side=args.everything_points)
+            counts: dict[str, int] = {}
+
+            def torch_everything() -> None:
+                with torch.inference_mode():
+                    counts["pytorch"] = len(theirs.generate(image))
+
+            def our_everything() -> None:
+                counts["samdeploy"] = len(mine.generate(image))
+
+            row = interleaved({"pytorch": torch_everything, "samdeploy": our_everything}, 1, warmup=0)
+            row["points_per_side"] = args.everything_points
+            row["masks"] = counts
+            latency["segment everything"] = row
+
+    for variant, path in packages.items():
+        log(f"encoder and prompts: samdeploy {variant}")
+        model = samdeploy.load_model(path, threads=threads, cache_mb=0)
+        ours = samdeploy.SamPredictor(model)
+        groups[variant] = interleaved(
+            {
+                "pytorch eager fp32": torch_encode,
+                f"samdeploy {variant}": lambda ours=ours: ours.set_image(image),
+            },
+            args.repeat,
+        )
+        if variant == "fp32":
+            detail(model, ours)
+        model.close()
+        gc.collect()
+    report["encoder_groups"] = groups
+    report["latency"] = latency
+    report["nodes"] = nodes
+    report["encoder"] = encoder_summary(groups)
+
+    log("stream of images, each executor mode")
+    images = [bench_image(*BENCH_IMAGE_SIZE, seed=s) for s in range(args.stream_images)]
+    stream = stream_throughput(packages["fp32"], threads, args.stream_images)
+    start = time.perf_counter()
+    for picture in images:
+        with torch.inference_mode():
+            reference.set_image(picture)
+            reference.predict(point_coords=np.array([[512.0, 384.0]]), point_labels=np.array([1]))
+    stream["pytorch loop"] = len(images) / (time.perf_counter() - start)
+    stream["encoder_bound_images_per_s"] = 1e3 / groups["fp32"]["samdeploy fp32"]["median_ms"]
+    report["stream"] = stream
+    if "fp32-opt" in packages:
+        opt = stream_throughput(packages["fp32-opt"], threads, args.stream_images)
+        opt["encoder_bound_images_per_s"] = 1e3 / groups["fp32-opt"]["samdeploy fp32-opt"]["median_ms"]
+        report["stream_fp32_opt"] = opt
+
+    log("GFLOP/s and the GEMM peak")
+    gflop = encoder_gflop(config.to_json())
+    peaks = {"onnxruntime": gemm_peak_gflops(threads)["gflops"], "pytorch": torch_gemm_peak(threads)}
+    peak = max(peaks.values())
+    report["flops"] = {
+        "encoder_gflop": gflop,
+        "encoder_gflop_torch_count": torch_encoder_gflop(sam),
+        "gemm_peak_gflops": peaks,
+        "peak": peak,
+        "achieved_gflops": {name: gflop / row["median_ms"] * 1e3 for name, row in report["encoder"].items()},
+    }
+
+    log("load time and peak memory (fresh processes)")
+    memory = {"pytorch": run_torch_probe(checkpoint, config, threads)}
+    for variant, path in packages.items():
+        memory[f"samdeploy {variant}"] = memory_probe(path, threads)
+    report["memory"] = memory
+    report["machine"]["loadavg_after"] = list(os.getloadavg())
+    return report
+
+
+def package_type(package: Path) -> str:
+    from samdeploy.package import ModelPackage
+
+    return ModelPackage.load(package).model_type
+
+
+def encoder_summary(groups: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """One row per configuration: its median time and its speed relative to PyTorch eager fp32.
+
+    Every group was run round-robin with PyTorch eager fp32, so ``vs_eager`` (eager time / this
+    time, the median of per-round ratios) is comparable across groups even when the machine's load
+    changed between them; ``median_ms`` is this configuration's own median.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for group in groups.values():
+        for name, row in group.items():
+            if name == "pytorch eager fp32" and name in rows:
+                continue
+            rows[name] = {
+                "median_ms": row["median_ms"],
+                "best_ms": row["best_ms"],
+                "vs_eager": row["ratio_to_first"],
+            }
+    return rows
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _ratio_row(name: str, row: dict[str, dict[str, float]], a: str = "pytorch", b: str = "samdeploy") -> str:
+    ref, ours = row[a], row[b]
+    return (
+        f"| {name} | {ref['median_ms']:.1f} ms | {ours['median_ms']:.1f} ms | {ours['ratio_to_first']:.2f}x |"
+    )
+
+
+def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> None:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    enc = report["encoder"]
+    eager = enc["pytorch eager fp32"]
+    fp32_configs = {k: v for k, v in enc.items() if k.startswith("pytorch") and "bf16" not in k}
+    best_name = max(fp32_configs, key=lambda k: fp32_configs[k]["vs_eager"])
+    best = fp32_configs[best_name]
+    bf16 = enc.get("pytorch bf16 autocast")
+    lines = [
+        f"# Benchmarks: random-weight `{report['model_type']}`",
+        "",
+        f"Measured with `{report['command']}` (allocator: {report['allocator']}).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd'])}; {report['threads']} threads on both"
+        f" sides; load average {m['loadavg'][0]:.1f} at the start, {m['loadavg_after'][0]:.1f} at the end"
+        " (the machine is shared: read the ratios, which come from round-robin runs, rather than the"
+        " absolute times). Python " + m["python"] + "; " + versions + ".",
+        "",
+        "## Image encoder",
+        "",
+        "Each configuration ran round-robin with PyTorch eager fp32; *vs eager* is the median of the"
+        " per-round ratios (eager time / this time), *vs best fp32* and *vs bf16* divide it by the"
+        f" same figure of PyTorch's best fp32 configuration here ({best_name}) and of bf16 autocast.",
+        "",
+        "| configuration | median | best | vs eager | vs best PyTorch fp32 | vs PyTorch bf16 | GFLOP/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    flops = report["flops"]
+    for name, row in enc.items():
+        vs_bf16 = f"{row['vs_eager'] / bf16['vs_eager']:.2f}x" if bf16 else "-"
+        lines.append(
+            f"| {name} | {row['median_ms'] / 1e3:.2f} s | {row['best_ms'] / 1e3:.2f} s | {row['vs_eager']:.2f}x |"
+            f" {row['vs_eager'] / best['vs_eager']:.2f}x | {vs_bf16} | {flops['achieved_gflops'][name]:.1f} |"
+        )
+    torch_count = flops["encoder_gflop_torch_count"]
+    lines += [
+        "",
+        f"The encoder does {flops['encoder_gflop']:.1f} GFLOP per image"
+        + (f" (PyTorch's FlopCounter: {torch_count:.1f})" if torch_count else "")
+        + ". Measured fp32 matrix-multiply peak on these threads: "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in flops["gemm_peak_gflops"].items())
+        + f"; GFLOP/s above use the medians (eager ran at {eager['median_ms'] / 1e3:.2f} s in its first group).",
+        "",
+        "## Prompts and end to end (samdeploy fp32 package)",
+        "",
+        "| what | PyTorch | samdeploy | speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in report["latency"].items():
+        if name == "segment everything":
+            counts = row["masks"]
+            lines.append(
+                f"| segment everything ({row['points_per_side']}² points; {counts.get('pytorch')} vs"
+                f" {counts.get('samdeploy')} masks) | {row['pytorch']['median_ms']:.0f} ms |"
+                f" {row['samdeploy']['median_ms']:.0f} ms | {row['samdeploy']['ratio_to_first']:.2f}x |"
+            )
+        else:
+            lines.append(_ratio_row(name, row))
+    stream = report["stream"]
+    lines += [
+        "",
+        "## Stream of images (five-node graph, one point per image)",
+        "",
+        "| | images/s |",
+        "| --- | ---: |",
+    ]
+    for key in ("sequential", "task", "pipeline", "pytorch loop", "encoder_bound_images_per_s"):
+        label = "encoder-bound limit (1 / encoder median)" if key == "encoder_bound_images_per_s" else key
+        lines.append(f"| {label} | {stream[key]:.3f} |")
+    if "stream_fp32_opt" in report:
+        opt = report["stream_fp32_opt"]
+        lines.append(
+            f"| fp32-opt package: pipeline / its encoder-bound limit | {opt['pipeline']:.3f} /"
+            f" {opt['encoder_bound_images_per_s']:.3f} |"
+        )
+    lines += ["", "## Load time and peak memory (fresh process, serving every prompt kind)", ""]
+    lines += ["| side | load | peak RSS |", "| --- | ---: | ---: |"]
+    for side, row in report["memory"].items():
+        lines.append(f"| {side} | {row['load_s']:.2f} s | {row['peak_rss_mb']:.0f} MB |")
+    lines += [
+        "",
+        "## Time per node (samdeploy fp32, set_image + one-point predict)",
+        "",
+        "| node | runs | mean | p95 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['node']} | {r['count']} | {r['mean_ms']:.1f} ms | {r['p95_ms']:.1f} ms |"
+        for r in report["nodes"]
+    ]
+    if chart:
+        lines += ["", f"![time per node]({chart})"]
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def draw_breakdown(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A horizontal bar chart of mean time per node, drawn with Pillow (no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    width, bar_h, left = 900, 34, 170
+    image = Image.new("RGB", (width, 50 + bar_h * len(rows)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 12), title, fill="black")
+    longest = max((r["mean_ms"] for r in rows), default=1.0) or 1.0
+    for i, row in enumerate(rows):
+        y = 40 + i * bar_h
+        length = int((width - left - 140) * row["mean_ms"] / longest)
+        draw.text((10, y + 8), row["node"], fill="black")
+        draw.rectangle([left, y + 4, left + max(length, 1), y + bar_h - 6], fill=(66, 133, 244))
+        draw.text((left + length + 8, y + 8), f"{row['mean_ms']:.1f} ms", fill="black")
+    image.save(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-type", default="vit_b", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison (prompts: 5x)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream-images", type=int, default=4)
+    parser.add_argument("--everything-points", type=int, default=16, help="0 skips segment-everything")
+    parser.add_argument(
+        "--variants", default=",".join(SAMDEPLOY_VARIANTS), help="samdeploy packages to compare"
+    )
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also time torch.compile (slow to compile)"
+    )
+    parser.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to keep checkpoints and packages")
+    parser.add_argument(
+        "--package", type=Path, default=None, help="an existing fp32 package (with --checkpoint)"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="the checkpoint --package was exported from"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="write the JSON, markdown and chart here"
+    )
+    args = parser.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = set(args.variants) - set(SAMDEPLOY_VARIANTS)
+    if unknown or "fp32" not in args.variants:
+        parser.error(f"--variants takes fp32 plus any of {', '.join(SAMDEPLOY_VARIANTS)}")
+    return args
+
+
+def _with_allocator(args: argparse.Namespace) -> None:
+    """Re-execute this script with tcmalloc preloaded when asked (or found, for ``auto``)."""
+    if args.allocator == "glibc" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    library = next((p for p in TCMALLOC if Path(p).exists()), None)
+    if library is None:
+        if args.allocator == "tcmalloc":
+            raise SystemExit("tcmalloc not found: apt-get install libtcmalloc-minimal4")
+        return
+    env = dict(os.environ, LD_PRELOAD=library)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if argv is None:
+        _with_allocator(args)
+    report = bench(args)
+    name = report["model_type"]
+    # The full-size run is the one the docs show; smoke runs and --output-dir stay beside the JSON.
+    if args.output_dir is None and name != "tiny":
+        results, docs = ROOT / "benchmarks" / "results", ROOT / "docs"
+        markdown, chart = docs / "benchmarks.md", docs / "benchmarks-nodes.png"
+    else:
+        results = args.output_dir or ROOT / "benchmarks" / "results"
+        markdown, chart = results / f"{name}.md", results / f"{name}-nodes.png"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    draw_breakdown(
+        report["nodes"], chart, f"samdeploy {name}: mean time per node (set_image + one-point predict)"
+    )
+    write_markdown(report, markdown, chart.name)
+    print(f"wrote {markdown}, {chart}, {results / (name + '.json')}")
+    return report
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

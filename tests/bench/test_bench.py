@@ -1,0 +1,167 @@
+"""The benchmarks on the tiny config: every section there, every number sane. No timing thresholds."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from samdeploy.cli import main
+from samdeploy.cli.bench import MODES, bench_image, bench_package, encoder_gflop, format_report, prompt_cases
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def check_timing(row: dict) -> None:
+    assert positive(row["median_ms"]) and positive(row["best_ms"])
+    assert row["best_ms"] <= row["median_ms"] <= row["worst_ms"]
+    assert row["runs"] >= 1
+
+
+def test_encoder_flops_match_pytorch_counter(tiny_sam_config) -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from samdeploy.export import PRESETS, build_sam
+
+    for config in (tiny_sam_config, PRESETS["vit_b"]):
+        with torch.device("meta"):
+            encoder = build_sam(config).image_encoder
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            encoder(torch.zeros(1, 3, encoder.img_size, encoder.img_size, device="meta"))
+        assert encoder_gflop(config.to_json()) == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-9)
+    assert encoder_gflop(PRESETS["vit_b"].to_json()) == pytest.approx(972.08, abs=0.01)
+
+
+def test_inputs_are_deterministic_and_cover_the_prompt_kinds() -> None:
+    a, b = bench_image(60, 80, seed=3), bench_image(60, 80, seed=3)
+    assert a.shape == (60, 80, 3) and a.dtype.name == "uint8" and (a == b).all()
+    assert (a != bench_image(60, 80, seed=4)).any()
+    cases = prompt_cases(60, 80)
+    assert set(cases) == {"1 point", "5 points", "box", "16 boxes"}
+    assert cases["16 boxes"]["box"].shape == (16, 4) and cases["5 points"]["point_coords"].shape == (5, 2)
+
+
+def test_bench_package_reports_every_section(tiny_package) -> None:
+    report = bench_package(tiny_package, threads=1, repeat=1, stream_images=2, everything_points=4)
+    assert report["model_type"] == "custom" and report["precision"] == "fp32" and report["threads"] == 1
+    assert set(report["latency"]) == {
+        "encoder (set_image)",
+        "predict: 1 point",
+        "predict: 5 points",
+        "predict: box",
+        "predict: 16 boxes",
+        "segment (file, 1 point)",
+    }
+    for row in report["latency"].values():
+        check_timing(row)
+    assert report["everything"]["points_per_side"] == 4 and report["everything"]["masks"] >= 0
+    check_timing(report["everything"])
+    assert [n["node"] for n in report["nodes"]] == [
+        "preprocess",
+        "image_encoder",
+        "prompt_build",
+        "mask_decoder",
+        "postprocess",
+    ]
+    assert all(positive(n["mean_ms"]) and n["count"] >= 1 for n in report["nodes"])
+    for mode in MODES:
+        assert positive(report["stream"][mode])
+    assert positive(report["stream"]["encoder_bound_images_per_s"])
+    enc = report["encoder"]
+    assert enc["gflop"] == pytest.approx(0.416, abs=1e-3)
+    assert positive(enc["gflops"]) and positive(enc["gemm_peak"]["gflops"])
+    memory = report["memory"]
+    assert positive(memory["load_s"]) and memory["peak_rss_mb"] > memory["interpreter_rss_mb"] > 0
+    assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["versions"]
+    text = format_report(report)
+    for needle in (
+        "encoder (set_image)",
+        "predict: 16 boxes",
+        "segment everything",
+        "peak RSS",
+        "pipeline",
+        "GFLOP/s",
+    ):
+        assert needle in text
+
+
+def test_bench_command_writes_json(capsys, tmp_path, tiny_package) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_package), "--threads", "1", "--repeat", "1", "--stream-images", "1"]
+    code = main([*args, "--everything-points", "0", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(out.read_text())
+    assert "everything" not in report and positive(report["latency"]["predict: 1 point"]["median_ms"])
+    assert "encoder (set_image)" in captured.out and "mask_decoder" in captured.out
+
+
+def test_bench_command_refuses_a_folder_that_is_not_a_package(capsys, tmp_path) -> None:
+    code = main(["bench", "--model", str(tmp_path)])
+    assert code == 2
+    assert "not a samdeploy model package" in capsys.readouterr().err
+
+
+def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -> None:
+    """benchmarks/bench_sam.py on the tiny package: both sides, every section, a chart."""
+    pytest.importorskip("segment_anything")
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_sam
+    finally:
+        sys.path.remove(str(ROOT))
+    out = tmp_path / "out"
+    argv = [
+        "--package",
+        str(tiny_package),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--threads",
+        "1",
+        "--repeat",
+        "1",
+    ]
+    argv += ["--stream-images", "1", "--everything-points", "4", "--workdir", str(tmp_path / "work")]
+    report = bench_sam.main([*argv, "--output-dir", str(out)])
+    enc = report["encoder"]
+    assert set(enc) == {
+        "pytorch eager fp32",
+        "pytorch bf16 autocast",
+        "samdeploy fp32",
+        "samdeploy fp32-opt",
+        "samdeploy int8",
+    }
+    for row in enc.values():
+        assert positive(row["median_ms"]) and positive(row["vs_eager"])
+    assert report["packages"] == {"fp32": "fp32", "fp32-opt": "fp32", "int8": "int8"}
+    for name, row in report["latency"].items():
+        for side in ("pytorch", "samdeploy"):
+            assert positive(row[side]["median_ms"]), name
+    assert set(report["latency"]) >= {"predict: 1 point", "predict: 16 boxes", "segment (file, 1 point)"}
+    assert report["latency"]["segment everything"]["masks"].keys() == {"pytorch", "samdeploy"}
+    assert all(positive(report["stream"][k]) for k in (*MODES, "pytorch loop", "encoder_bound_images_per_s"))
+    flops = report["flops"]
+    assert flops["encoder_gflop"] == pytest.approx(flops["encoder_gflop_torch_count"], rel=1e-9)
+    assert positive(flops["peak"]) and all(positive(v) for v in flops["achieved_gflops"].values())
+    assert set(report["memory"]) == {"pytorch", "samdeploy fp32", "samdeploy fp32-opt", "samdeploy int8"}
+    assert all(positive(row["peak_rss_mb"]) and positive(row["load_s"]) for row in report["memory"].values())
+    markdown = (out / "custom.md").read_text()
+    for heading in (
+        "## Image encoder",
+        "## Prompts and end to end",
+        "## Stream of images",
+        "## Load time",
+        "## Time per node",
+    ):
+        assert heading in markdown
+    assert "![time per node](custom-nodes.png)" in markdown
+    assert (out / "custom-nodes.png").stat().st_size > 0
+    assert json.loads((out / "custom.json").read_text())["model_type"] == "custom"
