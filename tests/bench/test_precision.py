@@ -1,0 +1,142 @@
+"""samdeploy.export.precision on the tiny package: the attention rewrite, int8 packages, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import samdeploy
+from samdeploy.errors import ExportError
+from samdeploy.export import precision
+from samdeploy.export.precision import chunk_global_attention, optimize_package
+from samdeploy.package import ModelPackage
+
+
+def encoder_output(model: onnx.ModelProto | str, x: np.ndarray) -> np.ndarray:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+
+@pytest.fixture(scope="module")
+def int8_package(tiny_package, tmp_path_factory):
+    output = tmp_path_factory.mktemp("precision") / "tiny-int8"
+    report = optimize_package(tiny_package, output, "int8", threads=1, measure_runs=1, check_images=2)
+    return output, report
+
+
+def test_chunked_attention_gives_the_same_embeddings(tiny_package) -> None:
+    path = str(ModelPackage.load(tiny_package).encoder_path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 256, 256), dtype=np.float32)
+    reference = encoder_output(path, x)
+    # The tiny model's one global block attends over a 16x16 grid: bands of 4 rows.
+    model = onnx.load(path)
+    softmaxes = sum(n.op_type == "Softmax" for n in model.graph.node)
+    assert chunk_global_attention(model, rows=4, min_tokens=100) == 1
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Softmax") == softmaxes - 1 + 4  # the global block's softmax became four bands
+    np.testing.assert_allclose(encoder_output(model, x), reference, rtol=0, atol=1e-5)
+
+
+def test_chunking_leaves_small_or_indivisible_grids_alone(tiny_package) -> None:
+    path = str(ModelPackage.load(tiny_package).encoder_path)
+    model = onnx.load(path)
+    before = model.SerializeToString()
+    assert chunk_global_attention(model, rows=4) == 0  # 256 tokens: under the default minimum
+    assert chunk_global_attention(model, rows=5, min_tokens=100) == 0  # 5 does not divide 16 rows
+    assert chunk_global_attention(model, rows=16, min_tokens=100) == 0  # one band: nothing to gain
+    assert model.SerializeToString() == before
+
+
+def test_int8_package_records_accuracy_and_speed(int8_package, tiny_package) -> None:
+    output, report = int8_package
+    package = ModelPackage.load(output, verify=True)
+    assert package.precision == "int8" and report.precision == "int8"
+    manifest = package.manifest
+    record = manifest["export"]["precision"]
+    assert record["precision"] == "int8" and record["passed"] is True and report.passed
+    assert (
+        record["source"]["encoder_sha256"]
+        == ModelPackage.load(tiny_package).manifest["files"]["image_encoder.onnx"]["sha256"]
+    )
+    worst = record["accuracy"]["worst"]
+    assert worst == report.accuracy["worst"]
+    assert precision.ACCURACY_BAR["embeddings_cosine"] <= worst["embeddings_cosine"] < 1.0
+    assert precision.ACCURACY_BAR["mask_agreement"] <= worst["mask_agreement"] <= 1.0
+    assert len(record["accuracy"]["images"]) == 2
+    # every parity prompt kind, on both images, plus the mask_input chain
+    kinds = {name.split("@")[0] for name in record["accuracy"]["prompts"]}
+    assert kinds == {"point", "points_with_negatives", "box", "box_and_point", "box_batch", "mask_input"}
+    speed = record["speed"]
+    assert set(speed["encoder_s"]) == {"source", "int8"} and all(t > 0 for t in speed["encoder_s"].values())
+    assert speed["speedup"]["source"] == 1.0 and speed["speedup"]["int8"] > 0
+    assert manifest["export"]["quantize"] == "int8-dynamic"
+    ops = {n.op_type for n in onnx.load(str(package.encoder_path)).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    # the decoder is the fp32 one, byte for byte
+    source = ModelPackage.load(tiny_package)
+    assert manifest["files"]["mask_decoder.onnx"] == source.manifest["files"]["mask_decoder.onnx"]
+    # the rest of the manifest (architecture, tensors, pixel statistics) is the source's
+    for key in ("architecture", "image_size", "models", "pixel_mean", "pixel_std", "preprocessing"):
+        assert manifest[key] == source.manifest[key]
+    assert json.loads((output / "model.json").read_text()) == manifest
+
+
+def test_int8_package_loads_and_predicts(int8_package, tiny_package) -> None:
+    output, _ = int8_package
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    fast = samdeploy.SamPredictor(samdeploy.load_model(output, threads=1))
+    slow = samdeploy.SamPredictor(samdeploy.load_model(tiny_package, threads=1))
+    for predictor in (fast, slow):
+        predictor.set_image(image)
+    masks, scores, low_res = fast.predict(point_coords=np.array([[60, 45]]), point_labels=np.array([1]))
+    assert (
+        masks.shape == (3, 90, 120)
+        and masks.dtype == bool
+        and scores.shape == (3,)
+        and low_res.shape == (3, 64, 64)
+    )
+    want, _, _ = slow.predict(point_coords=np.array([[60, 45]]), point_labels=np.array([1]))
+    assert np.mean(masks == want) > 0.95
+    batch, _, _ = fast.predict(box=np.array([[10, 10, 60, 50], [50, 30, 110, 80]]), multimask_output=False)
+    assert batch.shape == (2, 1, 90, 120)
+
+
+def test_fp32_precision_keeps_the_numbers(tiny_package, tmp_path) -> None:
+    report = optimize_package(tiny_package, tmp_path / "fp32", "fp32", measure_runs=0, check_images=1)
+    assert report.speed is None and report.precision == "fp32"
+    package = ModelPackage.load(tmp_path / "fp32", verify=True)
+    assert package.precision == "fp32" and package.manifest["export"]["quantize"] == "none"
+    assert report.accuracy["worst"]["embeddings_cosine"] > 0.999999
+    assert report.accuracy["worst"]["mask_agreement"] == 1.0
+
+
+def test_refusals_leave_nothing_behind(tiny_package, int8_package, tmp_path, monkeypatch) -> None:
+    output, _ = int8_package
+    with pytest.raises(ExportError, match="unknown precision 'bf16'"):
+        optimize_package(tiny_package, tmp_path / "a", "bf16")
+    with pytest.raises(ExportError, match="start from the fp32 export"):
+        optimize_package(output, tmp_path / "b", "int8")
+    with pytest.raises(ExportError, match="already holds a model package"):
+        optimize_package(tiny_package, output, "int8")
+    with pytest.raises(ExportError, match="not the source package"):
+        optimize_package(tiny_package, tiny_package, "int8", force=True)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not a samdeploy model package"):
+        optimize_package(tiny_package, tmp_path / "busy", "int8")
+    # below the accuracy bar: refused, and no package or staging folder is left
+    monkeypatch.setitem(precision.ACCURACY_BAR, "embeddings_cosine", 1.5)
+    with pytest.raises(ExportError, match="misses the accuracy bar: embeddings_cosine"):
+        optimize_package(tiny_package, tmp_path / "c", "int8", measure_runs=0, check_images=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+    # strict=False keeps it and records the failure
+    report = optimize_package(
+        tiny_package, tmp_path / "d", "int8", measure_runs=0, check_images=1, strict=False
+    )
+    assert report.passed is False
+    assert ModelPackage.load(tmp_path / "d").manifest["export"]["precision"]["passed"] is False
