@@ -153,19 +153,16 @@ def tiny(tiny_package, tiny_sam) -> tuple[SamPredictor, OfficialPredictor]:
 
 
 def _image(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """A smooth random image (gradients plus noise), closer to a photo than white noise."""
+    """A smooth random image (gradients plus noise), closer to a photo than white noise.
+
+    ``shape`` HxW gives a grayscale image, HxWx3 a colour one.
+    """
     rng = np.random.default_rng(seed)
     height, width = shape[:2]
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 / max(width, 1), yy * 255 / max(height, 1), (xx + yy) % 256], axis=-1)
     image = np.clip(base + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
-    return (
-        image
-        if len(shape) == 3 and shape[2] == 3
-        else image[..., : shape[2]]
-        if len(shape) == 3
-        else image[..., 0]
-    )
+    return image if len(shape) == 3 else image[..., 0]
 
 
 # The tiny model's input is 256 px: a 1-pixel strip must be at most 512 px long to keep 1 pixel.
