@@ -70,15 +70,23 @@ class Scene:
         return [int(i) for i in np.flatnonzero(areas >= min_fraction * self.labels.size)]
 
 
-def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
-    """Draw one scene; the same seed always gives the same scene."""
+def generate_scene(
+    seed: int | np.random.Generator, config: SceneConfig = SceneConfig(), shape: tuple[int, int] | None = None
+) -> Scene:
+    """Draw one scene; the same seed always gives the same scene.
+
+    ``shape`` (height, width) fixes the image size instead of drawing it from the config's ranges.
+    """
     rng = np.random.default_rng(seed)
-    long_side = int(rng.integers(config.long_side[0], config.long_side[1] + 1))
-    aspect = float(np.exp(rng.uniform(-np.log(config.max_aspect), np.log(config.max_aspect))))
-    if aspect >= 1.0:
-        height, width = max(int(round(long_side / aspect)), 32), long_side
+    if shape is not None:
+        height, width = shape
     else:
-        height, width = long_side, max(int(round(long_side * aspect)), 32)
+        long_side = int(rng.integers(config.long_side[0], config.long_side[1] + 1))
+        aspect = float(np.exp(rng.uniform(-np.log(config.max_aspect), np.log(config.max_aspect))))
+        if aspect >= 1.0:
+            height, width = max(int(round(long_side / aspect)), 32), long_side
+        else:
+            height, width = long_side, max(int(round(long_side * aspect)), 32)
 
     background_color = _random_color(rng)
     image = _fill(rng, height, width, background_color, textured=rng.random() < 0.6)
