@@ -24,37 +24,28 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from samdeploy.training.evaluation import Predictor, QualityReport, evaluate
-from samdeploy.training.scenes import SceneConfig, generate_scene, mask_iou
+from samdeploy.training.evaluation import (
+    EXAMPLE_POINT,
+    Predictor,
+    QualityReport,
+    evaluate,
+    example_iou,
+    example_scene,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_IMAGE = ROOT / "examples" / "shapes.png"
 EXAMPLE_MASK = ROOT / "examples" / "shapes_mask.png"
-# The README's example: scene EXAMPLE_SEED at 640x480, clicked at EXAMPLE_POINT (x, y) inside one object.
-EXAMPLE_SEED = 2024
-EXAMPLE_SIZE = (480, 640)
-EXAMPLE_POINT = (0, 0)
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def write_example() -> None:
-    """Generate the bundled example image and the exact mask of the object under EXAMPLE_POINT."""
-    scene = generate_scene(EXAMPLE_SEED, SceneConfig(num_objects=(6, 6)), shape=EXAMPLE_SIZE)
+    """Write the bundled example image and the exact mask of the object under EXAMPLE_POINT."""
+    scene = example_scene()
+    x, y = EXAMPLE_POINT
     EXAMPLE_IMAGE.parent.mkdir(exist_ok=True)
     Image.fromarray(scene.image).save(EXAMPLE_IMAGE)
-    x, y = EXAMPLE_POINT
     Image.fromarray((scene.labels == scene.labels[y, x]).astype(np.uint8) * 255).save(EXAMPLE_MASK)
-
-
-def example_iou(predictor: Predictor) -> float:
-    """IoU of the best-scored mask for the README's click on the bundled example."""
-    image = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
-    truth = np.asarray(Image.open(EXAMPLE_MASK)) > 127
-    predictor.set_image(image)
-    masks, scores, _ = predictor.predict(
-        point_coords=np.array([EXAMPLE_POINT], np.float64), point_labels=np.ones(1)
-    )
-    return mask_iou(masks[int(np.argmax(scores))], truth)
 
 
 def markdown(report: QualityReport, example: float, source: str) -> str:
@@ -125,7 +116,8 @@ def main() -> None:
     with Progress(console=console) as progress:
         task = progress.add_task("held-out scenes", total=args.scenes)
         report = evaluate(predictor, scenes=args.scenes, on_scene=lambda _: progress.advance(task))
-    example = example_iou(predictor)
+    image = np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB"))
+    example = example_iou(predictor, image, np.asarray(Image.open(EXAMPLE_MASK)) > 127)
     table = markdown(report, example, label)
     console.print(table)
     console.print(f"evaluated in {time.perf_counter() - started:.0f} s")

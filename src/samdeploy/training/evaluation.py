@@ -27,7 +27,20 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from samdeploy.training.scenes import Scene, generate_scene, mask_iou, mask_to_box, random_interior_points
+from samdeploy.training.scenes import (
+    Scene,
+    SceneConfig,
+    generate_scene,
+    mask_iou,
+    mask_to_box,
+    random_interior_points,
+)
+
+# The bundled example (examples/shapes.png): scene EXAMPLE_SEED at 640x480 with six shapes, clicked at
+# EXAMPLE_POINT (x, y), inside the green ellipse (partly covered by a star with a hole).
+EXAMPLE_SEED = 2024
+EXAMPLE_SIZE = (480, 640)
+EXAMPLE_POINT = (387, 241)
 
 # Entropy of the held-out scenes: scene ``i`` is drawn from ``default_rng([HELD_OUT_SEED, i])``.
 # Training draws from ``SeedSequence([seed, 1])`` children, a different family.
@@ -70,6 +83,20 @@ class QualityReport:
 def held_out_scene(index: int) -> Scene:
     """Scene ``index`` of the held-out set."""
     return generate_scene(np.random.default_rng([HELD_OUT_SEED, index]))
+
+
+def example_scene() -> Scene:
+    """The scene of the bundled example image."""
+    return generate_scene(EXAMPLE_SEED, SceneConfig(num_objects=(6, 6)), shape=EXAMPLE_SIZE)
+
+
+def example_iou(predictor: Predictor, image: np.ndarray, truth: np.ndarray) -> float:
+    """IoU against ``truth`` of the best-scored mask for the example click on ``image``."""
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(
+        point_coords=np.array([EXAMPLE_POINT], np.float64), point_labels=np.ones(1, np.int64)
+    )
+    return mask_iou(masks[int(np.argmax(scores))], truth)
 
 
 def center_point(mask: np.ndarray) -> np.ndarray:
