@@ -168,7 +168,8 @@ def _load(
         source = {"source": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     # An explicit config adds what shapes cannot tell (decoder heads, pixel statistics); loading
     # the weights into it (strict) still checks every shape.
-    resolved = config or resolve_config(state, model_type)
+    detected = resolve_config(state, model_type) if config is None or model_type != "auto" else None
+    resolved = config or detected
     return load_sam(state, resolved), resolved, source
 
 
