@@ -111,13 +111,13 @@ class Prompts:
     mask_input: torch.Tensor | None = None  # P x 1 x 4G x 4G previous low-res logits
 
 
-def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attention: float = 1.0) -> Sam:
+def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attention: bool = True) -> Sam:
     """The official ``Sam`` for ``config`` with seeded random initial weights, in train mode.
 
-    With ``aligned_attention`` > 0 the decoder's cross-attention layers start with equal query and key
-    projections (scaled by that gain, so that the attention is peaked from the start), so from the first step a prompt token and the image cells at its position (which
-    carry the same positional encoding) attend to each other: the decoder starts out localising the
-    prompt instead of having to discover that from near-empty masks.
+    With ``aligned_attention`` the decoder's cross-attention layers start with equal query and key
+    projections, so ``q.k`` holds the (positive) similarity of the positional encodings: from the
+    first step a prompt token and the image cells at its position attend to each other, and the
+    decoder starts out localising the prompt instead of having to discover that from near-empty masks.
     """
     torch.manual_seed(seed)
     sam = build_sam(config)
@@ -128,7 +128,6 @@ def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attenti
             attentions += [layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
         with torch.no_grad():
             for attention in attentions:
-                attention.q_proj.weight.mul_(aligned_attention)
                 attention.k_proj.weight.copy_(attention.q_proj.weight)
     return sam.train()
 
@@ -264,7 +263,7 @@ def decode(
     """The official ``MaskDecoder.predict_masks`` for prompts that each bring their own image.
 
     The official method repeats *one* image embedding for every prompt; here ``embeddings`` is
-    already Px256xGxG (one row per prompt, gathered from several images), which is what batching
+    already PxCxGxG (one row per prompt, gathered from several images), which is what batching
     several images per step needs. Returns all four outputs: Px4x4Gx4G logits and Px4 IoU scores.
     """
     decoder: MaskDecoder = model.mask_decoder
@@ -299,7 +298,8 @@ def mask_losses(
     """Per-prompt losses of the four outputs against soft ``targets`` (P x L x L).
 
     Returns (P mask loss = token 0 loss + min over tokens 1..3, P IoU-head MSE, Px4xLxL upscaled logits).
-    Each output's loss is BCE + dice on the loss grid.
+    Each output's loss is focal (``focal``, else BCE) + dice on the loss grid; the IoU head's target is
+    the IoU of the thresholded output with the thresholded target.
     """
     size = targets.shape[-1]
     upscaled = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
