@@ -156,12 +156,14 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     markdown = (out / "custom.md").read_text()
     for heading in (
         "## Image encoder",
+        "## Issue 7 targets",
         "## Prompts and end to end",
         "## Stream of images",
         "## Load time",
         "## Time per node",
     ):
         assert heading in markdown
+    assert "| single-point predict vs PyTorch | >= 3x |" in markdown
     assert "![time per node](custom-nodes.png)" in markdown
     assert (out / "custom-nodes.png").stat().st_size > 0
     assert json.loads((out / "custom.json").read_text())["model_type"] == "custom"
