@@ -23,7 +23,11 @@ def test_tiny_package_loads_and_verifies(tiny_package, tiny_sam_config):
     assert manifest["preprocessing"]["normalize"] == "runtime"
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17
     assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx"}
-    validation = manifest["export"]["validation"]
+    report = manifest["export"]
+    assert {"load", "trace_image_encoder", "trace_mask_decoder", "validate"} <= set(report["timings"])
+    assert report["simplify"] == "onnxsim" and report["quantize"] == "none"
+    assert report["nodes"]["image_encoder"]["simplified"] < report["nodes"]["image_encoder"]["traced"]
+    validation = report["validation"]
     assert validation["passed"] is True
     assert validation["worst"]["embeddings_cosine"] > 0.9999
     assert set(validation["decoder"]) >= {

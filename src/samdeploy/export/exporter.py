@@ -68,12 +68,24 @@ class ExportReport:
     manifest: dict[str, Any] = field(repr=False)
 
 
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where the OS cannot tell)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 class _Steps:
-    """Times each slow step; with a console, shows a spinner while it runs and a line when done."""
+    """Times each slow step and notes the peak memory after it; with a console, shows a spinner
+    while it runs and a line when done."""
 
     def __init__(self, console: Console | None) -> None:
         self.console = console
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float | None] = {}
 
     @contextmanager
     def step(self, key: str, label: str) -> Iterator[None]:
@@ -85,6 +97,7 @@ class _Steps:
                 yield
         elapsed = time.perf_counter() - start
         self.timings[key] = round(elapsed, 3)
+        self.peak_rss_mb[key] = _peak_rss_mb()
         if self.console is not None:
             self.console.print(f"[green]✓[/] {label} [dim]{elapsed:.1f}s[/]", highlight=False)
 
@@ -337,6 +350,7 @@ def export_model(
                 "quantize": quantize,
                 "nodes": nodes,
                 "timings": steps.timings,
+                "peak_rss_mb": steps.peak_rss_mb,
                 "validation": report,
             },
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import onnx
@@ -74,13 +75,18 @@ def quantize_int8(source: Path, target: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        source,
-        target,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        weight_type=QuantType.QInt8,
-        use_external_data_format=True,
-    )
+    # The quantizer logs a generic "consider pre-processing" warning on the root logger every time.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def save(model: onnx.ModelProto, path: Path) -> list[str]:
