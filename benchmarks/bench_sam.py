@@ -256,11 +256,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             reference.set_image(image)
 
     # --- PyTorch configurations, against eager fp32
-    log("encoder: PyTorch configurations")
-    torch_fns: dict[str, Callable[[], None]] = {
-        "pytorch eager fp32": torch_encode,
-        "pytorch bf16 autocast": torch_encode_bf16,
-    }
+    torch_fns: dict[str, Callable[[], None]] = {"pytorch eager fp32": torch_encode}
     if args.torch_compile:
         compiled = torch.compile(sam.image_encoder)
         original = sam.image_encoder
@@ -278,7 +274,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         torch_encode_compiled()
         report["torch_compile_s"] = time.perf_counter() - start
         torch_fns["pytorch torch.compile fp32"] = torch_encode_compiled
-    groups = {"pytorch": interleaved(torch_fns, args.repeat)}
+    groups = {}
+    if len(torch_fns) > 1:
+        log("encoder: PyTorch eager against torch.compile")
+        groups["pytorch"] = interleaved(torch_fns, args.repeat)
+    # bf16 has no hardware path on CPUs without AVX512-BF16/AMX, where it runs several times slower
+    # than fp32: one timed round (after the warm-up) by default.
+    log("encoder: PyTorch bf16 autocast")
+    groups["pytorch bf16"] = interleaved(
+        {"pytorch eager fp32": torch_encode, "pytorch bf16 autocast": torch_encode_bf16}, args.bf16_rounds
+    )
 
     # --- each samdeploy package against PyTorch eager fp32 (one package loaded at a time)
     latency: dict[str, dict[str, Any]] = {}
@@ -625,6 +630,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="write the JSON, markdown and chart here"
+    )
+    parser.add_argument("--bf16-rounds", type=int, default=1, help="timed rounds of PyTorch bf16 autocast")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only rewrite the report from a results JSON"
     )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
