@@ -284,6 +284,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     groups["pytorch bf16"] = interleaved(
         {"pytorch eager fp32": torch_encode, "pytorch bf16 autocast": torch_encode_bf16}, args.bf16_rounds
     )
+    log(_brief(groups["pytorch bf16"]))
 
     # --- each samdeploy package against PyTorch eager fp32 (one package loaded at a time)
     latency: dict[str, dict[str, Any]] = {}
@@ -363,6 +364,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             },
             args.repeat,
         )
+        log(_brief(groups[variant]))
         if variant == "fp32":
             detail(model, ours)
         model.close()
@@ -407,6 +409,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     report["memory"] = memory
     report["machine"]["loadavg_after"] = list(os.getloadavg())
     return report
+
+
+def _brief(group: dict[str, dict[str, float]]) -> str:
+    return "; ".join(
+        f"{k} {v['median_ms'] / 1e3:.2f} s ({v['ratio_to_first']:.2f}x)" for k, v in group.items()
+    )
 
 
 def package_type(package: Path) -> str:
