@@ -136,3 +136,35 @@ def test_custom_config_other_input_size_exports(tmp_path):
     assert package.image_size == 128 and package.manifest["embedding_size"] == [8, 8]
     assert report.validation["passed"]
     assert "simplified" not in report.nodes["image_encoder"]
+
+
+def test_external_data_package_loads_from_anywhere(tmp_path, tiny_checkpoint, monkeypatch):
+    """The >2 GB path (vit_h), forced on a tiny model: one external-data file, relative, movable."""
+    import os
+    import shutil
+
+    import samdeploy.export.optimize as optimize
+
+    monkeypatch.setattr(optimize, "_SINGLE_FILE_LIMIT", 1 << 20)
+    export_model(tiny_checkpoint, tmp_path / "pkg", validate=False)
+    package = ModelPackage.load(tmp_path / "pkg", verify=True)
+    data = tmp_path / "pkg" / "image_encoder.onnx.data"
+    assert set(package.manifest["files"]) == {
+        "image_encoder.onnx",
+        "image_encoder.onnx.data",
+        "mask_decoder.onnx",
+        "mask_decoder.onnx.data",
+    }
+    assert (tmp_path / "pkg" / "image_encoder.onnx").stat().st_size < data.stat().st_size
+    assert data.stat().st_mode & 0o777 == (tmp_path / "pkg" / "image_encoder.onnx").stat().st_mode & 0o777
+
+    shutil.move(tmp_path / "pkg", tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    moved = ModelPackage.load(tmp_path / "moved", verify=True)
+    session = ort.InferenceSession(str(moved.encoder_path), providers=["CPUExecutionProvider"])
+    image = np.zeros((1, 3, 256, 256), np.float32)
+    embedding = session.run(None, {"image": image})[0]
+    assert embedding.shape == (1, 256, 16, 16) and np.isfinite(embedding).all()
+    assert os.getcwd() == str(elsewhere)

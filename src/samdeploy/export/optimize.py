@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from pathlib import Path
 
 import onnx
@@ -108,4 +109,7 @@ def save(model: onnx.ModelProto, path: Path) -> list[str]:
         location=data_name,
         size_threshold=1024,
     )
+    # onnx creates the data file owner-only (0600); give it the same permissions as the model file
+    # so a package installed for several users stays readable.
+    os.chmod(path.parent / data_name, path.stat().st_mode & 0o777)
     return [path.name, data_name]
