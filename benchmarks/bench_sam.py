@@ -280,11 +280,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         groups["pytorch"] = interleaved(torch_fns, args.repeat)
     # bf16 has no hardware path on CPUs without AVX512-BF16/AMX, where it runs several times slower
     # than fp32: one timed round (after the warm-up) by default.
-    log("encoder: PyTorch bf16 autocast")
-    groups["pytorch bf16"] = interleaved(
-        {"pytorch eager fp32": torch_encode, "pytorch bf16 autocast": torch_encode_bf16}, args.bf16_rounds
-    )
-    log(_brief(groups["pytorch bf16"]))
+    if args.bf16_rounds:
+        log("encoder: PyTorch bf16 autocast")
+        groups["pytorch bf16"] = interleaved(
+            {"pytorch eager fp32": torch_encode, "pytorch bf16 autocast": torch_encode_bf16}, args.bf16_rounds
+        )
+        log(_brief(groups["pytorch bf16"]))
 
     # --- each samdeploy package against PyTorch eager fp32 (one package loaded at a time)
     latency: dict[str, dict[str, Any]] = {}
@@ -639,7 +640,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="write the JSON, markdown and chart here"
     )
-    parser.add_argument("--bf16-rounds", type=int, default=1, help="timed rounds of PyTorch bf16 autocast")
+    parser.add_argument(
+        "--bf16-rounds", type=int, default=1, help="timed rounds of PyTorch bf16 autocast (0 skips it)"
+    )
     parser.add_argument(
         "--render", type=Path, default=None, help="only rewrite the report from a results JSON"
     )
