@@ -43,6 +43,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from samdeploy.errors import ExportError, PackageError
+from samdeploy.export.optimize import quantize_int8
 from samdeploy.package import DECODER, ENCODER, ModelPackage, describe_files, write_manifest
 
 PRECISIONS = ("fp32", "int8")
@@ -198,25 +199,6 @@ def chunk_global_attention(
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
     return len(rewrites)
-
-
-def quantize_encoder_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of the encoder's weight MatMul/Gemm nodes (ONNX Runtime).
-
-    Weights int8 per output channel with ``reduce_range`` (7 bits, see the module docs),
-    activations u8 quantized per call; MatMuls of two activations (attention) stay float32.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        source,
-        target,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
 
 
 # ----------------------------------------------------------------------------- checking and timing
@@ -464,7 +446,7 @@ def optimize_package(
         if precision == "int8":
             say("quantizing the encoder's linear layers (dynamic int8, 7-bit weights)")
             start = time.perf_counter()
-            quantize_encoder_int8(fp32_path, encoder_path)
+            quantize_int8(fp32_path, encoder_path, external_data=False)
             fp32_path.unlink()
             transforms.append(
                 "dynamic int8 MatMul/Gemm (weights s8 per channel, 7-bit; activations u8 per call)"
