@@ -256,14 +256,21 @@ def assert_fidelity(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) ->
     assert matched_fraction(theirs, ours, 0.95) >= 0.95
 
 
+# Full-size vit_b is here for shape coverage (1024 input, 64x64 embeddings), not for mask diversity:
+# its random-weight masks are near-identical, so the filters are opened and one crop layer is enough
+# work (each vit_b encoder pass costs seconds on both sides). The official generator also fails on a
+# crop whose every mask is filtered out, which random weights make likely with crops on.
+VIT_B_OPTIONS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=40)
+
+
 @pytest.mark.slow
 def test_fidelity_vit_b(vit_b_sam, vit_b_package, scene) -> None:
     from samdeploy import load_model
 
     image = scene(300, 400, seed=5)
-    theirs = OfficialGenerator(vit_b_sam, **FIDELITY_OPTIONS).generate(image)
+    theirs = OfficialGenerator(vit_b_sam, **VIT_B_OPTIONS).generate(image)
     with load_model(vit_b_package, cache_mb=0) as model:
-        ours = SamAutomaticMaskGenerator(model, **FIDELITY_OPTIONS).generate(image)
+        ours = SamAutomaticMaskGenerator(model, **VIT_B_OPTIONS).generate(image)
     assert_fidelity(ours, theirs)
 
 
