@@ -124,3 +124,10 @@ def test_training_script_end_to_end(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert len(lines) == 2
     assert "probe" in lines[-1]
+
+
+def test_two_workers_are_deterministic_and_in_step() -> None:
+    first = train(replace(TINY, steps=1), workers=2).state_dict()
+    second = train(replace(TINY, steps=1), workers=2).state_dict()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
