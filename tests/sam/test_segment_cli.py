@@ -52,6 +52,17 @@ def test_segment_writes_mask_overlay_and_json(capsys, tmp_path, photo, tiny_pack
     assert list(tmp_path.glob(".*tmp")) == []
 
 
+def test_outputs_get_the_usual_file_mode(capsys, tmp_path, photo, tiny_package) -> None:
+    """Atomic writes go through a private temporary file; the result must not stay owner-only."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    code, _, err = run(capsys, "segment", photo, "-p", "50,40", "-m", tiny_package, "-o", tmp_path / "m.png")
+    assert code == 0, err
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_several_images_stream_to_a_folder(capsys, tmp_path, photo, tiny_package) -> None:
     other = tmp_path / "other.jpg"
     Image.open(photo).convert("RGB").save(other)

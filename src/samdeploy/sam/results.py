@@ -117,6 +117,16 @@ def json_bytes(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
 
 
+def _read_umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back; done once, at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
 
@@ -131,6 +141,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        # mkstemp makes the file owner-only; give it the mode a plain open() would (0666 less umask).
+        os.chmod(temp, 0o666 & ~_UMASK)
         os.replace(temp, path)
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)
