@@ -119,7 +119,7 @@ def _config_of_module(sam: Sam) -> SamConfig:
     return SamConfig.from_json({**config.to_json(), "pixel_mean": mean, "pixel_std": std})
 
 
-def _check_output(output: Path, force: bool) -> None:
+def check_output(output: Path, force: bool) -> None:
     """Refuse to overwrite anything that is not an empty folder or (with ``force``) a package."""
     if not output.exists():
         return
@@ -134,7 +134,9 @@ def _check_output(output: Path, force: bool) -> None:
             f"output folder {output} exists and is not a samdeploy model package: choose another --output or empty it"
         ) from None
     if not force:
-        raise ExportError(f"output folder {output} already holds a model package: pass --force to replace it")
+        raise ExportError(
+            f"output folder {output} already holds a model package: pass --force (force=True) to replace it"
+        )
 
 
 def _check_disk(output: Path, weight_bytes: int) -> None:
@@ -227,7 +229,7 @@ def export_model(
         raise ExportError(f"unknown quantization '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
-    _check_output(output, force)
+    check_output(output, force)
 
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
@@ -355,7 +357,7 @@ def export_model(
             },
         }
         write_manifest(staging, manifest)
-        _move_into_place(staging, output)
+        move_into_place(staging, output)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise ExportError(f"writing {output} failed: {exc.strerror or _one_line(exc)}") from None
@@ -375,7 +377,7 @@ def export_model(
     )
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
+def move_into_place(staging: Path, output: Path) -> None:
     """Rename the finished package to ``output``; an old package there is removed only afterwards."""
     if output.exists():
         retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"

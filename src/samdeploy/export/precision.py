@@ -42,8 +42,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from samdeploy.errors import ExportError, PackageError
+from samdeploy.errors import ExportError
+from samdeploy.export.exporter import check_output, move_into_place
 from samdeploy.export.optimize import quantize_int8
+from samdeploy.export.validate import cosine
 from samdeploy.package import DECODER, ENCODER, ModelPackage, describe_files, write_manifest
 
 PRECISIONS = ("fp32", "int8")
@@ -235,11 +237,6 @@ def _parity_prompts(height: int, width: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
-
-
 def compare_packages(
     reference: str | Path, candidate: str | Path, images: int = 2, threads: int | None = None
 ) -> dict[str, Any]:
@@ -265,13 +262,13 @@ def compare_packages(
             ref.set_image(image)
             new.set_image(image)
             a, b = ref.get_image_embedding(), new.get_image_embedding()
-            cosine = _cosine(a, b)
-            cosines.append(cosine)
+            similarity = cosine(a, b)
+            cosines.append(similarity)
             report["images"].append(
                 {
                     "height": height,
                     "width": width,
-                    "embeddings_cosine": cosine,
+                    "embeddings_cosine": similarity,
                     "embeddings_max_abs": float(np.abs(a - b).max()),
                 }
             )
@@ -347,35 +344,6 @@ def time_encoders(
 # ----------------------------------------------------------------------------- the package
 
 
-def _check_output(output: Path, force: bool) -> None:
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise ExportError(f"output {output} exists and is not a folder")
-    if not any(output.iterdir()):
-        return
-    try:
-        ModelPackage.load(output)
-    except PackageError:
-        raise ExportError(
-            f"output folder {output} exists and is not a samdeploy model package: choose another"
-        ) from None
-    if not force:
-        raise ExportError(
-            f"output folder {output} already holds a model package: pass force=True to replace it"
-        )
-
-
-def _move_into_place(staging: Path, output: Path) -> None:
-    if output.exists():
-        retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        output.rename(retired)
-        staging.rename(output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output)
-
-
 def optimize_package(
     source: str | Path,
     output: str | Path,
@@ -415,7 +383,7 @@ def optimize_package(
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")
     if output.resolve() == source.resolve():
         raise ExportError("output must be a new folder, not the source package")
-    _check_output(output, force)
+    check_output(output, force)
     encoder_entry = package.manifest["models"][ENCODER]
     if any(
         name != encoder_entry["file"] and name.startswith(encoder_entry["file"])
@@ -511,7 +479,7 @@ def optimize_package(
             }
         )
         write_manifest(staging, manifest)
-        _move_into_place(staging, output)
+        move_into_place(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -183,7 +183,7 @@ def _max_rel(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
 
 
-def _cosine(actual: np.ndarray, expected: np.ndarray) -> float:
+def cosine(actual: np.ndarray, expected: np.ndarray) -> float:
     a, b = actual.ravel().astype(np.float64), expected.ravel().astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
@@ -224,7 +224,7 @@ def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[s
         "embeddings": {
             "max_abs": float(np.abs(embeddings - expected).max()),
             "max_rel": _max_rel(embeddings, expected),
-            "cosine": _cosine(embeddings, expected),
+            "cosine": cosine(embeddings, expected),
         },
         "decoder": {},
         "end_to_end": {},
@@ -244,7 +244,7 @@ def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[s
             "masks_max_rel": _max_rel(got[0], want[0]),
             "mask_agreement": float(np.mean((got[0] > 0) == (want[0] > 0))),
             "iou_predictions_max_abs": float(np.abs(got[1] - want[1]).max()),
-            "low_res_cosine": _cosine(got[2], want[2]),
+            "low_res_cosine": cosine(got[2], want[2]),
         }
         chained = decoder.run(None, decoder_feeds(sam, prompt, embeddings, mask_input))
         report["end_to_end"][prompt.name] = {
