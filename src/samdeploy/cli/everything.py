@@ -32,6 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from samdeploy.cli.app import app
+from samdeploy.cli.options import (
+    BackendOption,
+    MaxPixelsOption,
+    ModelOption,
+    ProfileOption,
+    ThreadsOption,
+)
 from samdeploy.errors import ImageError, SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
@@ -87,9 +94,7 @@ def everything(
             "--format", "-f", help="coco (JSON, COCO RLE), json (uncompressed RLE) or png (label map)"
         ),
     ] = "coco",
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
-    ] = None,
+    model: ModelOption = None,
     points_per_side: Annotated[int, typer.Option(help="grid points along each image side")] = 32,
     points_per_batch: Annotated[int, typer.Option(help="points answered by one decoder call")] = 64,
     pred_iou_thresh: Annotated[float, typer.Option(help="keep masks with predicted IoU above this")] = 0.88,
@@ -102,14 +107,10 @@ def everything(
     / 1500,
     crop_n_points_downscale_factor: Annotated[int, typer.Option(help="grid downscale per crop layer")] = 1,
     min_mask_region_area: Annotated[int, typer.Option(help="fill holes / drop islands below this area")] = 0,
-    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
-    threads: Annotated[
-        int | None, typer.Option(help="intra-op threads per model (default: backend's)")
-    ] = None,
-    max_pixels: Annotated[
-        int, typer.Option(help="refuse images with more pixels (decompression-bomb guard); 0: no limit")
-    ] = DEFAULT_MAX_PIXELS,
-    profile: Annotated[bool, typer.Option(help="print per-node timings")] = False,
+    backend: BackendOption = "onnxruntime",
+    threads: ThreadsOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
+    profile: ProfileOption = False,
 ) -> None:
     """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
     from samdeploy.engine import Profile

@@ -22,6 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from samdeploy.cli.app import app
+from samdeploy.cli.options import (
+    BackendOption,
+    MaxPixelsOption,
+    ModelOption,
+    ProfileOption,
+    ThreadsOption,
+)
 from samdeploy.errors import ImageError, PromptError, SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
@@ -116,9 +123,7 @@ def segment(
     multimask: Annotated[
         bool, typer.Option(help="predict 3 masks; the best-scoring one is the mask PNG")
     ] = False,
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
-    ] = None,
+    model: ModelOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="mask PNG (original size, 0/255)")
     ] = None,
@@ -132,14 +137,10 @@ def segment(
         Path | None, typer.Option(help="folder for <stem>.mask.png/.overlay.png/.json")
     ] = None,
     mode: Annotated[str, typer.Option(help="executor: sequential, task or pipeline")] = "pipeline",
-    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
-    threads: Annotated[
-        int | None, typer.Option(help="intra-op threads per model (default: backend's)")
-    ] = None,
-    max_pixels: Annotated[
-        int, typer.Option(help="refuse images with more pixels (decompression-bomb guard); 0: no limit")
-    ] = DEFAULT_MAX_PIXELS,
-    profile: Annotated[bool, typer.Option(help="print per-node timings")] = False,
+    backend: BackendOption = "onnxruntime",
+    threads: ThreadsOption = None,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
+    profile: ProfileOption = False,
 ) -> None:
     """Segment images with point and box prompts; write masks, overlays and JSON."""
     from samdeploy.engine import Profile
@@ -210,11 +211,9 @@ def _tensor(spec) -> str:
 
 @app.command()
 def graph(
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
-    ] = None,
+    model: ModelOption = None,
     save: Annotated[Path | None, typer.Option(help="also write the graph as JSON to this file")] = None,
-    backend: Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")] = "onnxruntime",
+    backend: BackendOption = "onnxruntime",
 ) -> None:
     """Print the SAM graph of a model package: nodes, ports and backends; optionally save it as JSON."""
     from samdeploy.engine import Inference
