@@ -47,6 +47,15 @@ FORMAT_VERSION = 1
 MANIFEST = "model.json"
 ENCODER = "image_encoder"
 DECODER = "mask_decoder"
+# The official ONNX decoder contract (segment_anything's scripts/export_onnx_model.py), kept exactly.
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
 
 _REQUIRED_KEYS = (
     "format",
@@ -96,7 +105,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def describe_files(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The ``files`` section of a manifest: sha256 and size of each named file under ``root``."""
-    return {name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in names}
+    return {
+        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in names
+    }
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -88,7 +88,8 @@ def setup_plan(plan: Plan) -> None:
 
 
 class Executor:
-    """Base class: runs a :class:`Plan` item by item. Subclasses override :meth:`run`.
+    """Base class: runs a :class:`Plan` item by item. Subclasses implement :meth:`_run_item`
+    (one item) and may override :meth:`stream`.
 
     Use an executor as a context manager (or call :meth:`close`) to stop its threads; an instance
     can be passed to ``Graph.run`` / ``Graph.stream`` to reuse its threads across calls.
@@ -98,7 +99,11 @@ class Executor:
 
     def run(self, plan: Plan, inputs: Mapping[str, Any], profile: Profile | None = None) -> dict[str, Any]:
         """Run one item; raise :class:`NodeError` if a node fails."""
-        raise NotImplementedError
+        start = time.perf_counter()
+        out = self._run_item(plan, inputs, profile, None)
+        if profile is not None:
+            profile.record_wall(time.perf_counter() - start, 1)
+        return out
 
     def stream(
         self, plan: Plan, items: Iterable[Mapping[str, Any]], profile: Profile | None = None
@@ -135,13 +140,6 @@ class SequentialExecutor(Executor):
 
     name = "sequential"
 
-    def run(self, plan: Plan, inputs: Mapping[str, Any], profile: Profile | None = None) -> dict[str, Any]:
-        start = time.perf_counter()
-        out = self._run_item(plan, inputs, profile, None)
-        if profile is not None:
-            profile.record_wall(time.perf_counter() - start, 1)
-        return out
-
     def _run_item(
         self, plan: Plan, inputs: Mapping[str, Any], profile: Profile | None, index: int | None
     ) -> dict[str, Any]:
@@ -168,13 +166,6 @@ class TaskExecutor(Executor):
             raise GraphError(f"task executor needs at least one worker, got {workers}")
         self.workers = workers or (os.cpu_count() or 1) + 4
         self._pool: ThreadPoolExecutor | None = None
-
-    def run(self, plan: Plan, inputs: Mapping[str, Any], profile: Profile | None = None) -> dict[str, Any]:
-        start = time.perf_counter()
-        out = self._run_item(plan, inputs, profile, None)
-        if profile is not None:
-            profile.record_wall(time.perf_counter() - start, 1)
-        return out
 
     def _run_item(
         self, plan: Plan, inputs: Mapping[str, Any], profile: Profile | None, index: int | None

@@ -27,18 +27,10 @@ from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
 
 from samdeploy.export.config import SamConfig
-from samdeploy.package import TensorSpec
+from samdeploy.package import DECODER_INPUTS, TensorSpec
 
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = (
-    "image_embeddings",
-    "point_coords",
-    "point_labels",
-    "mask_input",
-    "has_mask_input",
-    "orig_im_size",
-)
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 
 # Dynamic axes of the decoder. "batch" is the prompt batch; mask_input has its own name because it

@@ -19,7 +19,7 @@ import numpy as np
 
 from samdeploy.engine import Graph, make_executor
 from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
-from samdeploy.package import DECODER, ENCODER, ModelPackage
+from samdeploy.package import DECODER, DECODER_INPUTS, ENCODER, ModelPackage
 from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph, segment_files_graph
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
@@ -28,14 +28,6 @@ from samdeploy.sam.transforms import preprocess_shape
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 MODES = ("sequential", "task", "pipeline")
-DECODER_INPUTS = (
-    "image_embeddings",
-    "point_coords",
-    "point_labels",
-    "mask_input",
-    "has_mask_input",
-    "orig_im_size",
-)
 DEFAULT_CACHE_MB = 64.0  # 16 vit_b embeddings (4 MiB each)
 
 
