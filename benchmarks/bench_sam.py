@@ -72,24 +72,6 @@ def sam_config(model_type: str) -> Any:
     return SamConfig.from_json(TINY) if model_type == "tiny" else PRESETS[model_type]
 
 
-def random_sam(config: Any, seed: int) -> Any:
-    """Official ``Sam`` with seeded random weights; the parameters the official init leaves at zero
-    (position embeddings, relative-position tables) get small random values so every path carries
-    signal (the same recipe as the test fixtures)."""
-    import torch
-
-    from samdeploy.export import build_sam
-
-    torch.manual_seed(seed)
-    sam = build_sam(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in sam.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    return sam.eval()
-
-
 def load_reference(checkpoint: Path, config: Any) -> Any:
     from samdeploy.export import load_sam, load_state_dict
 
@@ -180,7 +162,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
     """The reference model, its checkpoint, and the samdeploy packages to compare (built if missing)."""
     import torch
 
-    from samdeploy.export import SamConfig, export_model
+    from samdeploy.export import SamConfig, export_model, random_sam
     from samdeploy.export.precision import optimize_package
     from samdeploy.package import ModelPackage
 

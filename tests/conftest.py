@@ -24,26 +24,6 @@ TINY_SEED = 0
 VIT_B_SEED = 1
 
 
-def random_sam(config, seed: int):
-    """Official ``Sam`` for ``config`` with seeded random weights.
-
-    The official init leaves ``pos_embed`` and the relative-position tables at zero; they get small
-    random values here so every path of the graph carries signal in tests.
-    """
-    import torch
-
-    from samdeploy.export import build_sam
-
-    torch.manual_seed(seed)
-    sam = build_sam(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in sam.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    return sam.eval()
-
-
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder shared by all xdist workers of this run (the run's own temp folder otherwise)."""
     base = tmp_path_factory.getbasetemp()
@@ -73,7 +53,7 @@ def _model_artifacts(tmp_path_factory: pytest.TempPathFactory, name: str, config
     def build(folder: Path) -> None:
         import torch
 
-        from samdeploy.export import export_model
+        from samdeploy.export import export_model, random_sam
 
         torch.save(random_sam(config, seed).state_dict(), folder / "checkpoint.pth")
         export_model(folder / "checkpoint.pth", folder / "package", force=True)

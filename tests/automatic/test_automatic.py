@@ -260,7 +260,9 @@ def assert_fidelity(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) ->
 # its random-weight masks are near-identical, so the filters are opened and one crop layer is enough
 # work (each vit_b encoder pass costs seconds on both sides). The official generator also fails on a
 # crop whose every mask is filtered out, which random weights make likely with crops on.
-VIT_B_OPTIONS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=40)
+VIT_B_OPTIONS = dict(
+    points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=40
+)
 
 
 @pytest.mark.slow

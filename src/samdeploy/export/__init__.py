@@ -9,7 +9,7 @@ This is the only part of samdeploy that imports torch; runtimes read the package
 from __future__ import annotations
 
 from samdeploy.export.checkpoint import MODEL_TYPES, load_sam, load_state_dict, resolve_config
-from samdeploy.export.config import PRESETS, SamConfig, build_sam, detect_config, preset_name
+from samdeploy.export.config import PRESETS, SamConfig, build_sam, detect_config, preset_name, random_sam
 from samdeploy.export.exporter import ExportReport, export_model
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
 from samdeploy.export.validate import TOLERANCES, synthetic_image
@@ -29,6 +29,7 @@ __all__ = [
     "load_sam",
     "load_state_dict",
     "preset_name",
+    "random_sam",
     "resolve_config",
     "synthetic_image",
 ]

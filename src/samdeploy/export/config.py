@@ -153,6 +153,22 @@ def build_sam(config: SamConfig) -> Sam:
     return sam.eval()
 
 
+def random_sam(config: SamConfig, seed: int = 0) -> Sam:
+    """The official ``Sam`` for ``config`` with seeded random weights (eval mode), for tests and benchmarks.
+
+    The official init leaves ``pos_embed`` and the relative-position tables at zero; they get small
+    random values here so every path of the graph carries signal.
+    """
+    torch.manual_seed(seed)
+    sam = build_sam(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sam.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return sam.eval()
+
+
 def _indexes(state: Mapping[str, Any], prefix: str) -> list[int]:
     """Sorted distinct ``i`` of keys ``{prefix}{i}.…`` (counts blocks / layers)."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
