@@ -30,8 +30,16 @@ from rich.progress import (
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from samdeploy.export.checkpoint import load_state_dict
 from samdeploy.training.evaluation import evaluate
-from samdeploy.training.train import MODEL_CONFIG, PROMPT_KINDS, StepReport, TrainConfig, train
+from samdeploy.training.train import (
+    MODEL_CONFIG,
+    PROMPT_KINDS,
+    StepReport,
+    TrainConfig,
+    build_model,
+    train,
+)
 
 PROBE_START = 10_000
 
@@ -56,6 +64,11 @@ def main() -> None:
     parser.add_argument("--probe-every", type=int, default=100, help="steps between probes (0: never)")
     parser.add_argument("--probe-scenes", type=int, default=24)
     parser.add_argument("--log", type=Path, help="write the per-step losses and probes here as JSON lines")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from this state dict (e.g. the shipped checkpoint) instead of a fresh initialisation",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -70,6 +83,10 @@ def main() -> None:
     )
     console = Console()
     console.print(f"model: {MODEL_CONFIG.describe()}; training: {config}")
+    model = build_model(seed=config.seed)
+    if args.init is not None:
+        model.load_state_dict(load_state_dict(args.init))
+        console.print(f"starting from {args.init}")
     log = args.log.open("w") if args.log else None
     running: dict[str, list[float]] = {}
     columns = (
@@ -108,13 +125,24 @@ def main() -> None:
                     f" {quality.box_single:.3f}, prompt dependence {quality.prompt_dependence:.2f}"
                     f" ({summary})"
                 )
+                # The latest probed weights, so a run stopped early still leaves a usable checkpoint.
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), args.output.with_suffix(".partial.pth"))
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
 
-        model = train(config, on_step=on_step, workers=args.workers)
+        model = train(config, model=model, on_step=on_step, workers=args.workers)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.output)
+    # Weights are stored in float16 (half the size; the shipped checkpoint sits beside the package).
+    # Export from this file, so the package holds exactly these weights.
+    torch.save(
+        {
+            name: value.half() if value.is_floating_point() else value
+            for name, value in model.state_dict().items()
+        },
+        args.output,
+    )
     console.print(
         f"trained {config.steps} steps in {time.perf_counter() - started:.0f} s; wrote {args.output}"
     )

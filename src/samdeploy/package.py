@@ -21,11 +21,19 @@ Layout of ``model.json`` (format version 1)::
       "opset": 17,
       "models": {
         "image_encoder": {"file": "image_encoder.onnx", "inputs": [TensorSpec], "outputs": [...]},
-        "mask_decoder":  {"file": "mask_decoder.onnx",  "inputs": [...], "outputs": [...]}
+        "mask_decoder":  {"file": "mask_decoder.onnx",  "inputs": [...], "outputs": [...]},
+        "mask_decoder_low_res": {...}   # optional: the decoder without its upscaled masks output
       },
       "files": {"image_encoder.onnx": {"sha256": "...", "bytes": 123}, ...},
       "export": {...}                   # export report: versions, timings, simplification, validation
     }
+
+``mask_decoder`` keeps the official six-input, three-output contract. ``mask_decoder_low_res`` (written
+by every export; packages from earlier samdeploy versions lack it) is the same prompt encoder and mask decoder
+without ``orig_im_size`` and the in-graph upscale to the image size: five inputs, two outputs
+(``iou_predictions``, ``low_res_masks``). The runtime upscales the low-res logits itself, only for the
+masks it returns, so it prompts with this one when the package has it (see
+:attr:`ModelPackage.prompt_decoder`).
 
 A TensorSpec is ``{"name": str, "shape": [int | str, ...], "dtype": "float32"}``; a string in a
 shape names a dynamic axis.
@@ -47,6 +55,7 @@ FORMAT_VERSION = 1
 MANIFEST = "model.json"
 ENCODER = "image_encoder"
 DECODER = "mask_decoder"
+LOW_RES_DECODER = "mask_decoder_low_res"
 # The official ONNX decoder contract (segment_anything's scripts/export_onnx_model.py), kept exactly.
 DECODER_INPUTS = (
     "image_embeddings",
@@ -56,6 +65,9 @@ DECODER_INPUTS = (
     "has_mask_input",
     "orig_im_size",
 )
+# The companion decoder takes the same inputs but orig_im_size, and gives these outputs.
+LOW_RES_DECODER_INPUTS = DECODER_INPUTS[:-1]
+LOW_RES_DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 
 _REQUIRED_KEYS = (
     "format",
@@ -185,7 +197,7 @@ class ModelPackage:
         return verified
 
     def model(self, role: str) -> ModelEntry:
-        """The ``image_encoder`` or ``mask_decoder`` entry of the manifest."""
+        """The ``image_encoder``, ``mask_decoder`` or ``mask_decoder_low_res`` entry of the manifest."""
         entry = self.manifest["models"][role]
         return ModelEntry(
             file=entry["file"],
@@ -194,8 +206,18 @@ class ModelPackage:
         )
 
     def model_path(self, role: str) -> Path:
-        """Absolute path of the ONNX file for ``image_encoder`` or ``mask_decoder``."""
+        """Absolute path of the ONNX file of a model role (see :meth:`model`)."""
         return (self.root / self.manifest["models"][role]["file"]).resolve()
+
+    @property
+    def prompt_decoder(self) -> str:
+        """The role the runtime prompts with: the low-res companion decoder when the package has it."""
+        return LOW_RES_DECODER if LOW_RES_DECODER in self.manifest["models"] else DECODER
+
+    @property
+    def prompt_decoder_inputs(self) -> tuple[str, ...]:
+        """Input names of :attr:`prompt_decoder`, in the official order."""
+        return LOW_RES_DECODER_INPUTS if self.prompt_decoder == LOW_RES_DECODER else DECODER_INPUTS
 
     @property
     def encoder_path(self) -> Path:

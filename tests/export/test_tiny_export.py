@@ -22,7 +22,8 @@ def test_tiny_package_loads_and_verifies(tiny_package, tiny_sam_config):
     assert SamConfig.from_json(manifest["architecture"]) == tiny_sam_config
     assert manifest["preprocessing"]["normalize"] == "runtime"
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17
-    assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx"}
+    assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx", "mask_decoder_low_res.onnx"}
+    assert package.prompt_decoder == "mask_decoder_low_res"
     report = manifest["export"]
     assert {"load", "trace_image_encoder", "trace_mask_decoder", "validate"} <= set(report["timings"])
     assert report["simplify"] == "onnxsim" and report["quantize"] == "none"
@@ -30,6 +31,7 @@ def test_tiny_package_loads_and_verifies(tiny_package, tiny_sam_config):
     validation = report["validation"]
     assert validation["passed"] is True
     assert validation["worst"]["embeddings_cosine"] > 0.9999
+    assert validation["worst"]["low_res_logits_rel"] < 1e-4
     assert set(validation["decoder"]) >= {
         "point",
         "points_with_negatives",
@@ -41,7 +43,7 @@ def test_tiny_package_loads_and_verifies(tiny_package, tiny_sam_config):
 
 def test_tensor_specs_match_the_onnx_files(tiny_package):
     package = ModelPackage.load(tiny_package)
-    for role in ("image_encoder", "mask_decoder"):
+    for role in ("image_encoder", "mask_decoder", "mask_decoder_low_res"):
         session = ort.InferenceSession(str(package.model_path(role)), providers=["CPUExecutionProvider"])
         entry = package.model(role)
         assert [i.name for i in session.get_inputs()] == [t.name for t in entry.inputs]
@@ -154,6 +156,8 @@ def test_external_data_package_loads_from_anywhere(tmp_path, tiny_checkpoint, mo
         "image_encoder.onnx.data",
         "mask_decoder.onnx",
         "mask_decoder.onnx.data",
+        "mask_decoder_low_res.onnx",
+        "mask_decoder_low_res.onnx.data",
     }
     assert (tmp_path / "pkg" / "image_encoder.onnx").stat().st_size < data.stat().st_size
     assert data.stat().st_mode & 0o777 == (tmp_path / "pkg" / "image_encoder.onnx").stat().st_mode & 0o777
@@ -168,3 +172,24 @@ def test_external_data_package_loads_from_anywhere(tmp_path, tiny_checkpoint, mo
     embedding = session.run(None, {"image": image})[0]
     assert embedding.shape == (1, 256, 16, 16) and np.isfinite(embedding).all()
     assert os.getcwd() == str(elsewhere)
+
+
+def test_low_res_decoder_equals_the_official_graph(decoder, tiny_package, tiny_sam, embedding):
+    """The companion decoder gives the official graph's scores and low-res logits for every prompt kind."""
+    package = ModelPackage.load(tiny_package)
+    low_res = ort.InferenceSession(
+        str(package.model_path("mask_decoder_low_res")), providers=["CPUExecutionProvider"]
+    )
+    mask_input = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    prompts = [
+        (Prompt("point", (240, 320), np.array([[100.0, 80.0]]), np.array([1])), None),
+        (Prompt("points", (240, 320), np.array([[10.0, 20.0], [200.0, 100.0]]), np.array([1, 0])), mask_input),
+        (Prompt("boxes", (240, 320), boxes=np.array([[10, 20, 200, 150], [50, 60, 300, 220]], float)), None),
+    ]
+    for prompt, previous in prompts:
+        feeds = decoder_feeds(tiny_sam, prompt, embedding.numpy(), previous)
+        _, official_iou, official_low_res = decoder.run(None, feeds)
+        del feeds["orig_im_size"]
+        iou, logits = low_res.run(None, feeds)
+        np.testing.assert_allclose(iou, official_iou, atol=1e-6)
+        np.testing.assert_allclose(logits, official_low_res, atol=1e-5)

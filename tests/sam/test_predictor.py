@@ -127,3 +127,30 @@ def test_every_executor_gives_the_same_result(
         other.set_image(image)
         for ours, reference in zip(other.predict(**kwargs), expected, strict=True):
             np.testing.assert_array_equal(ours, reference)
+
+
+def test_package_without_low_res_decoder_gives_the_same_answers(tiny_package, tmp_path, image) -> None:
+    """Packages from before the low-res decoder prompt the official six-input graph instead."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_package, old)
+    manifest = json.loads((old / "model.json").read_text())
+    del manifest["models"]["mask_decoder_low_res"]
+    del manifest["files"]["mask_decoder_low_res.onnx"]
+    (old / "model.json").write_text(json.dumps(manifest))
+    (old / "mask_decoder_low_res.onnx").unlink()
+    new_predictor = SamPredictor(load_model(tiny_package, threads=1))
+    old_predictor = SamPredictor(load_model(old, threads=1))
+    assert new_predictor.model.package.prompt_decoder == "mask_decoder_low_res"
+    assert old_predictor.model.package.prompt_decoder == "mask_decoder"
+    assert old_predictor.model.decode_graph.nodes["mask_decoder"].input_specs[-1].name == "orig_im_size"
+    for predictor in (new_predictor, old_predictor):
+        predictor.set_image(image)
+    prompt = {"point_coords": np.array([[80, 45], [20, 70]]), "point_labels": np.array([1, 0])}
+    new = new_predictor.predict(**prompt)
+    old_answer = old_predictor.predict(**prompt)
+    np.testing.assert_allclose(new[1], old_answer[1], atol=1e-6)
+    np.testing.assert_allclose(new[2], old_answer[2], atol=1e-5)
+    assert np.mean(new[0] == old_answer[0]) > 0.9999

@@ -33,7 +33,14 @@ from samdeploy.export.checkpoint import (
     resolve_config,
 )
 from samdeploy.export.config import SamConfig, detect_config, preset_name
-from samdeploy.export.models import decoder_specs, encoder_specs, export_decoder, export_encoder
+from samdeploy.export.models import (
+    decoder_specs,
+    encoder_specs,
+    export_decoder,
+    export_encoder,
+    export_low_res_decoder,
+    low_res_decoder_specs,
+)
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
 from samdeploy.export.validate import failures, validate_package
 from samdeploy.package import (
@@ -41,6 +48,7 @@ from samdeploy.package import (
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
+    LOW_RES_DECODER,
     ModelPackage,
     describe_files,
     sha256_file,
@@ -248,17 +256,23 @@ def export_model(
     try:
         files: list[str] = []
         nodes: dict[str, dict[str, int]] = {}
-        for role, label in ((ENCODER, "image encoder"), (DECODER, "mask decoder")):
+        graphs = (
+            (ENCODER, "image encoder", lambda path: export_encoder(sam, path, opset)),
+            (DECODER, "mask decoder", lambda path: export_decoder(sam, sam_config, path, opset)),
+            (
+                LOW_RES_DECODER,
+                "low-res mask decoder",
+                lambda path: export_low_res_decoder(sam, sam_config, path, opset),
+            ),
+        )
+        for role, label, trace in graphs:
             # One folder per graph: over 2 GB the tracer writes every weight as its own file there.
             folder = work / role
             folder.mkdir()
             current = folder / f"{role}.onnx"
             with steps.step(f"trace_{role}", f"tracing the {label}"):
                 try:
-                    if role == ENCODER:
-                        export_encoder(sam, current, opset)
-                    else:
-                        export_decoder(sam, sam_config, current, opset)
+                    trace(current)
                 except (RuntimeError, ValueError, TypeError) as exc:
                     raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
             counts = {"traced": _node_count(current)}
@@ -292,7 +306,12 @@ def export_model(
         report = None
         if validate:
             with steps.step("validate", "validating against PyTorch"):
-                report = validate_package(sam, staging / f"{ENCODER}.onnx", staging / f"{DECODER}.onnx")
+                report = validate_package(
+                    sam,
+                    staging / f"{ENCODER}.onnx",
+                    staging / f"{DECODER}.onnx",
+                    staging / f"{LOW_RES_DECODER}.onnx",
+                )
             problems = failures(report)
             report["passed"] = not problems
             if problems and precision == "fp32":
@@ -302,6 +321,7 @@ def export_model(
 
         enc_in, enc_out = encoder_specs(sam_config)
         dec_in, dec_out = decoder_specs(sam_config)
+        low_in, low_out = low_res_decoder_specs(sam_config)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -332,6 +352,12 @@ def export_model(
                     "file": f"{DECODER}.onnx",
                     "inputs": [t.to_json() for t in dec_in],
                     "outputs": [t.to_json() for t in dec_out],
+                    "mask_tokens": {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))},
+                },
+                LOW_RES_DECODER: {
+                    "file": f"{LOW_RES_DECODER}.onnx",
+                    "inputs": [t.to_json() for t in low_in],
+                    "outputs": [t.to_json() for t in low_out],
                     "mask_tokens": {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))},
                 },
             },

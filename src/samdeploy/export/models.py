@@ -6,6 +6,11 @@
   with ``return_single_mask=False`` so all mask tokens come out (token 0 = single-mask output,
   1..3 = multimask outputs) and the runtime picks, as ``SamPredictor`` does.
 
+* ``mask_decoder_low_res``: the same prompt encoder and mask decoder without ``orig_im_size`` and the
+  upscale to the image size (five inputs; ``iou_predictions`` and ``low_res_masks``). ONNX Runtime
+  computes a graph's upscale even when only ``low_res_masks`` is fetched, and the runtime upscales
+  the few masks it returns itself; this graph is what it prompts with.
+
 The decoder adds one freedom to the official export: axis 0 of ``point_coords``/``point_labels``
 (and of ``mask_input``) is a dynamic prompt batch. ``MaskDecoder.predict_masks`` already
 ``repeat_interleave``-s the single image embedding over that batch, so B boxes or B points run in
@@ -27,7 +32,12 @@ from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
 
 from samdeploy.export.config import SamConfig
-from samdeploy.package import DECODER_INPUTS, TensorSpec
+from samdeploy.package import (
+    DECODER_INPUTS,
+    LOW_RES_DECODER_INPUTS,
+    LOW_RES_DECODER_OUTPUTS,
+    TensorSpec,
+)
 
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -66,6 +76,26 @@ class DecoderOnnxModel(SamOnnxModel):
         )
 
 
+class LowResDecoderOnnxModel(SamOnnxModel):
+    """The official decoder graph up to the low-res logits: no ``orig_im_size``, no upscale."""
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, scores = self.model.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=self._embed_points(point_coords, point_labels),
+            dense_prompt_embeddings=self._embed_masks(mask_input, has_mask_input),
+        )
+        return scores, masks
+
+
 def encoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output tensor specs of ``image_encoder.onnx``."""
     size, grid = config.image_size, config.embedding_size
@@ -94,6 +124,15 @@ def decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, outputs
 
 
+def low_res_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of ``mask_decoder_low_res.onnx``."""
+    inputs, outputs = decoder_specs(config)
+    return (
+        [spec for spec in inputs if spec.name in LOW_RES_DECODER_INPUTS],
+        [spec for spec in outputs if spec.name in LOW_RES_DECODER_OUTPUTS],
+    )
+
+
 def _export(
     module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, **kwargs: object
 ) -> None:
@@ -120,13 +159,12 @@ def export_encoder(sam: Sam, path: Path, opset: int) -> None:
     )
 
 
-def export_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
-    """Trace the prompt encoder + mask decoder + mask post-processing to ``path``."""
-    model = DecoderOnnxModel(sam, return_single_mask=False).eval()
+def _decoder_dummies(config: SamConfig) -> tuple[torch.Tensor, ...]:
+    """Trace inputs of the decoder, in :data:`DECODER_INPUTS` order."""
     grid, low = config.embedding_size, config.mask_input_size
     generator = torch.Generator().manual_seed(0)
-    # Dummy values only fix the trace path; every size they carry is declared dynamic below.
-    dummy = (
+    # Dummy values only fix the trace path; every size they carry is declared dynamic.
+    return (
         torch.randn(1, config.prompt_embed_dim, grid, grid, generator=generator),
         torch.randint(0, config.image_size, (1, 5, 2), generator=generator).float(),
         torch.randint(-1, 4, (1, 5), generator=generator).float(),
@@ -134,12 +172,33 @@ def export_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
         torch.tensor([1.0]),
         torch.tensor([1500.0, 2250.0]),
     )
+
+
+def export_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
+    """Trace the prompt encoder + mask decoder + mask post-processing to ``path``."""
     _export(
-        model,
-        dummy,
+        DecoderOnnxModel(sam, return_single_mask=False).eval(),
+        _decoder_dummies(config),
         path,
         opset,
         input_names=list(DECODER_INPUTS),
         output_names=list(DECODER_OUTPUTS),
         dynamic_axes=DECODER_DYNAMIC_AXES,
+    )
+
+
+def export_low_res_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
+    """Trace the prompt encoder + mask decoder, without the upscale, to ``path``."""
+    _export(
+        LowResDecoderOnnxModel(sam, return_single_mask=False).eval(),
+        _decoder_dummies(config)[: len(LOW_RES_DECODER_INPUTS)],
+        path,
+        opset,
+        input_names=list(LOW_RES_DECODER_INPUTS),
+        output_names=list(LOW_RES_DECODER_OUTPUTS),
+        dynamic_axes={
+            name: axes
+            for name, axes in DECODER_DYNAMIC_AXES.items()
+            if name in LOW_RES_DECODER_INPUTS + LOW_RES_DECODER_OUTPUTS
+        },
     )

@@ -46,7 +46,14 @@ from samdeploy.errors import ExportError
 from samdeploy.export.exporter import check_output, move_into_place
 from samdeploy.export.optimize import quantize_int8
 from samdeploy.export.validate import cosine
-from samdeploy.package import DECODER, ENCODER, ModelPackage, describe_files, write_manifest
+from samdeploy.package import (
+    DECODER,
+    ENCODER,
+    LOW_RES_DECODER,
+    ModelPackage,
+    describe_files,
+    write_manifest,
+)
 
 PRECISIONS = ("fp32", "int8")
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
@@ -423,9 +430,12 @@ def optimize_package(
         else:
             fp32_path.rename(encoder_path)
         onnx.checker.check_model(str(encoder_path))
-        decoder_file = package.manifest["models"][DECODER]["file"]
-        shutil.copy2(package.decoder_path, staging / decoder_file)
-        files = [encoder_entry["file"], decoder_file]
+        files = [encoder_entry["file"]]
+        for role in (DECODER, LOW_RES_DECODER):
+            if role in package.manifest["models"]:
+                decoder_file = package.manifest["models"][role]["file"]
+                shutil.copy2(package.model_path(role), staging / decoder_file)
+                files.append(decoder_file)
 
         manifest = {key: value for key, value in package.manifest.items()}
         manifest["precision"] = precision

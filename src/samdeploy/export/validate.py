@@ -27,6 +27,7 @@ TOLERANCES = {
     "embeddings_rel": 1e-3,
     "embeddings_cosine": 0.9999,
     "mask_logits_rel": 1e-3,
+    "low_res_logits_rel": 1e-3,
     "iou_predictions_abs": 1e-3,
     "mask_agreement": 0.999,
 }
@@ -203,13 +204,16 @@ def _encoder_input(sam: Sam, image: np.ndarray) -> torch.Tensor:
     return sam.preprocess(resized)
 
 
-def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
-    """Compare the two ONNX files with ``sam``; returns the figures recorded in ``model.json``.
+def validate_package(
+    sam: Sam, encoder_path: Path, decoder_path: Path, low_res_decoder_path: Path | None = None
+) -> dict[str, Any]:
+    """Compare the ONNX files with ``sam``; returns the figures recorded in ``model.json``.
 
     Keys: ``embeddings`` (max_abs, max_rel, cosine), ``decoder`` (per prompt kind: masks max_abs /
-    max_rel / agreement, iou_predictions max_abs, low_res cosine), ``end_to_end`` (mask agreement
-    with the ONNX embedding), ``worst`` (the figures the tolerances apply to) and ``tolerances``.
-    The caller decides whether to fail (see :func:`failures`).
+    max_rel / agreement, iou_predictions max_abs, low_res cosine; with ``low_res_decoder_path``
+    also the low-res decoder's logits max_rel and iou_predictions max_abs), ``end_to_end`` (mask
+    agreement with the ONNX embedding), ``worst`` (the figures the tolerances apply to) and
+    ``tolerances``. The caller decides whether to fail (see :func:`failures`).
     """
     image = synthetic_image(*VALIDATION_IMAGE_SIZE)
     x = _encoder_input(sam, image)
@@ -230,6 +234,7 @@ def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[s
         "end_to_end": {},
     }
     decoder = _session(decoder_path)
+    low_res_decoder = _session(low_res_decoder_path) if low_res_decoder_path is not None else None
     previous_low_res: np.ndarray | None = None
     for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
         mask_input = previous_low_res if prompt.use_mask_input else None
@@ -246,6 +251,14 @@ def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[s
             "iou_predictions_max_abs": float(np.abs(got[1] - want[1]).max()),
             "low_res_cosine": cosine(got[2], want[2]),
         }
+        if low_res_decoder is not None:
+            feeds = decoder_feeds(sam, prompt, expected, mask_input)
+            del feeds["orig_im_size"]
+            iou, low_res = low_res_decoder.run(None, feeds)
+            report["decoder"][prompt.name].update(
+                low_res_max_rel=_max_rel(low_res, want[2]),
+                low_res_iou_max_abs=float(np.abs(iou - want[1]).max()),
+            )
         chained = decoder.run(None, decoder_feeds(sam, prompt, embeddings, mask_input))
         report["end_to_end"][prompt.name] = {
             "mask_agreement": float(np.mean((chained[0] > 0) == (want[0] > 0))),
@@ -256,10 +269,14 @@ def validate_package(sam: Sam, encoder_path: Path, decoder_path: Path) -> dict[s
         "embeddings_rel": report["embeddings"]["max_rel"],
         "embeddings_cosine": report["embeddings"]["cosine"],
         "mask_logits_rel": max(case["masks_max_rel"] for case in cases),
-        "iou_predictions_abs": max(case["iou_predictions_max_abs"] for case in cases),
+        "iou_predictions_abs": max(
+            max(case["iou_predictions_max_abs"], case.get("low_res_iou_max_abs", 0.0)) for case in cases
+        ),
         "mask_agreement": min(case["mask_agreement"] for case in cases),
         "end_to_end_mask_agreement": min(case["mask_agreement"] for case in report["end_to_end"].values()),
     }
+    if low_res_decoder is not None:
+        report["worst"]["low_res_logits_rel"] = max(case["low_res_max_rel"] for case in cases)
     report["tolerances"] = dict(TOLERANCES)
     return report
 
@@ -269,7 +286,9 @@ def failures(report: dict[str, Any]) -> list[str]:
     worst = report["worst"]
     problems = []
     for key, limit in TOLERANCES.items():
-        value = worst[key]
+        value = worst.get(key)
+        if value is None:  # a package without the figure (no low-res decoder)
+            continue
         # Cosine and agreement must stay above their limit, differences below theirs.
         bad = value < limit if key in ("embeddings_cosine", "mask_agreement") else value > limit
         if bad:

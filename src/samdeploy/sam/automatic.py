@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from samdeploy.engine import Graph, Inference, ItemResult, Node, Profile, register_node
+from samdeploy.engine import Graph, ItemResult, Node, Profile, register_node
 from samdeploy.errors import NodeError, SamDeployError
 from samdeploy.sam.amg import (
     MaskCandidates,
@@ -50,7 +50,7 @@ from samdeploy.sam.amg import (
     uncrop_masks,
     uncrop_points,
 )
-from samdeploy.sam.graphs import DECODER_OUTPUTS, EMBEDDINGS, encode_graph
+from samdeploy.sam.graphs import EMBEDDINGS, connect_prompt_ports, decoder_node, encode_graph
 from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
@@ -58,7 +58,6 @@ from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, postprocess_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-DECODER_PORTS = ("point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 
 
 class GeneratorOptionError(SamDeployError, ValueError):
@@ -393,8 +392,7 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
             {"image_size": model.image_size, "mask_input_size": list(model.mask_input_size)},
         )
     )
-    decoder = model.options.params(str(model.package.decoder_path), list(DECODER_OUTPUTS))
-    graph.add(Inference("mask_decoder", decoder))
+    graph.add(decoder_node(model.package, model.options))
     graph.add(
         FilterMasks(
             "filter_masks",
@@ -408,8 +406,7 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
     )
     graph.connect("point_prompts.prompt", "prompt_build.prompt")
     graph.connect("point_prompts.original_size", "prompt_build.original_size")
-    for port in DECODER_PORTS:
-        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+    connect_prompt_ports(graph, model.package)
     graph.connect("mask_decoder.iou_predictions", "filter_masks.iou_predictions")
     graph.connect("mask_decoder.low_res_masks", "filter_masks.low_res_masks")
     graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")

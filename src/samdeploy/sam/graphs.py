@@ -64,6 +64,20 @@ def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
     return graph
 
 
+def decoder_node(package: ModelPackage, options: BackendOptions) -> Inference:
+    """The ``mask_decoder`` node: the package's low-res decoder when it has one (see
+    :attr:`~samdeploy.package.ModelPackage.prompt_decoder`), else the official six-input graph."""
+    path = package.model_path(package.prompt_decoder)
+    return Inference("mask_decoder", options.params(str(path), list(DECODER_OUTPUTS)))
+
+
+def connect_prompt_ports(graph: Graph, package: ModelPackage) -> None:
+    """Wire ``prompt_build``'s outputs to the decoder inputs the package's prompt decoder takes."""
+    for port in package.prompt_decoder_inputs:
+        if port != EMBEDDINGS:
+            graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+
+
 def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: bool = False) -> Graph:
     """``image_embeddings``, ``prompt``, ``original_size``, ``multimask_output``, ``return_logits``
     -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR)."""
@@ -78,10 +92,9 @@ def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: b
             },
         )
     )
-    graph.add(Inference("mask_decoder", options.params(str(package.decoder_path), list(DECODER_OUTPUTS))))
+    graph.add(decoder_node(package, options))
     graph.add(Postprocess("postprocess", {"image_size": package.image_size}))
-    for port in ("point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"):
-        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+    connect_prompt_ports(graph, package)
     graph.connect("mask_decoder.low_res_masks", "postprocess.low_res_masks")
     graph.connect("mask_decoder.iou_predictions", "postprocess.iou_predictions")
     graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from samdeploy.engine import Graph, make_executor
 from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
-from samdeploy.package import DECODER, DECODER_INPUTS, ENCODER, ModelPackage
+from samdeploy.package import ENCODER, ModelPackage
 from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph, segment_files_graph
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
@@ -264,11 +264,11 @@ def _check_package(package: ModelPackage, model: SamModel) -> None:
             f" says image_size {size} (expected [1, 3, {size}, {size}])"
         )
     names = [spec.name for spec in decoder.input_specs]
-    missing = [name for name in DECODER_INPUTS if name not in names]
+    missing = [name for name in package.prompt_decoder_inputs if name not in names]
     if missing:
         raise PackageError(
-            f"model package {root}: {package.model(DECODER).file} lacks the SAM decoder inputs"
-            f" {', '.join(missing)}"
+            f"model package {root}: {package.model(package.prompt_decoder).file} lacks the SAM decoder"
+            f" inputs {', '.join(missing)}"
         )
     mask_shape = next(spec.shape for spec in decoder.input_specs if spec.name == "mask_input")
     if tuple(mask_shape[-2:]) != package.mask_input_size:

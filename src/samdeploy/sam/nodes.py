@@ -79,10 +79,11 @@ class PromptBuild(Node):
     Outputs ``point_coords`` BxNx2, ``point_labels`` BxN, ``mask_input`` Bx1xRxR, ``has_mask_input``
     [1], ``orig_im_size`` [2], all float32 (see :func:`~samdeploy.sam.prompts.decoder_inputs`).
 
-    ``orig_im_size`` only sizes the decoder's own upscaled ``masks`` output, which this graph does
-    not use (postprocess works from ``low_res_masks``). ONNX Runtime computes every output whether
-    asked for or not, so by default the decoder gets 1x1 there, which makes that dead upscale cheap
-    (at 4000x3000 it would cost several times the decoder itself). ``decoder_masks=True`` feeds the true size.
+    ``orig_im_size`` only sizes the official decoder's own upscaled ``masks`` output, which the graphs
+    do not use (postprocess works from ``low_res_masks``); packages with the low-res decoder do not
+    take it at all. ONNX Runtime computes every output whether asked for or not, so for an official
+    decoder the port carries 1x1 by default, which makes that dead upscale cheaper (at 4000x3000 it
+    would cost several times the decoder itself). ``decoder_masks=True`` feeds the true size.
     """
 
     @dataclass

@@ -37,15 +37,17 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from samdeploy.export.config import SamConfig, build_sam
 from samdeploy.training.scenes import Scene, SceneConfig, generate_scene, mask_to_box, random_interior_points
 
-# The shipped default: a 4-block ViT (width 128; 8x8 windows, blocks 1 and 3 global) at 256 px, with a
-# 128-wide prompt encoder and mask decoder (the official ones are 256 wide; the decoder costs as much
-# per prompt as the encoder per image here, so its width decides the training speed).
+# The shipped default: a 4-block ViT (width 128; 8x8 windows, blocks 1 and 3 global) at 256 px in
+# patches of 8 px (a 32x32 embedding, so 128x128 low-res masks: with 16 px patches the 64x64 masks
+# alone cap the mean IoU of a perfect model near 0.94 on the held-out scenes, against 0.98 here), with
+# a 128-wide prompt encoder and mask decoder (the official ones are 256 wide).
 MODEL_CONFIG = SamConfig(
     encoder_embed_dim=128,
     encoder_depth=4,
     encoder_num_heads=4,
     encoder_global_attn_indexes=(1, 3),
     image_size=256,
+    patch_size=8,
     window_size=8,
     prompt_embed_dim=128,
     decoder_mlp_dim=512,
