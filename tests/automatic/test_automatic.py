@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,23 +274,18 @@ def test_fidelity_vit_b(vit_b_sam, vit_b_package, scene) -> None:
     assert_fidelity(ours, theirs)
 
 
-def default_checkpoint() -> Path | None:
-    """The trained default model's PyTorch checkpoint, if this checkout has it."""
-    candidates = [os.environ.get("SAMDEPLOY_DEFAULT_CHECKPOINT"), "runs/default.pth"]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
-
-
 def test_fidelity_default_model(default_package) -> None:
     """The trained default model segments the shapes of its training scenes, so its masks differ
-    from prompt to prompt: the matching is a strong test here."""
+    from prompt to prompt: the matching is a strong test here. The package ships the checkpoint it
+    was exported from, so the official generator runs on the same weights."""
     from samdeploy import load_model
     from samdeploy.export import SamConfig, load_sam, load_state_dict
-    from samdeploy.package import ModelPackage
+    from samdeploy.package import ModelPackage, sha256_file
     from samdeploy.training.scenes import SceneConfig, generate_scene
 
-    checkpoint = default_checkpoint()
-    if checkpoint is None:
-        pytest.skip("the default model's checkpoint is not available (set SAMDEPLOY_DEFAULT_CHECKPOINT)")
+    checkpoint = default_package / "checkpoint.pth"
+    exported_from = ModelPackage.load(default_package).export_report["checkpoint"]
+    assert sha256_file(checkpoint) == exported_from["sha256"]
     config = SamConfig.from_json(ModelPackage.load(default_package).manifest["architecture"])
     sam = load_sam(load_state_dict(checkpoint), config)
     image = generate_scene(11, SceneConfig(long_side=(320, 320))).image

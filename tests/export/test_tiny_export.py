@@ -193,3 +193,35 @@ def test_low_res_decoder_equals_the_official_graph(decoder, tiny_package, tiny_s
         iou, logits = low_res.run(None, feeds)
         np.testing.assert_allclose(iou, official_iou, atol=1e-6)
         np.testing.assert_allclose(logits, official_low_res, atol=1e-5)
+
+
+def test_large_grid_export_chunks_global_attention_and_still_matches_pytorch(tmp_path):
+    """A 48x48 grid (2304 tokens) gets the banded global attention by default; validation vs PyTorch passes."""
+    config = SamConfig(
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=384,
+        patch_size=8,
+        window_size=8,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        iou_head_hidden_dim=32,
+    )
+    from samdeploy.export import build_sam
+
+    torch.manual_seed(7)
+    state = build_sam(config).state_dict()
+    report = export_model(state, tmp_path / "chunked")
+    assert report.nodes["image_encoder"]["chunked_attention_blocks"] == 1
+    assert report.validation["passed"]
+    assert report.manifest["export"]["attention_rows"] == 4
+    traced = export_model(state, tmp_path / "traced", attention_rows=0, validate=False)
+    assert "chunked_attention_blocks" not in traced.nodes["image_encoder"]
+    image = np.random.default_rng(1).normal(size=(1, 3, 384, 384)).astype(np.float32)
+    embeddings = [
+        ort.InferenceSession(str(tmp_path / name / "image_encoder.onnx")).run(None, {"image": image})[0]
+        for name in ("chunked", "traced")
+    ]
+    np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-5)

@@ -52,6 +52,13 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
     simplify: Annotated[str, typer.Option(help="graph simplifier: onnxsim, onnxslim or none")] = "onnxsim",
     quantize: Annotated[str, typer.Option(help="none (fp32) or int8 (dynamic quantization)")] = "none",
+    attention_rows: Annotated[
+        int,
+        typer.Option(
+            help="run the encoder's global attention in bands of this many query rows (same numbers,"
+            " GBs less memory; applies to grids of 2048+ tokens such as the official 64x64); 0 keeps it as traced"
+        ),
+    ] = 4,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing package at --output")] = False,
 ) -> None:
@@ -74,6 +81,7 @@ def export(
         opset=opset,
         simplify=simplify,
         quantize=quantize,
+        attention_rows=attention_rows,
         validate=validate,
         force=force,
         console=console,

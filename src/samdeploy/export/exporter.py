@@ -25,6 +25,7 @@ from segment_anything.modeling import Sam
 import samdeploy
 from samdeploy.errors import CheckpointError, ExportError, PackageError
 from samdeploy.export import optimize
+from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS, chunk_global_attention
 from samdeploy.export.checkpoint import (
     MODEL_TYPES,
     load_sam,
@@ -205,6 +206,7 @@ def export_model(
     opset: int = 17,
     simplify: str = DEFAULT_SIMPLIFIER,
     quantize: str = "none",
+    attention_rows: int | None = DEFAULT_ATTENTION_ROWS,
     validate: bool = True,
     force: bool = False,
     console: Console | None = None,
@@ -219,6 +221,9 @@ def export_model(
         opset: ONNX opset of both graphs.
         simplify: ``onnxslim``, ``onnxsim`` or ``none``.
         quantize: ``none`` (fp32) or ``int8`` (ONNX Runtime dynamic quantization of MatMul/Gemm).
+        attention_rows: rewrite the encoder's global attention over large grids (the official
+            64x64) to run on bands of this many query rows (:mod:`samdeploy.export.attention`):
+            same numbers, GBs less memory, faster; ``None`` or 0 keeps the attention as traced.
         validate: compare ONNX Runtime with PyTorch after writing; fp32 exports fail beyond
             :data:`samdeploy.export.validate.TOLERANCES`, int8 ones record their differences.
         force: replace an existing package at ``output``.
@@ -235,6 +240,10 @@ def export_model(
         raise ExportError(f"unknown simplifier '{simplify}': choose one of {', '.join(SIMPLIFIERS)}")
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
+    if attention_rows is not None and attention_rows < 0:
+        raise ExportError(
+            f"attention_rows must be positive (or 0 to keep the traced attention), got {attention_rows}"
+        )
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
     check_output(output, force)
@@ -290,6 +299,18 @@ def export_model(
                         ) from None
                 current = simplified
                 counts["simplified"] = _node_count(current)
+            if role == ENCODER and attention_rows:
+                chunked = work / f"{role}.chunked" / f"{role}.onnx"
+                chunked.parent.mkdir()
+                with steps.step("chunk_attention", "chunking global attention"):
+                    model = onnx.load(str(current))
+                    blocks = chunk_global_attention(model, rows=attention_rows)
+                    if blocks:
+                        optimize.save(model, chunked)
+                    del model
+                if blocks:
+                    current = chunked
+                    counts["chunked_attention_blocks"] = blocks
             if quantize == "int8":
                 quantized = work / f"{role}.int8" / f"{role}.onnx"
                 quantized.parent.mkdir()
@@ -376,6 +397,7 @@ def export_model(
                 "exporter": "torch.onnx TorchScript (dynamo=False)",
                 "simplify": simplify,
                 "quantize": quantize,
+                "attention_rows": attention_rows or None,
                 "nodes": nodes,
                 "timings": steps.timings,
                 "peak_rss_mb": steps.peak_rss_mb,

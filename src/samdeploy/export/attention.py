@@ -1,0 +1,151 @@
+"""Chunked global attention: a graph rewrite of the traced SAM image encoder.
+
+SAM's global-attention blocks build a heads x N x N score tensor (N = 4096 tokens for the official
+64x64 grid: 805 MB for vit_b), add the two decomposed relative-position terms, soft-max it and
+multiply by V: four passes over memory per block, and ONNX Runtime holds two or three such tensors
+at once. :func:`chunk_global_attention` rewrites the graph so the same arithmetic runs on bands of
+query rows: the scores of a band fit in cache, peak memory drops by GBs, and the result is the same
+to float32 rounding (each query row's dot products, soft-max and weighted sum are computed exactly as
+before, only fewer rows at a time). ``samdeploy export`` applies it by default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# Rows of the token grid per attention band; chosen by measurement (docs/performance.md).
+DEFAULT_ATTENTION_ROWS = 4
+# Global attention over fewer tokens than this is left alone: its scores are small enough already
+# (the official 64x64 grid has 4096 tokens; the default model's 32x32 grid, 1024).
+MIN_CHUNK_TOKENS = 2048
+
+
+def chunk_global_attention(
+    model: onnx.ModelProto, rows: int = DEFAULT_ATTENTION_ROWS, min_tokens: int = MIN_CHUNK_TOKENS
+) -> int:
+    """Rewrite each global-attention block of a traced SAM image encoder to work on bands of query rows.
+
+    Matches, for every Softmax, the chain SAM's ``Attention.forward`` traces to::
+
+        scores = MatMul(q * scale, k^T)               # [B*heads, N, N], N = qh * qw
+        scores = Reshape(scores, [B*heads, qh, qw, kh, kw])
+        scores = Add(Add(scores, rel_h), rel_w)       # rel_h [.., qh, qw, kh, 1], rel_w [.., qh, qw, 1, kw]
+        probs  = Softmax(Reshape(scores, [B*heads, N, N]))
+        out    = MatMul(probs, v)
+
+    and replaces it by the same chain on ``rows``-row bands of the query grid (a Split of q,
+    rel_h and rel_w along the query rows, one chain per band, a Concat of the outputs). Blocks
+    with fewer than ``min_tokens`` tokens, or grids whose height ``rows`` does not divide, are
+    left alone. Edits ``model`` in place; returns the number of blocks rewritten.
+    """
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {t.name: t for t in graph.initializer}
+
+    def constant(name: str) -> np.ndarray | None:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute:
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def parent(name: str, op_type: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def add_parent(add: onnx.NodeProto, op_type: str) -> tuple[onnx.NodeProto | None, str | None]:
+        """The input of ``add`` made by ``op_type``, and the other input."""
+        for mine, other in ((0, 1), (1, 0)):
+            node = parent(add.input[mine], op_type)
+            if node is not None:
+                return node, add.input[other]
+        return None, None
+
+    rewrites: dict[int, list[onnx.NodeProto]] = {}
+    removed: set[int] = set()
+    for index, softmax in enumerate(n for n in list(graph.node) if n.op_type == "Softmax"):
+        reshape_3d = parent(softmax.input[0], "Reshape")
+        add_w = parent(reshape_3d.input[0], "Add") if reshape_3d is not None else None
+        add_h, rel_w = add_parent(add_w, "Add") if add_w is not None else (None, None)
+        reshape_5d, rel_h = add_parent(add_h, "Reshape") if add_h is not None else (None, None)
+        scores = parent(reshape_5d.input[0], "MatMul") if reshape_5d is not None else None
+        users = consumers.get(softmax.output[0], [])
+        if (
+            scores is None
+            or len(users) != 1
+            or users[0].op_type != "MatMul"
+            or users[0].input[0] != softmax.output[0]
+        ):
+            continue
+        weighted = users[0]
+        chain = [scores, reshape_5d, add_h, add_w, reshape_3d, softmax, weighted]
+        if any(len(consumers.get(a.output[0], [])) != 1 for a in chain[:-1]):
+            continue  # an intermediate is used elsewhere: not the pattern
+        shape5, shape3 = constant(reshape_5d.input[1]), constant(reshape_3d.input[1])
+        if shape5 is None or shape3 is None or shape5.shape != (5,) or shape3.shape != (3,):
+            continue
+        batch_heads, qh, qw, kh, kw = (int(v) for v in shape5)
+        if min(qh, qw, kh, kw) <= 0 or qh * qw < min_tokens or rows <= 0 or qh % rows or rows == qh:
+            continue
+        bands = qh // rows
+        prefix = f"{softmax.name or f'softmax_{index}'}/bands"
+
+        def const_input(name: str, values: list[int], prefix: str = prefix) -> str:
+            graph.initializer.append(
+                numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{prefix}/{name}")
+            )
+            return f"{prefix}/{name}"
+
+        split_q = const_input("split_q", [rows * qw] * bands)
+        split_rel = const_input("split_rel", [rows] * bands)
+        band_5d = const_input("shape_5d", [batch_heads, rows, qw, kh, kw])
+        band_3d = const_input("shape_3d", [batch_heads, rows * qw, kh * kw])
+        q_bands = [f"{prefix}/q_{b}" for b in range(bands)]
+        h_bands = [f"{prefix}/rel_h_{b}" for b in range(bands)]
+        w_bands = [f"{prefix}/rel_w_{b}" for b in range(bands)]
+        new = [
+            helper.make_node("Split", [scores.input[0], split_q], q_bands, f"{prefix}/split_q", axis=1),
+            helper.make_node("Split", [rel_h, split_rel], h_bands, f"{prefix}/split_rel_h", axis=1),
+            helper.make_node("Split", [rel_w, split_rel], w_bands, f"{prefix}/split_rel_w", axis=1),
+        ]
+        outputs = []
+        for b in range(bands):
+            p = f"{prefix}/{b}"
+            new += [
+                helper.make_node("MatMul", [q_bands[b], scores.input[1]], [f"{p}/scores"], f"{p}/qk"),
+                helper.make_node("Reshape", [f"{p}/scores", band_5d], [f"{p}/scores_5d"], f"{p}/reshape_5d"),
+                helper.make_node("Add", [f"{p}/scores_5d", h_bands[b]], [f"{p}/plus_h"], f"{p}/add_rel_h"),
+                helper.make_node("Add", [f"{p}/plus_h", w_bands[b]], [f"{p}/plus_w"], f"{p}/add_rel_w"),
+                helper.make_node("Reshape", [f"{p}/plus_w", band_3d], [f"{p}/logits"], f"{p}/reshape_3d"),
+                helper.make_node("Softmax", [f"{p}/logits"], [f"{p}/probs"], f"{p}/softmax", axis=-1),
+                helper.make_node("MatMul", [f"{p}/probs", weighted.input[1]], [f"{p}/out"], f"{p}/av"),
+            ]
+            outputs.append(f"{p}/out")
+        new.append(helper.make_node("Concat", outputs, [weighted.output[0]], f"{prefix}/concat", axis=1))
+        removed.update(id(node) for node in chain)
+        rewrites[id(weighted)] = new  # emitted where the last node of the chain was: all inputs exist
+    if not rewrites:
+        return 0
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if id(node) in rewrites:
+            nodes += rewrites[id(node)]
+        elif id(node) not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    produced = {out for node in graph.node for out in node.output}
+    value_info = [v for v in graph.value_info if v.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return len(rewrites)
