@@ -9,8 +9,9 @@ noisy shared machine. Results go to ``benchmarks/results/<model>.json``, ``docs/
     .venv/bin/python benchmarks/bench_sam.py --model-type vit_b --threads 2
     .venv/bin/python benchmarks/bench_sam.py --model-type tiny --repeat 1      # a smoke run
 
-The samdeploy side measures the package as exported (fp32) and the packages of
-``samdeploy.export.precision`` (``fp32-opt``: chunked global attention; ``int8``). The PyTorch
+The samdeploy side measures the package as exported (``fp32``: banded global attention, the
+default), the same export with the attention as traced (``fp32-traced``, ``--attention-rows 0``)
+and the ``int8`` package of ``samdeploy.export.precision``. The PyTorch
 side measures eager fp32, bf16 autocast and, with ``--torch-compile``, ``torch.compile``; when
 tcmalloc is installed (``apt-get install libtcmalloc-minimal4``) the whole run is re-executed with
 it preloaded, PyTorch's best allocator set-up (``--allocator glibc`` to compare without).
@@ -49,7 +50,7 @@ TINY = {
     "image_size": 256,
     "window_size": 7,
 }
-SAMDEPLOY_VARIANTS = ("fp32", "fp32-opt", "int8")
+SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8")
 
 from samdeploy.cli.bench import (  # noqa: E402  (after the constants the docstring names)
     BENCH_IMAGE_SIZE,
@@ -191,11 +192,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
     for variant in args.variants:
         if variant == "fp32":
             continue
-        precision = "int8" if variant == "int8" else "fp32"
         target = workdir / f"{package.name}-{variant}"
         if not (target / "model.json").exists():
             log(f"building the {variant} package")
-            optimize_package(package, target, precision, measure_runs=0, strict=False, force=True)
+            if variant == "fp32-traced":
+                export_model(checkpoint, target, attention_rows=0, validate=False, force=True)
+            else:
+                optimize_package(package, target, "int8", measure_runs=0, strict=False, force=True)
         packages[variant] = target
     return sam, config, checkpoint, packages
 
@@ -368,10 +371,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     stream["pytorch loop"] = len(images) / (time.perf_counter() - start)
     stream["encoder_bound_images_per_s"] = 1e3 / groups["fp32"]["samdeploy fp32"]["median_ms"]
     report["stream"] = stream
-    if "fp32-opt" in packages:
-        opt = stream_throughput(packages["fp32-opt"], threads, args.stream_images)
-        opt["encoder_bound_images_per_s"] = 1e3 / groups["fp32-opt"]["samdeploy fp32-opt"]["median_ms"]
-        report["stream_fp32_opt"] = opt
+    if "fp32-traced" in packages:
+        traced = stream_throughput(packages["fp32-traced"], threads, args.stream_images)
+        traced["encoder_bound_images_per_s"] = (
+            1e3 / groups["fp32-traced"]["samdeploy fp32-traced"]["median_ms"]
+        )
+        report["stream_fp32_traced"] = traced
 
     log("GFLOP/s and the GEMM peak")
     gflop = encoder_gflop(config.to_json())
@@ -442,7 +447,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     fp32_configs = {k: v for k, v in enc.items() if k.startswith("pytorch") and "bf16" not in k}
     best = max(fp32_configs.values(), key=lambda row: row["vs_eager"])["vs_eager"]
     rows: list[tuple[str, str, str, bool | None]] = []
-    for name in ("samdeploy fp32", "samdeploy fp32-opt"):
+    for name in ("samdeploy fp32", "samdeploy fp32-traced"):
         if name in enc:
             ratio = enc[name]["vs_eager"] / best
             rows.append((f"{name} encoder vs best PyTorch fp32", ">= 1.5x", f"{ratio:.2f}x", ratio >= 1.5))
@@ -460,7 +465,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
         rows.append(
             ("fast (int8) encoder vs best PyTorch fp32 (no bf16 hardware here)", "-", f"{ratio:.2f}x", None)
         )
-    for key, label in (("stream", "fp32"), ("stream_fp32_opt", "fp32-opt")):
+    for key, label in (("stream", "fp32"), ("stream_fp32_traced", "fp32-traced")):
         if key in report:
             share = report[key]["pipeline"] / report[key]["encoder_bound_images_per_s"]
             rows.append(
@@ -552,11 +557,11 @@ def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> Non
     for key in ("sequential", "task", "pipeline", "pytorch loop", "encoder_bound_images_per_s"):
         label = "encoder-bound limit (1 / encoder median)" if key == "encoder_bound_images_per_s" else key
         lines.append(f"| {label} | {stream[key]:.3f} |")
-    if "stream_fp32_opt" in report:
-        opt = report["stream_fp32_opt"]
+    if "stream_fp32_traced" in report:
+        traced = report["stream_fp32_traced"]
         lines.append(
-            f"| fp32-opt package: pipeline / its encoder-bound limit | {opt['pipeline']:.3f} /"
-            f" {opt['encoder_bound_images_per_s']:.3f} |"
+            f"| fp32-traced package: pipeline / its encoder-bound limit | {traced['pipeline']:.3f} /"
+            f" {traced['encoder_bound_images_per_s']:.3f} |"
         )
     lines += ["", "## Load time and peak memory (fresh process, serving every prompt kind)", ""]
     lines += ["| side | load | peak RSS |", "| --- | ---: | ---: |"]

@@ -136,12 +136,12 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
         "pytorch eager fp32",
         "pytorch bf16 autocast",
         "samdeploy fp32",
-        "samdeploy fp32-opt",
+        "samdeploy fp32-traced",
         "samdeploy int8",
     }
     for row in enc.values():
         assert positive(row["median_ms"]) and positive(row["vs_eager"])
-    assert report["packages"] == {"fp32": "fp32", "fp32-opt": "fp32", "int8": "int8"}
+    assert report["packages"] == {"fp32": "fp32", "fp32-traced": "fp32", "int8": "int8"}
     for name, row in report["latency"].items():
         for side in ("pytorch", "samdeploy"):
             assert positive(row[side]["median_ms"]), name

@@ -183,7 +183,10 @@ def test_low_res_decoder_equals_the_official_graph(decoder, tiny_package, tiny_s
     mask_input = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
     prompts = [
         (Prompt("point", (240, 320), np.array([[100.0, 80.0]]), np.array([1])), None),
-        (Prompt("points", (240, 320), np.array([[10.0, 20.0], [200.0, 100.0]]), np.array([1, 0])), mask_input),
+        (
+            Prompt("points", (240, 320), np.array([[10.0, 20.0], [200.0, 100.0]]), np.array([1, 0])),
+            mask_input,
+        ),
         (Prompt("boxes", (240, 320), boxes=np.array([[10, 20, 200, 150], [50, 60, 300, 220]], float)), None),
     ]
     for prompt, previous in prompts:
