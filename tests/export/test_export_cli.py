@@ -84,6 +84,10 @@ def test_export_errors_are_one_line_exit_2(tmp_path, tiny_checkpoint, capsys):
             ["export", str(tiny_checkpoint), "-o", str(tmp_path / "d"), "--quantize", "fp8"],
             "unknown quantization",
         ),
+        (
+            ["export", str(tiny_checkpoint), "-o", str(tmp_path / "e"), "--attention-rows", "-2"],
+            "attention_rows must be positive",
+        ),
     ]
     for argv, message in cases:
         code, _, stderr = _run(capsys, *argv)
