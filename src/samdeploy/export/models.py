@@ -24,10 +24,13 @@ tensor *value* that sets the mask height and width), while the tracer records it
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from segment_anything.modeling import Sam
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
 
@@ -133,10 +136,35 @@ def low_res_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[Ten
     )
 
 
+def _channels_last_layer_norm(self: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``LayerNorm2d.forward`` as one LayerNormalization over the last axis of an NHWC view."""
+    channels = self.weight.shape[0]
+    normalized = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), self.weight, self.bias, self.eps)
+    return normalized.permute(0, 3, 1, 2)
+
+
+@contextmanager
+def _fast_layer_norms() -> Iterator[None]:
+    """Trace SAM's ``LayerNorm2d`` (encoder neck, mask down- and up-scaling) as ONNX LayerNormalization.
+
+    The official module normalizes over axis 1 of NCHW with two ReduceMeans; ONNX Runtime's CPU
+    ReduceMean over a non-last axis is slow: on vit_b the two in the decoder's output upscaling took
+    56 of a 1-point call's 140 ms. Transposing to NHWC and normalizing the last axis is the same
+    arithmetic (mean, biased variance, eps inside the square root, affine), runs as ORT's fused
+    LayerNormalization kernel, and the validation against the official module checks it.
+    """
+    original = LayerNorm2d.forward
+    LayerNorm2d.forward = _channels_last_layer_norm  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LayerNorm2d.forward = original  # type: ignore[method-assign]
+
+
 def _export(
     module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, **kwargs: object
 ) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _fast_layer_norms():
         # The tracer warns about every tensor->Python number conversion and about its own
         # deprecation; the validation step, not these warnings, is what tells a good graph.
         warnings.simplefilter("ignore")
