@@ -121,9 +121,28 @@ def test_training_script_end_to_end(tmp_path: Path) -> None:
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     state = torch.load(output, map_location="cpu", weights_only=True)
     assert detect_config(state) == MODEL_CONFIG
+    assert all(value.dtype == torch.float16 for value in state.values() if value.is_floating_point())
+    assert (tmp_path / "model.partial.pth").is_file()  # written at each probe
     lines = log.read_text().splitlines()
     assert len(lines) == 2
     assert "probe" in lines[-1]
+
+    # --init continues from those weights: one more step moves them, and only a little.
+    continued = tmp_path / "continued.pth"
+    command[command.index("--output") + 1] = str(continued)
+    command[command.index("--steps") + 1] = "1"
+    command[command.index("--probe-every") + 1] = "0"
+    subprocess.run([*command, "--init", str(output)], check=True, cwd=ROOT, capture_output=True, text=True)
+    after = torch.load(continued, map_location="cpu", weights_only=True)
+    fresh = build_model().state_dict()
+    moved = [key for key in state if not torch.equal(after[key], state[key])]
+    assert moved
+
+    def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return sum(float((a[k].float() - b[k].float()).norm() ** 2) for k in a if a[k].is_floating_point())
+
+    # One step from the loaded weights lands nearer to them than the two earlier steps moved from scratch.
+    assert distance(after, state) < distance(state, fresh)
 
 
 def test_two_workers_are_deterministic_and_in_step() -> None:

@@ -135,11 +135,17 @@ def resolve_config(state: Mapping[str, torch.Tensor], model_type: str = "auto") 
 
 
 def load_sam(state: Mapping[str, torch.Tensor], config: SamConfig) -> Sam:
-    """The official ``Sam`` for ``config`` holding the weights of ``state`` (eval mode).
+    """The official ``Sam`` for ``config`` holding the weights of ``state`` (eval mode, float32).
 
     Raises :class:`CheckpointError` when keys or shapes do not match the architecture.
     """
     sam = build_sam(config)
+    # Half-precision checkpoints (the default model ships one) run and export in float32, as the
+    # official model does; float32 tensors pass through untouched.
+    state = {
+        name: value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+        for name, value in state.items()
+    }
     try:
         # assign=True makes the parameters the (memory-mapped) checkpoint tensors: no second copy.
         sam.load_state_dict(state, strict=True, assign=True)

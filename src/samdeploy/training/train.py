@@ -62,7 +62,7 @@ EMBEDDING_LOSS_CHANNELS = 32
 class TrainConfig:
     """Hyper-parameters of one training run (everything that decides the result, with the seed)."""
 
-    steps: int = 1200
+    steps: int = 1500
     images_per_step: int = 8
     prompts_per_image: int = 4
     learning_rate: float = 1e-3
