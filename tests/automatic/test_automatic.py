@@ -239,8 +239,8 @@ def test_accepts_grayscale_and_rejects_bad_images(tiny_model, scene) -> None:
 
 FIDELITY_OPTIONS = dict(
     points_per_side=8,
-    pred_iou_thresh=0.5,
-    stability_score_thresh=0.7,
+    pred_iou_thresh=0.3,
+    stability_score_thresh=0.6,
     crop_n_layers=1,
     crop_n_points_downscale_factor=2,
     min_mask_region_area=40,
