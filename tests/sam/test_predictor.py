@@ -154,3 +154,13 @@ def test_package_without_low_res_decoder_gives_the_same_answers(tiny_package, tm
     np.testing.assert_allclose(new[1], old_answer[1], atol=1e-6)
     np.testing.assert_allclose(new[2], old_answer[2], atol=1e-5)
     assert np.mean(new[0] == old_answer[0]) > 0.9999
+
+
+def test_encoder_gives_its_activations_back(tiny_package) -> None:
+    """The encoder session runs without ORT's CPU arena (its working set is freed after each run);
+    the decoders keep theirs."""
+    with load_model(tiny_package, threads=1) as model:
+        assert model.encode_graph.nodes["image_encoder"].params.memory_arena is False
+        assert model.decode_graph.nodes["mask_decoder"].params.memory_arena is True
+        session = model.encode_graph.nodes["image_encoder"].backend._session
+        assert session.get_session_options().enable_cpu_mem_arena is False

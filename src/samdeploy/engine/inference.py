@@ -22,6 +22,7 @@ _BACKEND_OPTIONS = (
     "threads",
     "inter_op_threads",
     "optimization_level",
+    "memory_arena",
 )
 
 
@@ -44,6 +45,7 @@ class Inference(Node):
         threads: int = 0  # intra-op threads; 0: the backend's default
         inter_op_threads: int = 0  # onnxruntime
         optimization_level: str = "all"  # onnxruntime: disable, basic, extended, all
+        memory_arena: bool = True  # onnxruntime: False gives a run's activations back when it ends
         outputs: list[str] | None = None  # compute only these outputs; None: all
 
     def __init__(self, name: str, params: Any = None) -> None:

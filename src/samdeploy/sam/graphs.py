@@ -33,8 +33,12 @@ class BackendOptions:
     providers: list[str] | None = None
     threads: int = 0  # intra-op threads; 0: the backend's default
 
-    def params(self, model: str, outputs: list[str]) -> dict[str, Any]:
+    def params(self, model: str, outputs: list[str], release_memory: bool = False) -> dict[str, Any]:
+        """Inference params; ``release_memory`` gives a run's activations back when it ends (ONNX
+        Runtime: no CPU arena) for models whose working set dwarfs everything else (the encoder)."""
         params: dict[str, Any] = {"model": model, "backend": self.backend, "outputs": outputs}
+        if release_memory and self.backend == "onnxruntime":
+            params["memory_arena"] = False
         if self.providers is not None:
             params["providers"] = list(self.providers)
         if self.threads:
@@ -55,7 +59,12 @@ def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
             },
         )
     )
-    graph.add(Inference("image_encoder", options.params(str(package.encoder_path), [EMBEDDINGS])))
+    graph.add(
+        Inference(
+            "image_encoder",
+            options.params(str(package.encoder_path), [EMBEDDINGS], release_memory=True),
+        )
+    )
     encoder_input = package.model(ENCODER).inputs[0].name
     graph.connect("preprocess.tensor", f"image_encoder.{encoder_input}")
     graph.input("image", "preprocess.image")
