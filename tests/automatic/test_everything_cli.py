@@ -102,6 +102,12 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert list(out.iterdir()) == []
 
 
-def test_missing_output_folder(capsys, tmp_path, photo, tiny_package) -> None:
-    code, _, err = run(capsys, "everything", photo, "-o", tmp_path / "nope", "-m", tiny_package)
-    assert code == 2 and "output folder does not exist" in err
+def test_output_folder_is_created_but_never_replaces_a_file(capsys, tmp_path, photo, tiny_package) -> None:
+    out = tmp_path / "new" / "out"
+    code, _, err = run(capsys, "everything", photo, "-o", out, "-m", tiny_package, "--points-per-side", "2")
+    assert code == 0, err
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".png"]
+    (tmp_path / "file").write_text("keep")
+    code, _, err = run(capsys, "everything", photo, "-o", tmp_path / "file", "-m", tiny_package)
+    assert code == 2 and "exists and is not a folder" in err
+    assert (tmp_path / "file").read_text() == "keep"

@@ -123,8 +123,8 @@ def everything(
         raise SamDeployError(f"unknown --format '{output_format}'; choose one of {', '.join(FORMATS)}")
     if max_pixels < 0:
         raise SamDeployError("--max-pixels must be positive, or 0 for no limit")
-    if not output_dir.is_dir():
-        raise SamDeployError(f"output folder does not exist: {output_dir} (create it first)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SamDeployError(f"--output-dir {output_dir} exists and is not a folder")
     stems = [image.stem for image in images]
     duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
     if duplicate is not None:
@@ -149,6 +149,11 @@ def everything(
         "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
     }
     sam = load_model(model, backend=backend, threads=threads, cache_mb=0)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)  # once every option and the model are good
+    except OSError as exc:
+        sam.close()
+        raise SamDeployError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
     console = Console(stderr=True)
     failed = 0
     with sam:
