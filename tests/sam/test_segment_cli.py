@@ -151,9 +151,10 @@ def test_missing_output_folder(capsys, tmp_path, photo, tiny_package) -> None:
     )
     assert code == 2 and "output folder does not exist" in err
     code, _, err = run(
-        capsys, "segment", photo, "-p", "5,5", "-m", tiny_package, "--output-dir", tmp_path / "no"
+        capsys, "segment", photo, "-p", "5,5", "-m", tiny_package, "--output-dir", tmp_path / "new" / "dir"
     )
-    assert code == 2 and "output folder does not exist" in err
+    assert code == 0, err  # --output-dir is created
+    assert len(list((tmp_path / "new" / "dir").iterdir())) == 3
 
 
 def test_bad_model_packages(capsys, tmp_path, photo, tiny_package) -> None:

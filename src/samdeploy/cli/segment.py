@@ -84,15 +84,20 @@ def _outputs(
     json_path: Path | None,
     output_dir: Path | None,
 ) -> list[dict[str, Path | None]]:
-    """Where each image's mask, overlay and JSON go; checks the folders exist."""
+    """Where each image's mask, overlay and JSON go; checks the folders exist (creates --output-dir)."""
     if output_dir is not None:
         if output or overlay or json_path:
             raise SamDeployError("use either --output-dir or --output/--overlay/--json, not both")
-        _check_folder(output_dir, "output folder")
+        if output_dir.exists() and not output_dir.is_dir():
+            raise SamDeployError(f"--output-dir {output_dir} exists and is not a folder")
         stems = [image.stem for image in images]
         duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
         if duplicate is not None:
             raise SamDeployError(f"two input images are named '{duplicate}': their outputs would collide")
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SamDeployError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
         return [
             {
                 "mask": output_dir / f"{stem}.mask.png",
