@@ -151,7 +151,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     flops = report["flops"]
     assert flops["encoder_gflop"] == pytest.approx(flops["encoder_gflop_torch_count"], rel=1e-9)
     assert positive(flops["peak"]) and all(positive(v) for v in flops["achieved_gflops"].values())
-    assert set(report["memory"]) == {"pytorch", "samdeploy fp32", "samdeploy fp32-opt", "samdeploy int8"}
+    assert set(report["memory"]) == {"pytorch", "samdeploy fp32", "samdeploy fp32-traced", "samdeploy int8"}
     assert all(positive(row["peak_rss_mb"]) and positive(row["load_s"]) for row in report["memory"].values())
     markdown = (out / "custom.md").read_text()
     for heading in (
