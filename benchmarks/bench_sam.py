@@ -462,9 +462,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
             ("fast (int8) encoder vs PyTorch bf16 autocast", ">= 1.7x", f"{ratio:.2f}x", ratio >= 1.7)
         )
         ratio = enc["samdeploy int8"]["vs_eager"] / best
-        rows.append(
-            ("fast (int8) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None)
-        )
+        rows.append(("fast (int8) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
     for key, label in (("stream", "fp32"), ("stream_fp32_traced", "fp32-traced")):
         if key in report:
             share = report[key]["pipeline"] / report[key]["encoder_bound_images_per_s"]
