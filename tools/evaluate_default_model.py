@@ -4,6 +4,7 @@
     .venv/bin/python tools/evaluate_default_model.py --package DIR --scenes 200 --doc docs/default-model.md
     .venv/bin/python tools/evaluate_default_model.py --checkpoint runs/default.pth   # torch, official predictor
     .venv/bin/python tools/evaluate_default_model.py --write-example     # (re)write examples/shapes*.png
+    .venv/bin/python tools/evaluate_default_model.py --ceiling 256 64 128  # IoU bound set by the mask grid
 
 The quality figures are defined in ``samdeploy.training.evaluation``. With ``--doc`` the results table
 in that Markdown file (between ``<!-- quality:begin -->`` and ``<!-- quality:end -->``) is replaced.
@@ -31,6 +32,7 @@ from samdeploy.training.evaluation import (
     evaluate,
     example_iou,
     example_scene,
+    grid_ceiling,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +85,13 @@ def main() -> None:
     source.add_argument(
         "--write-example", action="store_true", help="write examples/shapes.png and its mask, then exit"
     )
+    parser.add_argument(
+        "--ceiling",
+        type=int,
+        nargs="+",
+        metavar=("IMAGE_SIZE", "LOW_RES"),
+        help="print the mean IoU that perfect LOW_RES x LOW_RES logits reach (for each LOW_RES), then exit",
+    )
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--doc", type=Path, help="Markdown file whose results table to replace")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -90,6 +99,14 @@ def main() -> None:
 
     if args.write_example:
         write_example()
+        return
+    if args.ceiling:
+        if len(args.ceiling) < 2:
+            raise SystemExit("--ceiling takes the input size and one or more low-res sizes")
+        size, *grids = args.ceiling
+        for grid in grids:
+            ceiling = grid_ceiling(size, grid, scenes=args.scenes)
+            print(f"input {size}, low-res {grid}x{grid}: perfect logits reach mean IoU {ceiling:.3f}")
         return
     if args.checkpoint is not None:
         import torch

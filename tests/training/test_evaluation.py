@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samdeploy.training.evaluation import center_point, evaluate, held_out_scene
+from samdeploy.training.evaluation import center_point, evaluate, grid_ceiling, held_out_scene
 
 
 class OraclePredictor:
@@ -78,3 +78,11 @@ def test_center_point_is_deep_inside() -> None:
     mask = np.zeros((12, 21), bool)
     mask[2:11, 8:17] = True
     np.testing.assert_array_equal(center_point(mask), [[12, 6]])
+
+
+def test_grid_ceiling_grows_with_the_grid() -> None:
+    """Perfect logits lose only at boundaries: nearly 1 on a fine grid, less on a coarse one."""
+    coarse, fine = (grid_ceiling(256, size, scenes=4) for size in (32, 128))
+    official = grid_ceiling(1024, 256, scenes=4)  # SAM's own 1024 input and 256x256 logits
+    assert 0.5 < coarse < fine < official <= 1.0
+    assert official > 0.99

@@ -239,7 +239,8 @@ def validate_package(
     for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
         mask_input = previous_low_res if prompt.use_mask_input else None
         want = torch_decoder(sam, prompt, reference, mask_input)
-        got = decoder.run(None, decoder_feeds(sam, prompt, expected, mask_input))
+        feeds = decoder_feeds(sam, prompt, expected, mask_input)
+        got = decoder.run(None, feeds)
         if prompt.name == "point":
             # Chain the best multimask output into the mask_input case, as an interactive tool would.
             best = 1 + int(np.argmax(want[1][0, 1:]))
@@ -252,9 +253,9 @@ def validate_package(
             "low_res_cosine": cosine(got[2], want[2]),
         }
         if low_res_decoder is not None:
-            feeds = decoder_feeds(sam, prompt, expected, mask_input)
-            del feeds["orig_im_size"]
-            iou, low_res = low_res_decoder.run(None, feeds)
+            iou, low_res = low_res_decoder.run(
+                None, {name: value for name, value in feeds.items() if name != "orig_im_size"}
+            )
             report["decoder"][prompt.name].update(
                 low_res_max_rel=_max_rel(low_res, want[2]),
                 low_res_iou_max_abs=float(np.abs(iou - want[1]).max()),
