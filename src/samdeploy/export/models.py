@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from segment_anything.modeling import Sam
+from segment_anything.modeling import MaskDecoder, Sam
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
@@ -137,34 +137,73 @@ def low_res_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[Ten
 
 
 def _channels_last_layer_norm(self: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """``LayerNorm2d.forward`` as one LayerNormalization over the last axis of an NHWC view."""
+    """``LayerNorm2d.forward`` as one LayerNormalization over the last axis of an NHWC view.
+
+    SAM's ``LayerNorm2d`` (encoder neck, mask down- and up-scaling) normalizes over axis 1 of NCHW
+    with two ReduceMeans; ONNX Runtime's CPU ReduceMean over a non-last axis is slow: on vit_b the two
+    in the decoder's output upscaling took 56 of a 1-point call's 140 ms. The same mean, biased
+    variance, eps inside the square root and affine run here as ORT's fused LayerNormalization.
+    """
     channels = self.weight.shape[0]
     normalized = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), self.weight, self.bias, self.eps)
     return normalized.permute(0, 3, 1, 2)
 
 
-@contextmanager
-def _fast_layer_norms() -> Iterator[None]:
-    """Trace SAM's ``LayerNorm2d`` (encoder neck, mask down- and up-scaling) as ONNX LayerNormalization.
+def _shared_image_predict_masks(
+    self: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` without copying the image once per prompt.
 
-    The official module normalizes over axis 1 of NCHW with two ReduceMeans; ONNX Runtime's CPU
-    ReduceMean over a non-last axis is slow: on vit_b the two in the decoder's output upscaling took
-    56 of a 1-point call's 140 ms. Transposing to NHWC and normalizing the last axis is the same
-    arithmetic (mean, biased variance, eps inside the square root, affine), runs as ORT's fused
-    LayerNormalization kernel, and the validation against the official module checks it.
+    The official method ``repeat_interleave``-s the image embedding and its positional encoding over
+    the B prompts before the transformer. Until the first image-to-token attention writes into them,
+    the image tokens are the same for every prompt (or for every ``mask_input``, when those come
+    batched), so here they stay one copy and broadcast: the first layer's key and value projections
+    of the 4096 image tokens (and the query projection of its image-to-token attention) run once per
+    call instead of once per prompt. Same arithmetic, prompt by prompt.
     """
-    original = LayerNorm2d.forward
+    output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+    tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+    src = image_embeddings + dense_prompt_embeddings  # 1 or B copies, broadcast against B prompts
+    _, c, h, w = src.shape
+    hs, src = self.transformer(src, image_pe, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+    src = src.transpose(1, 2).reshape(tokens.shape[0], c, h, w)
+    upscaled_embedding = self.output_upscaling(src)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+    )
+    b, c, h, w = upscaled_embedding.shape
+    masks = (hyper_in @ upscaled_embedding.view(b, c, h * w)).view(b, -1, h, w)
+    return masks, self.iou_prediction_head(iou_token_out)
+
+
+@contextmanager
+def _export_patches() -> Iterator[None]:
+    """While tracing, two official methods are swapped for faster graphs of the same arithmetic:
+    ``LayerNorm2d.forward`` (see :func:`_channels_last_layer_norm`) and ``MaskDecoder.predict_masks``
+    (see :func:`_shared_image_predict_masks`). The validation compares the graphs with the
+    unpatched official modules.
+    """
+    layer_norm, predict_masks = LayerNorm2d.forward, MaskDecoder.predict_masks
     LayerNorm2d.forward = _channels_last_layer_norm  # type: ignore[method-assign]
+    MaskDecoder.predict_masks = _shared_image_predict_masks  # type: ignore[method-assign]
     try:
         yield
     finally:
-        LayerNorm2d.forward = original  # type: ignore[method-assign]
+        LayerNorm2d.forward = layer_norm  # type: ignore[method-assign]
+        MaskDecoder.predict_masks = predict_masks  # type: ignore[method-assign]
 
 
 def _export(
     module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, **kwargs: object
 ) -> None:
-    with warnings.catch_warnings(), torch.no_grad(), _fast_layer_norms():
+    with warnings.catch_warnings(), torch.no_grad(), _export_patches():
         # The tracer warns about every tensor->Python number conversion and about its own
         # deprecation; the validation step, not these warnings, is what tells a good graph.
         warnings.simplefilter("ignore")
