@@ -343,6 +343,8 @@ def export_model(
         enc_in, enc_out = encoder_specs(sam_config)
         dec_in, dec_out = decoder_specs(sam_config)
         low_in, low_out = low_res_decoder_specs(sam_config)
+        # Token 0 is the single-mask output, tokens 1..3 the multimask ones (both decoders).
+        mask_tokens = {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -373,13 +375,13 @@ def export_model(
                     "file": f"{DECODER}.onnx",
                     "inputs": [t.to_json() for t in dec_in],
                     "outputs": [t.to_json() for t in dec_out],
-                    "mask_tokens": {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))},
+                    "mask_tokens": mask_tokens,
                 },
                 LOW_RES_DECODER: {
                     "file": f"{LOW_RES_DECODER}.onnx",
                     "inputs": [t.to_json() for t in low_in],
                     "outputs": [t.to_json() for t in low_out],
-                    "mask_tokens": {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))},
+                    "mask_tokens": mask_tokens,
                 },
             },
             "files": describe_files(staging, files),
