@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from samdeploy.export.config import detect_config
@@ -86,6 +87,17 @@ def test_embedding_loss_prefers_object_aware_embeddings() -> None:
     assert embedding_loss(good, labels) < embedding_loss(torch.ones(1, 256, 4, 4), labels)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Multi-threaded CPU reductions may sum in a different order from run to run (1e-8 apart):
+    determinism is a property of one thread per process, which is how training workers run."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_training_is_deterministic() -> None:
     first = train(replace(TINY, steps=1)).state_dict()
     second = train(replace(TINY, steps=1)).state_dict()
@@ -145,6 +157,7 @@ def test_training_script_end_to_end(tmp_path: Path) -> None:
     assert distance(after, state) < distance(state, fresh)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_two_workers_are_deterministic_and_in_step() -> None:
     first = train(replace(TINY, steps=1), workers=2).state_dict()
     second = train(replace(TINY, steps=1), workers=2).state_dict()
