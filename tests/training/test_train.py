@@ -163,3 +163,34 @@ def test_two_workers_are_deterministic_and_in_step() -> None:
     second = train(replace(TINY, steps=1), workers=2).state_dict()
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iou_head_stage_trains_only_the_iou_head(workers: int) -> None:
+    start = build_model(seed=3)
+    initial = {key: value.clone() for key, value in start.state_dict().items()}
+    trained = train(replace(TINY, steps=2, trainable="iou-head"), model=start, workers=workers)
+    state = trained.state_dict()
+    moved = {key for key in state if not torch.equal(state[key], initial[key])}
+    assert moved, "the IoU head did not move"
+    assert all(key.startswith("mask_decoder.iou_prediction_head.") for key in moved), sorted(moved)
+    # The returned model can be trained further: nothing stays frozen.
+    assert all(parameter.requires_grad for parameter in trained.parameters())
+
+
+def test_unknown_trainable_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown trainable 'decoder'"):
+        train(replace(TINY, steps=1, trainable="decoder"))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_bf16_autocast_step_tracks_the_float32_step() -> None:
+    """The bf16 option changes arithmetic precision only: one step's losses agree with float32's."""
+    reports = {}
+    for bf16 in (False, True):
+        seen = []
+        train(replace(TINY, steps=1, bf16=bf16), on_step=lambda report, _model: seen.append(report))
+        reports[bf16] = seen[0]
+    assert reports[True].loss == pytest.approx(reports[False].loss, rel=0.02)
+    assert reports[True].iou_loss == pytest.approx(reports[False].iou_loss, rel=0.1, abs=1e-3)

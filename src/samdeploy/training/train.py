@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import tempfile
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ MODEL_CONFIG = SamConfig(
 )
 
 PROMPT_KINDS = ("point", "box", "points", "refine")
+TRAINABLE = ("all", "iou-head")
 # Channels of the image embedding that the auxiliary embedding loss shapes (see embedding_loss).
 EMBEDDING_LOSS_CHANNELS = 32
 
@@ -74,6 +76,13 @@ class TrainConfig:
     embedding_loss_weight: float = 1.0
     # Side of the square grid (over the padded model input) on which mask losses are computed.
     loss_size: int = 128
+    # Run the forward passes under bfloat16 autocast (weights, optimiser and losses stay float32).
+    # About twice as fast on CPUs with native bf16 arithmetic (see native_bf16); slow elsewhere.
+    bf16: bool = False
+    # What the optimiser updates: "all" weights, or only the "iou-head" (the MLP that scores the
+    # masks, which picks the best of three), everything else frozen: a short calibration stage on a
+    # trained model, several times cheaper per step since nothing else needs gradients.
+    trainable: str = "all"
     seed: int = 0
     scenes: SceneConfig = field(default_factory=SceneConfig)
 
@@ -111,6 +120,15 @@ class Prompts:
     point_labels: torch.Tensor | None = None  # P x N
     boxes: torch.Tensor | None = None  # P x 4 XYXY in the model frame
     mask_input: torch.Tensor | None = None  # P x 1 x 4G x 4G previous low-res logits
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so bf16 training pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attention: bool = True) -> Sam:
@@ -273,7 +291,8 @@ def decode(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(count, -1, -1), sparse), dim=1)
     src = embeddings + dense
-    pos_src = model.prompt_encoder.get_dense_pe().expand(count, -1, -1, -1)
+    with torch.autocast("cpu", enabled=False):
+        pos_src = model.prompt_encoder.get_dense_pe().expand(count, -1, -1, -1)
     b, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
@@ -290,7 +309,10 @@ def decode(
 def run_prompts(model: Sam, embeddings: torch.Tensor, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode ``prompts`` with the official prompt encoder and decode them against their images."""
     points = None if prompts.point_coords is None else (prompts.point_coords, prompts.point_labels)
-    sparse, dense = model.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask_input)
+    mask_input = None if prompts.mask_input is None else prompts.mask_input.float()
+    # The positional encodings (sines of projected coordinates) stay float32 under bf16 autocast.
+    with torch.autocast("cpu", enabled=False):
+        sparse, dense = model.prompt_encoder(points=points, boxes=prompts.boxes, masks=mask_input)
     return decode(model, embeddings[prompts.image_index], sparse, dense)
 
 
@@ -303,6 +325,7 @@ def mask_losses(
     Each output's loss is focal (``focal``, else BCE) + dice on the loss grid; the IoU head's target is
     the IoU of the thresholded output with the thresholded target.
     """
+    logits, iou_pred = logits.float(), iou_pred.float()
     size = targets.shape[-1]
     upscaled = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
     expanded = targets[:, None].expand_as(upscaled)
@@ -334,7 +357,7 @@ def embedding_loss(embeddings: torch.Tensor, token_labels: torch.Tensor) -> torc
     low otherwise. It gives the encoder a dense signal from every cell, where the mask losses reach it
     only through the decoder, and is what lets the decoder tell the clicked object from its neighbours.
     """
-    features = embeddings[:, :EMBEDDING_LOSS_CHANNELS].flatten(2).transpose(1, 2)
+    features = embeddings[:, :EMBEDDING_LOSS_CHANNELS].float().flatten(2).transpose(1, 2)
     features = F.normalize(features, dim=-1)
     similarity = features @ features.transpose(1, 2)
     labels = token_labels.flatten(1)
@@ -402,6 +425,18 @@ def _step_loss(
     refine: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total loss of one step on ``prepared``, with the per-prompt mask losses by kind, IoU and embedding losses."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        return _step_loss_forward(model, config, prepared, rng, generator, refine)
+
+
+def _step_loss_forward(
+    model: Sam,
+    config: TrainConfig,
+    prepared: list[PreparedScene],
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    refine: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     size = model.image_encoder.img_size
     embeddings = model.image_encoder(torch.stack([item.image for item in prepared]))
     point, box, points = sample_prompts(prepared, config, rng, size)
@@ -432,9 +467,24 @@ def _step_loss(
     return loss, kind_losses, all_iou, aux
 
 
+def trainable_parameters(model: Sam, trainable: str) -> list[torch.nn.Parameter]:
+    """The parameters that ``trainable`` ("all" or "iou-head") trains; the others are frozen."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"unknown trainable '{trainable}': choose one of {', '.join(TRAINABLE)}")
+    chosen = (
+        list(model.mask_decoder.iou_prediction_head.parameters())
+        if trainable == "iou-head"
+        else list(model.parameters())
+    )
+    keep = {id(parameter) for parameter in chosen}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+    return chosen
+
+
 def _average_gradients(model: Sam, workers: int) -> None:
-    """Sum the gradients of all workers (one all-reduce) and divide; every parameter gets a gradient."""
-    parameters = list(model.parameters())
+    """Sum the gradients of all workers (one all-reduce) and divide; every trained parameter gets one."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in parameters])
     torch.distributed.all_reduce(flat)
     flat /= workers
@@ -454,7 +504,9 @@ def _run(
     """The training loop of worker ``rank`` (of ``workers``), updating ``model`` in place."""
     model.train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable_parameters(model, config.trainable),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     images = config.images_per_step // workers
@@ -477,7 +529,7 @@ def _run(
         loss.backward()
         if workers > 1:
             _average_gradients(model, workers)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         if on_step is not None:
             report = StepReport(
@@ -521,9 +573,20 @@ def train(
         )
     if model is None:
         model = build_model(seed=config.seed)
+    try:
+        _train(config, model, on_step, workers)
+    finally:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    return model.eval()
+
+
+def _train(
+    config: TrainConfig, model: Sam, on_step: Callable[[StepReport, Sam], None] | None, workers: int
+) -> None:
     if workers == 1:
         _run(config, model, 0, 1, on_step)
-        return model.eval()
+        return
     context = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory() as folder:
         rendezvous = f"file://{folder}/rendezvous"
@@ -543,4 +606,3 @@ def train(
     failed = [process.exitcode for process in processes if process.exitcode != 0]
     if failed:
         raise RuntimeError(f"a training worker failed (exit codes {failed})")
-    return model.eval()
