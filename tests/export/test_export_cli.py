@@ -121,6 +121,9 @@ def test_int8_export_records_differences(tmp_path, tiny_checkpoint, tiny_package
     assert 0.9 < validation["embeddings"]["cosine"] <= 1.0
     assert isinstance(validation["passed"], bool)
     assert manifest["export"]["nodes"]["image_encoder"]["quantized"] > 0
+    # The decoders stay float32, as optimize_package(precision="int8") leaves them.
+    assert "quantized" not in manifest["export"]["nodes"]["mask_decoder"]
+    assert "quantized" not in manifest["export"]["nodes"]["mask_decoder_low_res"]
     fp32_bytes = (tiny_package / "image_encoder.onnx").stat().st_size
     assert manifest["files"]["image_encoder.onnx"]["bytes"] < fp32_bytes
 

@@ -311,7 +311,8 @@ def export_model(
                 if blocks:
                     current = chunked
                     counts["chunked_attention_blocks"] = blocks
-            if quantize == "int8":
+            # Only the encoder: the decoders are a few ms a prompt, and stay faithful in float32.
+            if quantize == "int8" and role == ENCODER:
                 quantized = work / f"{role}.int8" / f"{role}.onnx"
                 quantized.parent.mkdir()
                 with steps.step(f"quantize_{role}", f"quantizing the {label} (int8)"):
