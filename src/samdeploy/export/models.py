@@ -173,14 +173,42 @@ def _shared_image_predict_masks(
     hs, src = self.transformer(src, image_pe, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-    src = src.transpose(1, 2).reshape(tokens.shape[0], c, h, w)
-    upscaled_embedding = self.output_upscaling(src)
     hyper_in = torch.stack(
         [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
     )
-    b, c, h, w = upscaled_embedding.shape
-    masks = (hyper_in @ upscaled_embedding.view(b, c, h * w)).view(b, -1, h, w)
+    masks = _channels_last_upscaled_masks(self, src.reshape(tokens.shape[0], h, w, c), hyper_in)
     return masks, self.iou_prediction_head(iou_token_out)
+
+
+def _channels_last_upscaled_masks(
+    decoder: MaskDecoder, tokens: torch.Tensor, hyper_in: torch.Tensor
+) -> torch.Tensor:
+    """``output_upscaling`` and the hypernetwork product on channels-last tokens: BxTx4Hx4W logits.
+
+    ``tokens`` is the transformer's image output as BxHxWxC. The official path transposes it to
+    NCHW, runs two stride-2 2x2 transposed convolutions (with a LayerNorm2d between) and multiplies
+    by ``hyper_in``. A stride-2 2x2 transposed convolution writes each input cell into its own 2x2
+    output block, so it is a MatMul of the cell's channels with the weights laid out as
+    ``Cin x (2*2*Cout)``; here the cells stay in that block layout (B, H, W, 2, 2, 2, 2, C/8),
+    the layer norm runs over the last axis where the channels already are, and one transpose of the
+    final T masks puts the pixels in place. Same products and sums; no NCHW copies of the 4x and 16x
+    larger feature maps.
+    """
+    first, norm, act1, second, act2 = decoder.output_upscaling
+    batch, height, width, _ = tokens.shape
+
+    def block_matmul(x: torch.Tensor, conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.weight.shape[0], -1)  # Cin x (2*2*Cout)
+        y = x @ weight
+        return y.view(*x.shape[:-1], 2, 2, conv.weight.shape[1]) + conv.bias
+
+    x = block_matmul(tokens, first)  # B H W a b C/4: pixel (2i+a, 2j+b)
+    x = act1(F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps))
+    x = act2(block_matmul(x, second))  # B H W a b c d C/8: pixel (4i+2a+c, 4j+2b+d)
+    masks = x.reshape(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (H W a b c d) T
+    masks = masks.view(batch, height, width, 2, 2, 2, 2, -1)
+    masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)  # B T H a c W b d
+    return masks.reshape(batch, -1, 4 * height, 4 * width)
 
 
 @contextmanager
