@@ -215,7 +215,8 @@ def _channels_last_upscaled_masks(
 def _export_patches() -> Iterator[None]:
     """While tracing, two official methods are swapped for faster graphs of the same arithmetic:
     ``LayerNorm2d.forward`` (see :func:`_channels_last_layer_norm`) and ``MaskDecoder.predict_masks``
-    (see :func:`_shared_image_predict_masks`). The validation compares the graphs with the
+    (see :func:`_shared_image_predict_masks`, whose output upscaling runs channels-last:
+    :func:`_channels_last_upscaled_masks`). The validation compares the graphs with the
     unpatched official modules.
     """
     layer_norm, predict_masks = LayerNorm2d.forward, MaskDecoder.predict_masks

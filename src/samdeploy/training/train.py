@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 import multiprocessing
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
