@@ -15,6 +15,7 @@ from samdeploy.export.config import detect_config
 from samdeploy.training.scenes import SceneConfig, generate_scene
 from samdeploy.training.train import (
     MODEL_CONFIG,
+    StepReport,
     TrainConfig,
     build_model,
     decode,
@@ -187,10 +188,12 @@ def test_unknown_trainable_is_refused() -> None:
 @pytest.mark.usefixtures("one_torch_thread")
 def test_bf16_autocast_step_tracks_the_float32_step() -> None:
     """The bf16 option changes arithmetic precision only: one step's losses agree with float32's."""
-    reports = {}
+    reports: dict[bool, StepReport] = {}
     for bf16 in (False, True):
-        seen = []
-        train(replace(TINY, steps=1, bf16=bf16), on_step=lambda report, _model: seen.append(report))
-        reports[bf16] = seen[0]
+
+        def keep(report: StepReport, _model: object, bf16: bool = bf16) -> None:
+            reports[bf16] = report
+
+        train(replace(TINY, steps=1, bf16=bf16), on_step=keep)
     assert reports[True].loss == pytest.approx(reports[False].loss, rel=0.02)
     assert reports[True].iou_loss == pytest.approx(reports[False].iou_loss, rel=0.1, abs=1e-3)
