@@ -117,8 +117,8 @@ def test_fp32_precision_keeps_the_numbers(tiny_package, tmp_path) -> None:
 
 def test_refusals_leave_nothing_behind(tiny_package, int8_package, tmp_path, monkeypatch) -> None:
     output, _ = int8_package
-    with pytest.raises(ExportError, match="unknown precision 'bf16'"):
-        optimize_package(tiny_package, tmp_path / "a", "bf16")
+    with pytest.raises(ExportError, match="unknown precision 'fp16'"):
+        optimize_package(tiny_package, tmp_path / "a", "fp16")
     with pytest.raises(ExportError, match="start from the fp32 export"):
         optimize_package(output, tmp_path / "b", "int8")
     with pytest.raises(ExportError, match="already holds a model package"):

@@ -137,6 +137,30 @@ def test_openvino_backend(tiny_model: Path) -> None:
     np.testing.assert_allclose(g.run({"x": X}, executor="task")["sum"], SUM)
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (the openvino extra)")
+def test_openvino_precision(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino.properties.hint as hints
+
+    from samdeploy.engine.backends import openvino as ov_backend
+
+    # f32 unless asked: OpenVINO alone would pick bf16 on CPUs that have it, and silently differ.
+    backend = create_backend("openvino", tiny_model)
+    assert backend.precision == "f32"
+    assert str(backend._compiled.get_property(hints.inference_precision)) == "<Type: 'float32'>"
+    with pytest.raises(BackendError, match="unknown OpenVINO precision 'f8'"):
+        create_backend("openvino", tiny_model, precision="f8")
+    assert OpenVinoBackend.supports_precision("f32")
+    monkeypatch.setattr(ov_backend, "device_supports", lambda precision, device="CPU": precision == "f32")
+    assert not OpenVinoBackend.supports_precision("bf16")
+    with pytest.raises(BackendError, match="no native bf16 arithmetic"):
+        create_backend("openvino", tiny_model, precision="bf16")
+    node = Inference("m", {"model": str(tiny_model), "backend": "openvino", "precision": "bf16"})
+    with pytest.raises(BackendError, match="no native bf16"):
+        node.setup()  # the model loads here
+    with pytest.raises(BackendError, match="does not take precision"):
+        create_backend("onnxruntime", tiny_model, precision="bf16")
+
+
 def test_shared_backend_loads_a_file_once(tiny_model: Path) -> None:
     a = shared_backend("onnxruntime", tiny_model)
     assert shared_backend("onnxruntime", str(tiny_model)) is a

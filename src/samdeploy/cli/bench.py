@@ -254,7 +254,7 @@ def encoder_gflop(architecture: dict[str, Any]) -> float:
     return 2 * macs / 1e9
 
 
-def memory_probe(package: Path, threads: int, backend: str = "onnxruntime") -> dict[str, float]:
+def memory_probe(package: Path, threads: int, backend: str | None = None) -> dict[str, float]:
     """Load time and peak RSS of a fresh process that loads ``package`` and serves every prompt kind."""
     code = (
         "import json, sys; from samdeploy.cli.bench import _probe_main; "
@@ -266,7 +266,7 @@ def memory_probe(package: Path, threads: int, backend: str = "onnxruntime") -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _probe_main(package: str, threads: int, backend: str) -> dict[str, float]:
+def _probe_main(package: str, threads: int, backend: str | None) -> dict[str, float]:
     import samdeploy
 
     image = bench_image(*BENCH_IMAGE_SIZE)
@@ -289,7 +289,7 @@ def bench_package(
     threads: int = 0,
     repeat: int = 3,
     stream_images: int = 4,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     everything_points: int = 16,
     memory: bool = True,
     peak: bool = True,
@@ -317,6 +317,7 @@ def bench_package(
         "package": str(package),
     }
     model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
+    report["backend"] = model.backend_summary
     report["model_type"] = model.package.model_type
     report["precision"] = model.package.precision
     image = bench_image(*BENCH_IMAGE_SIZE)
@@ -388,9 +389,7 @@ def bench_package(
     return report
 
 
-def stream_throughput(
-    package: Path, threads: int, count: int, backend: str = "onnxruntime"
-) -> dict[str, Any]:
+def stream_throughput(package: Path, threads: int, count: int, backend: str | None = None) -> dict[str, Any]:
     """Images per second through the five-node graph (one point per image) in each executor mode."""
     import samdeploy
     from samdeploy.sam.prompts import validate_prompt
@@ -473,7 +472,10 @@ def bench(
     everything_points: Annotated[
         int, typer.Option(min=0, help="points per side for segment-everything (0 skips it)")
     ] = 16,
-    backend: Annotated[str, typer.Option(help="onnxruntime or openvino")] = "onnxruntime",
+    backend: Annotated[
+        str | None,
+        typer.Option(help="onnxruntime or openvino (default: as the package asks, else onnxruntime)"),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
 ) -> None:
     """Measure a model package on this machine: latency per step, streams, memory, GFLOP/s."""

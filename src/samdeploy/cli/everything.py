@@ -107,7 +107,7 @@ def everything(
     / 1500,
     crop_n_points_downscale_factor: Annotated[int, typer.Option(help="grid downscale per crop layer")] = 1,
     min_mask_region_area: Annotated[int, typer.Option(help="fill holes / drop islands below this area")] = 0,
-    backend: BackendOption = "onnxruntime",
+    backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,

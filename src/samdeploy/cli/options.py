@@ -10,7 +10,13 @@ import typer
 ModelOption = Annotated[
     Path | None, typer.Option("--model", "-m", help="model package folder (default: embedded)")
 ]
-BackendOption = Annotated[str, typer.Option(help="inference backend: onnxruntime or openvino")]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="inference backend: onnxruntime or openvino (default: onnxruntime, with the image encoder"
+        " where the package asks for it, e.g. a bf16 package's on OpenVINO)"
+    ),
+]
 ThreadsOption = Annotated[int | None, typer.Option(help="intra-op threads per model (default: backend's)")]
 MaxPixelsOption = Annotated[
     int, typer.Option(help="refuse images with more pixels (decompression-bomb guard); 0: no limit")

@@ -142,7 +142,7 @@ def segment(
         Path | None, typer.Option(help="folder for <stem>.mask.png/.overlay.png/.json")
     ] = None,
     mode: Annotated[str, typer.Option(help="executor: sequential, task or pipeline")] = "pipeline",
-    backend: BackendOption = "onnxruntime",
+    backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,
@@ -218,7 +218,7 @@ def _tensor(spec) -> str:
 def graph(
     model: ModelOption = None,
     save: Annotated[Path | None, typer.Option(help="also write the graph as JSON to this file")] = None,
-    backend: BackendOption = "onnxruntime",
+    backend: BackendOption = None,
 ) -> None:
     """Print the SAM graph of a model package: nodes, ports and backends; optionally save it as JSON."""
     from samdeploy.engine import Inference
@@ -234,7 +234,7 @@ def graph(
         package = sam.package
         say(
             f"graph {sam.graph.name}: {package.root} ({package.model_type}, input {package.image_size}px,"
-            f" {package.precision}, backend {backend})"
+            f" {package.precision}, backend {sam.backend_summary})"
         )
         for part in (sam.encode_graph, sam.decode_graph):
             say(f"  {part.name}: {', '.join(part.input_ports())} -> {', '.join(part.output_ports())}")

@@ -23,6 +23,7 @@ _BACKEND_OPTIONS = (
     "inter_op_threads",
     "optimization_level",
     "memory_arena",
+    "precision",
 )
 
 
@@ -46,6 +47,7 @@ class Inference(Node):
         inter_op_threads: int = 0  # onnxruntime
         optimization_level: str = "all"  # onnxruntime: disable, basic, extended, all
         memory_arena: bool = True  # onnxruntime: False gives a run's activations back when it ends
+        precision: str = "f32"  # openvino: inference precision, f32 or bf16 (where the CPU has it)
         outputs: list[str] | None = None  # compute only these outputs; None: all
 
     def __init__(self, name: str, params: Any = None) -> None:

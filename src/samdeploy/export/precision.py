@@ -3,9 +3,9 @@
     from samdeploy.export.precision import optimize_package
     report = optimize_package("models/sam_vit_b", "models/sam_vit_b_int8", precision="int8")
 
-Two transformations, measured on a 2-core AVX2 machine (docs/performance.md has the numbers):
+Three kinds, measured on 2-core machines (docs/performance.md has the numbers):
 
-* **Chunked global attention** (both precisions; :mod:`samdeploy.export.attention`). ``samdeploy
+* **Chunked global attention** (every precision; :mod:`samdeploy.export.attention`). ``samdeploy
   export`` applies it already; here it upgrades packages exported with ``attention_rows=0`` or by
   earlier versions (a package whose attention is already banded is left as it is).
 * **int8** (``precision="int8"``): the encoder's 48 linear layers (qkv, proj, MLP: 70% of its
@@ -14,6 +14,10 @@ Two transformations, measured on a 2-core AVX2 machine (docs/performance.md has 
   pairs with ``vpmaddubsw``, whose int16 sums saturate with full 8-bit weights: on the vit_b test
   that costs embedding cosine 0.982; 7-bit weights keep it at 0.9998. Attention products and the
   convolutions stay float32. The decoder stays float32: it is a few ms.
+* **bf16** (``precision="bf16"``): the float32 graphs unchanged, and ``runtime`` in the manifest
+  asking for the encoder to run on OpenVINO at bf16 inference precision: every matrix product,
+  attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
+  cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graph.
 
 The new package is validated against its source through the runtime itself (embedding cosine on
 several images, mask agreement of every parity prompt) and timed against it side by side; the
@@ -50,7 +54,9 @@ from samdeploy.package import (
     write_manifest,
 )
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
+# Where a bf16 package's encoder runs: the same float32 graph, at OpenVINO's bf16 inference precision.
+BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
 
@@ -173,26 +179,29 @@ def compare_packages(
 
 
 def time_encoders(
-    models: dict[str, Path], image_size: int, threads: int | None = None, runs: int = 3
+    models: dict[str, Path | tuple[Path, str, dict[str, Any]]],
+    image_size: int,
+    threads: int | None = None,
+    runs: int = 3,
 ) -> dict[str, Any]:
-    """Median encoder time of each ONNX file in ONNX Runtime, run round-robin (so background load
-    hits all alike); ``speedup`` of each against the first, as the median of per-round ratios."""
-    import onnxruntime as ort
+    """Median encoder time of each model, run round-robin (so background load hits all alike);
+    ``speedup`` of each against the first, as the median of per-round ratios.
+
+    A model is an ONNX file (run by ONNX Runtime) or ``(file, backend, backend options)``.
+    """
+    from samdeploy.engine.backends import create_backend
 
     x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)
-    sessions = {}
-    for name, path in models.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        sessions[name].run(None, {"image": x})  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    backends = {}
+    for name, model in models.items():
+        path, backend, options = model if isinstance(model, tuple) else (model, "onnxruntime", {})
+        backends[name] = create_backend(backend, path, **options, **({"threads": threads} if threads else {}))
+        backends[name].run({"image": x})  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(max(1, runs)):
-        for name, session in sessions.items():
+        for name, runner in backends.items():
             start = time.perf_counter()
-            session.run(None, {"image": x})
+            runner.run({"image": x})
             samples[name].append(time.perf_counter() - start)
     first = samples[next(iter(samples))]
     return {
@@ -208,6 +217,22 @@ def time_encoders(
 
 
 # ----------------------------------------------------------------------------- the package
+
+
+def _check_bf16_runtime() -> None:
+    """Refuse (ExportError) to make a bf16 package where it cannot be checked: no OpenVINO, or no bf16."""
+    from samdeploy.engine.backends import backend_class
+    from samdeploy.errors import BackendError
+
+    try:
+        runtime = backend_class(BF16_RUNTIME["backend"])
+    except BackendError as exc:
+        raise ExportError(f"a bf16 package runs its encoder on OpenVINO: {exc}") from None
+    if not runtime.supports_precision(BF16_RUNTIME["precision"]):
+        raise ExportError(
+            "this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a bf16 package could"
+            " neither be checked nor run fast here; make an int8 package instead"
+        )
 
 
 def optimize_package(
@@ -228,8 +253,10 @@ def optimize_package(
     Args:
         source: a package made by ``samdeploy export`` at fp32 (the faithful one).
         output: the new package folder; an existing package is replaced only with ``force``.
-        precision: ``fp32`` (chunked global attention only: same numbers, far less memory) or
-            ``int8`` (chunked attention and dynamic int8 linear layers in the encoder).
+        precision: ``fp32`` (chunked global attention only: same numbers, far less memory),
+            ``int8`` (chunked attention and dynamic int8 linear layers in the encoder) or ``bf16``
+            (the fp32 graphs, with the manifest asking for the encoder to run on OpenVINO at bf16
+            inference precision; needs OpenVINO and a CPU with native bf16 to be made).
         attention_rows: query-grid rows per attention band; ``None`` or 0 keeps the attention as traced.
         threads: threads for the speed measurement (None: ONNX Runtime's default, all cores).
         measure_runs: encoder runs per model when timing new against source (0: skip timing).
@@ -244,6 +271,8 @@ def optimize_package(
     source, output = Path(source), Path(output)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        _check_bf16_runtime()
     package = ModelPackage.load(source, verify=True)
     if package.precision != "fp32":
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")
@@ -288,6 +317,8 @@ def optimize_package(
             timings["quantize"] = round(time.perf_counter() - start, 2)
         else:
             fp32_path.rename(encoder_path)
+            if precision == "bf16":
+                transforms.append("bf16 inference precision on OpenVINO (the graph stays float32)")
         onnx.checker.check_model(str(encoder_path))
         files = [encoder_entry["file"]]
         for role in (DECODER, LOW_RES_DECODER):
@@ -298,6 +329,9 @@ def optimize_package(
 
         manifest = {key: value for key, value in package.manifest.items()}
         manifest["precision"] = precision
+        manifest.pop("runtime", None)
+        if precision == "bf16":
+            manifest["runtime"] = {ENCODER: dict(BF16_RUNTIME)}
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
         export["quantize"] = "int8-dynamic" if precision == "int8" else "none"
@@ -331,8 +365,11 @@ def optimize_package(
         if measure_runs:
             say(f"timing the encoder against the source ({measure_runs} runs each)")
             start = time.perf_counter()
+            candidate: Path | tuple[Path, str, dict[str, Any]] = encoder_path
+            if precision == "bf16":
+                candidate = (encoder_path, BF16_RUNTIME["backend"], {"precision": BF16_RUNTIME["precision"]})
             speed = time_encoders(
-                {"source": package.encoder_path, precision: encoder_path},
+                {"source": package.encoder_path, precision: candidate},
                 package.image_size,
                 threads,
                 measure_runs,

@@ -32,14 +32,24 @@ class BackendOptions:
     backend: str = "onnxruntime"
     providers: list[str] | None = None
     threads: int = 0  # intra-op threads; 0: the backend's default
+    # The image encoder's own backend and inference precision, when they differ from ``backend``
+    # (a bf16 package's encoder on OpenVINO at bf16, its decoders on ``backend``).
+    encoder_backend: str | None = None
+    encoder_precision: str | None = None
 
-    def params(self, model: str, outputs: list[str], release_memory: bool = False) -> dict[str, Any]:
+    def params(
+        self, model: str, outputs: list[str], release_memory: bool = False, encoder: bool = False
+    ) -> dict[str, Any]:
         """Inference params; ``release_memory`` gives a run's activations back when it ends (ONNX
-        Runtime: no CPU arena) for models whose working set dwarfs everything else (the encoder)."""
-        params: dict[str, Any] = {"model": model, "backend": self.backend, "outputs": outputs}
-        if release_memory and self.backend == "onnxruntime":
+        Runtime: no CPU arena) for models whose working set dwarfs everything else (the encoder);
+        ``encoder`` applies the encoder's own backend and precision."""
+        backend = (self.encoder_backend if encoder else None) or self.backend
+        params: dict[str, Any] = {"model": model, "backend": backend, "outputs": outputs}
+        if release_memory and backend == "onnxruntime":
             params["memory_arena"] = False
-        if self.providers is not None:
+        if encoder and self.encoder_precision is not None:
+            params["precision"] = self.encoder_precision
+        if self.providers is not None and backend == self.backend:
             params["providers"] = list(self.providers)
         if self.threads:
             params["threads"] = self.threads
@@ -62,7 +72,7 @@ def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
     graph.add(
         Inference(
             "image_encoder",
-            options.params(str(package.encoder_path), [EMBEDDINGS], release_memory=True),
+            options.params(str(package.encoder_path), [EMBEDDINGS], release_memory=True, encoder=True),
         )
     )
     encoder_input = package.model(ENCODER).inputs[0].name

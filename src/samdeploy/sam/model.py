@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from samdeploy.engine import Graph, make_executor
+from samdeploy.engine.backends import backend_class
 from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
 from samdeploy.package import ENCODER, ModelPackage
 from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph, segment_files_graph
@@ -154,6 +156,16 @@ class SamModel:
         self.cache = EmbeddingCache(cache_mb)
 
     @property
+    def backend_summary(self) -> str:
+        """The backends the two halves run on, e.g. ``onnxruntime`` or
+        ``image encoder on openvino (bf16), decoder on onnxruntime``."""
+        options = self.options
+        if options.encoder_backend is None:
+            return options.backend
+        precision = f" ({options.encoder_precision})" if options.encoder_precision else ""
+        return f"image encoder on {options.encoder_backend}{precision}, decoder on {options.backend}"
+
+    @property
     def image_size(self) -> int:
         """S: the encoder's square input side."""
         return self.package.image_size
@@ -240,7 +252,7 @@ class SamModel:
     def __repr__(self) -> str:
         return (
             f"SamModel({str(self.package.root)!r}, type={self.package.model_type}, S={self.image_size},"
-            f" backend={self.options.backend}, mode={self.mode})"
+            f" backend={self.backend_summary}, mode={self.mode})"
         )
 
 
@@ -278,9 +290,37 @@ def _check_package(package: ModelPackage, model: SamModel) -> None:
         )
 
 
+def encoder_runtime(package: ModelPackage, backend: str | None) -> tuple[str | None, str | None]:
+    """(backend, precision) for the package's image encoder when it asks for its own (a bf16
+    package: OpenVINO at bf16) and the user's ``backend`` choice allows it; (None, None) otherwise.
+
+    A request this machine cannot honour (the backend not installed, or no native bf16) is
+    warned about (``RuntimeWarning``), and the encoder's float32 graph runs like the decoders'.
+    """
+    wanted = package.runtime(ENCODER)
+    wanted_backend, wanted_precision = wanted.get("backend"), wanted.get("precision", "f32")
+    if not wanted_backend or (backend is not None and backend != wanted_backend):
+        return None, None
+    try:
+        supported = backend_class(wanted_backend).supports_precision(wanted_precision)
+        reason = f"this machine has no native {wanted_precision} arithmetic"
+    except BackendError as exc:
+        supported, reason = False, str(exc)
+    if not supported:
+        warnings.warn(
+            f"model package {package.root} asks for its image encoder on {wanted_backend} at"
+            f" {wanted_precision}, but {reason}: running its float32 graph on"
+            f" {backend or 'onnxruntime'} instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None, None
+    return wanted_backend, wanted_precision
+
+
 def load_model(
     path: str | Path | None = None,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     mode: str = "sequential",
     providers: list[str] | None = None,
     threads: int | None = None,
@@ -289,7 +329,10 @@ def load_model(
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy).
 
-    ``backend``: an inference backend name (``onnxruntime``, ``openvino``); ``mode``: the executor
+    ``backend``: an inference backend name (``onnxruntime``, ``openvino``) for both models; None
+    (the default) runs them on ONNX Runtime, except an image encoder whose package asks for its own
+    runtime (a bf16 package: OpenVINO at bf16 inference precision; see :func:`encoder_runtime`,
+    which falls back to float32 with a warning where that cannot run). ``mode``: the executor
     (``sequential``, ``task`` or ``pipeline``); ``providers``: ONNX Runtime execution providers
     (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
     ``cache_mb``: size bound of the embedding cache (0 disables it); ``inside_image``: refuse points
@@ -309,7 +352,14 @@ def load_model(
     if threads is not None and threads < 0:
         raise BackendError(f"threads must be positive (or None for the default), got {threads}")
     package = ModelPackage.load(path)
-    options = BackendOptions(backend=backend, providers=providers, threads=threads or 0)
+    encoder_backend, encoder_precision = encoder_runtime(package, backend)
+    options = BackendOptions(
+        backend=backend or "onnxruntime",
+        providers=providers,
+        threads=threads or 0,
+        encoder_backend=encoder_backend,
+        encoder_precision=encoder_precision,
+    )
     model = SamModel(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
     try:
         _check_package(package, model)

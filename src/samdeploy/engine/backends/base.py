@@ -45,6 +45,12 @@ class Backend(ABC):
         """(inputs, outputs) of a model file, cheaply, without loading it."""
         return read_onnx_specs(model)
 
+    @classmethod
+    def supports_precision(cls, precision: str) -> bool:
+        """Whether this backend can run models at inference ``precision`` here (the model's own
+        float32 arithmetic, ``f32``, always)."""
+        return precision == "f32"
+
     @abstractmethod
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -114,7 +120,7 @@ def create_backend(name: str, model: str | Path, **options: Any) -> Backend:
     """Load ``model`` with the backend called ``name``; ``options`` are backend-specific.
 
     onnxruntime takes ``providers``, ``provider_options``, ``threads``, ``inter_op_threads``,
-    ``optimization_level``; openvino takes ``device`` and ``threads``.
+    ``optimization_level``, ``memory_arena``; openvino takes ``device``, ``threads`` and ``precision``.
     """
     cls = backend_class(name)
     check_options(cls, options)

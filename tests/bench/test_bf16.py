@@ -1,0 +1,137 @@
+"""bf16 packages: the fp32 graphs with the encoder asked to run on OpenVINO at bf16, and the fallback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import samdeploy
+from samdeploy.engine.backends import OpenVinoBackend, available_backends
+from samdeploy.errors import ExportError
+from samdeploy.export.precision import optimize_package
+from samdeploy.package import ModelPackage, describe_files, write_manifest
+from samdeploy.sam.model import encoder_runtime
+
+HAS_BF16 = "openvino" in available_backends() and OpenVinoBackend.supports_precision("bf16")
+needs_bf16 = pytest.mark.skipif(
+    not HAS_BF16, reason="needs OpenVINO and a CPU with native bf16 (AVX512-BF16 or AMX)"
+)
+
+
+def bf16_manifest_copy(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose manifest asks for the bf16 runtime (what optimize_package writes)."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "model.json").read_text())
+    manifest["precision"] = "bf16"
+    manifest["runtime"] = {"image_encoder": {"backend": "openvino", "precision": "bf16"}}
+    manifest["files"] = describe_files(target, list(manifest["files"]))
+    write_manifest(target, manifest)
+    return target
+
+
+def test_a_bf16_package_that_cannot_run_here_falls_back_to_fp32(tiny_package, tmp_path, monkeypatch) -> None:
+    package_dir = bf16_manifest_copy(tiny_package, tmp_path / "bf16")
+    monkeypatch.setattr(OpenVinoBackend, "supports_precision", classmethod(lambda cls, precision: False))
+    with pytest.warns(RuntimeWarning, match="asks for its image encoder on openvino at bf16.*float32 graph"):
+        model = samdeploy.load_model(package_dir)
+    with model:
+        assert model.backend_summary == "onnxruntime"
+        assert model.encode_graph.nodes["image_encoder"].params.backend == "onnxruntime"
+        image = np.zeros((40, 60, 3), np.uint8)
+        assert model.encode(image).embeddings.shape[1] > 0
+    # An explicit other backend is a choice, not a failure: no warning, no OpenVINO.
+    assert encoder_runtime(ModelPackage.load(package_dir), "onnxruntime") == (None, None)
+
+
+def test_fp32_packages_ask_for_nothing(tiny_package) -> None:
+    package = ModelPackage.load(tiny_package)
+    assert package.runtime("image_encoder") == {}
+    assert encoder_runtime(package, None) == (None, None)
+
+
+def test_bf16_is_refused_where_it_cannot_be_checked(tiny_package, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(OpenVinoBackend, "supports_precision", classmethod(lambda cls, precision: False))
+    with pytest.raises(ExportError, match="no native bf16"):
+        optimize_package(tiny_package, tmp_path / "bf16", "bf16")
+    assert not (tmp_path / "bf16").exists()
+
+
+@needs_bf16
+def test_bf16_package_runs_its_encoder_on_openvino(tiny_package, tmp_path) -> None:
+    report = optimize_package(
+        tiny_package, tmp_path / "bf16", "bf16", threads=1, measure_runs=1, check_images=2
+    )
+    assert report.passed and report.precision == "bf16"
+    package = ModelPackage.load(tmp_path / "bf16", verify=True)
+    assert package.precision == "bf16"
+    assert package.runtime("image_encoder") == {"backend": "openvino", "precision": "bf16"}
+    # The graphs are the source's float32 ones.
+    source = ModelPackage.load(tiny_package)
+    for name, info in source.manifest["files"].items():
+        assert package.manifest["files"][name]["sha256"] == info["sha256"]
+    worst = report.accuracy["worst"]
+    assert 0.999 <= worst["embeddings_cosine"] < 1.0  # bf16 arithmetic: close, not identical
+    assert worst["mask_agreement"] >= 0.98
+    assert set(report.speed["encoder_s"]) == {"source", "bf16"}
+
+    with samdeploy.load_model(tmp_path / "bf16") as model:
+        assert model.backend_summary == "image encoder on openvino (bf16), decoder on onnxruntime"
+        node = model.encode_graph.nodes["image_encoder"]
+        assert node.params.backend == "openvino" and node.params.precision == "bf16"
+        assert model.decode_graph.nodes["mask_decoder"].params.backend == "onnxruntime"
+        predictor = samdeploy.SamPredictor(model)
+        image = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+        predictor.set_image(image)
+        masks, scores, _ = predictor.predict(point_coords=np.array([[80, 60]]), point_labels=np.array([1]))
+        assert masks.shape == (3, 120, 160) and scores.shape == (3,)
+    with samdeploy.load_model(tmp_path / "bf16", backend="onnxruntime") as model:
+        assert model.backend_summary == "onnxruntime"  # the user's choice wins: float32 on ORT
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "samdeploy", *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+
+
+def test_export_precision_int8_cli(tiny_checkpoint, tmp_path) -> None:
+    out = tmp_path / "int8"
+    result = _cli("export", str(tiny_checkpoint), "-o", str(out), "--precision", "int8")
+    assert result.returncode == 0, result.stderr
+    package = ModelPackage.load(out, verify=True)
+    assert package.precision == "int8"
+    assert package.manifest["export"]["precision"]["passed"] is True
+    assert "against the fp32 export: embedding cosine" in result.stdout
+    # the fp32 scratch export is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]
+
+
+def test_export_precision_refusals(tiny_checkpoint, tmp_path) -> None:
+    result = _cli("export", str(tiny_checkpoint), "-o", str(tmp_path / "a"), "--precision", "fp16")
+    assert result.returncode != 0 and "unknown precision 'fp16'" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _cli(
+        "export", str(tiny_checkpoint), "-o", str(tmp_path / "b"), "--precision", "int8", "--quantize", "int8"
+    )
+    assert result.returncode != 0 and "pass one" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@needs_bf16
+def test_export_precision_bf16_cli(tiny_checkpoint, tmp_path) -> None:
+    out = tmp_path / "bf16"
+    result = _cli("export", str(tiny_checkpoint), "-o", str(out), "--precision", "bf16")
+    assert result.returncode == 0, result.stderr
+    assert ModelPackage.load(out, verify=True).runtime("image_encoder")["precision"] == "bf16"
+    assert '"backend": "openvino"' in result.stdout
+    inspected = _cli("inspect", str(out))
+    assert "image_encoder runs on openvino at bf16" in inspected.stdout
