@@ -50,7 +50,9 @@ TINY = {
     "image_size": 256,
     "window_size": 7,
 }
-SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8")
+SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8", "fp32-openvino", "bf16")
+# Variants that run the fp32 package itself on another backend (the same faithful graphs).
+VARIANT_BACKEND = {"fp32-openvino": "openvino"}
 
 from samdeploy.cli.bench import (  # noqa: E402  (after the constants the docstring names)
     BENCH_IMAGE_SIZE,
@@ -188,9 +190,20 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
         if not (package / "model.json").exists():
             log(f"exporting {args.model_type} to {package}")
             export_model(checkpoint, package, force=True)
+    from samdeploy.engine.backends import OpenVinoBackend, available_backends
+
     packages = {"fp32": package}
     for variant in args.variants:
         if variant == "fp32":
+            continue
+        if variant in ("fp32-openvino", "bf16") and "openvino" not in available_backends():
+            log(f"skipping {variant}: OpenVINO is not installed (pip install 'samdeploy[openvino]')")
+            continue
+        if variant == "bf16" and not OpenVinoBackend.supports_precision("bf16"):
+            log("skipping bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+            continue
+        if variant in VARIANT_BACKEND:
+            packages[variant] = package
             continue
         target = workdir / f"{package.name}-{variant}"
         if not (target / "model.json").exists():
@@ -198,7 +211,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
             if variant == "fp32-traced":
                 export_model(checkpoint, target, attention_rows=0, validate=False, force=True)
             else:
-                optimize_package(package, target, "int8", measure_runs=0, strict=False, force=True)
+                optimize_package(package, target, variant, measure_runs=0, strict=False, force=True)
         packages[variant] = target
     return sam, config, checkpoint, packages
 
@@ -229,6 +242,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "threads": threads,
         "model_type": args.model_type if args.package is None else package_type(packages["fp32"]),
         "packages": {name: samdeploy.ModelPackage.load(path).precision for name, path in packages.items()},
+        "fast_accuracy": {
+            name: samdeploy.ModelPackage.load(path).export_report["precision"]["accuracy"]["worst"]
+            for name, path in packages.items()
+            if name in ("int8", "bf16")
+        },
         "repeat": args.repeat,
     }
 
@@ -341,7 +359,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     for variant, path in packages.items():
         log(f"encoder and prompts: samdeploy {variant}")
-        model = samdeploy.load_model(path, threads=threads, cache_mb=0)
+        model = samdeploy.load_model(path, backend=VARIANT_BACKEND.get(variant), threads=threads, cache_mb=0)
         ours = samdeploy.SamPredictor(model)
         groups[variant] = interleaved(
             {
@@ -393,7 +411,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     log("load time and peak memory (fresh processes)")
     memory = {"pytorch": run_torch_probe(checkpoint, config, threads)}
     for variant, path in packages.items():
-        memory[f"samdeploy {variant}"] = memory_probe(path, threads)
+        memory[f"samdeploy {variant}"] = memory_probe(path, threads, VARIANT_BACKEND.get(variant))
     report["memory"] = memory
     report["machine"]["loadavg_after"] = list(os.getloadavg())
     return report
@@ -447,7 +465,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     fp32_configs = {k: v for k, v in enc.items() if k.startswith("pytorch") and "bf16" not in k}
     best = max(fp32_configs.values(), key=lambda row: row["vs_eager"])["vs_eager"]
     rows: list[tuple[str, str, str, bool | None]] = []
-    for name in ("samdeploy fp32", "samdeploy fp32-traced"):
+    for name in ("samdeploy fp32", "samdeploy fp32-traced", "samdeploy fp32-openvino"):
         if name in enc:
             ratio = enc[name]["vs_eager"] / best
             rows.append((f"{name} encoder vs best PyTorch fp32", ">= 1.5x", f"{ratio:.2f}x", ratio >= 1.5))
@@ -456,13 +474,25 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
         ratio = point["samdeploy"]["ratio_to_first"]
         rows.append(("single-point predict vs PyTorch", ">= 3x", f"{ratio:.2f}x", ratio >= 3))
     bf16 = enc.get("pytorch bf16 autocast")
-    if bf16 and "samdeploy int8" in enc:
-        ratio = enc["samdeploy int8"]["vs_eager"] / bf16["vs_eager"]
+    for fast in ("int8", "bf16"):
+        if not bf16 or f"samdeploy {fast}" not in enc:
+            continue
+        ratio = enc[f"samdeploy {fast}"]["vs_eager"] / bf16["vs_eager"]
         rows.append(
-            ("fast (int8) encoder vs PyTorch bf16 autocast", ">= 1.7x", f"{ratio:.2f}x", ratio >= 1.7)
+            (f"fast ({fast}) encoder vs PyTorch bf16 autocast", ">= 1.7x", f"{ratio:.2f}x", ratio >= 1.7)
         )
-        ratio = enc["samdeploy int8"]["vs_eager"] / best
-        rows.append(("fast (int8) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
+        ratio = enc[f"samdeploy {fast}"]["vs_eager"] / best
+        rows.append((f"fast ({fast}) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
+        worst = report.get("fast_accuracy", {}).get(fast)
+        if worst:
+            rows.append(
+                (
+                    f"fast ({fast}) accuracy vs fp32: embedding cosine / mask agreement",
+                    ">= 0.999 / >= 98%",
+                    f"{worst['embeddings_cosine']:.5f} / {100 * worst['mask_agreement']:.2f}%",
+                    worst["embeddings_cosine"] >= 0.999 and worst["mask_agreement"] >= 0.98,
+                )
+            )
     for key, label in (("stream", "fp32"), ("stream_fp32_traced", "fp32-traced")):
         if key in report:
             share = report[key]["pipeline"] / report[key]["encoder_bound_images_per_s"]

@@ -131,17 +131,22 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     ]
     argv += ["--stream-images", "1", "--everything-points", "4", "--workdir", str(tmp_path / "work")]
     report = bench_sam.main([*argv, "--output-dir", str(out)])
+    from samdeploy.engine.backends import OpenVinoBackend, available_backends
+
+    # The OpenVINO variants run where OpenVINO is installed, bf16 where the CPU has it too.
+    variants = {"fp32": "fp32", "fp32-traced": "fp32", "int8": "int8"}
+    if "openvino" in available_backends():
+        variants["fp32-openvino"] = "fp32"
+        if OpenVinoBackend.supports_precision("bf16"):
+            variants["bf16"] = "bf16"
     enc = report["encoder"]
-    assert set(enc) == {
-        "pytorch eager fp32",
-        "pytorch bf16 autocast",
-        "samdeploy fp32",
-        "samdeploy fp32-traced",
-        "samdeploy int8",
-    }
+    assert set(enc) == {"pytorch eager fp32", "pytorch bf16 autocast", *(f"samdeploy {v}" for v in variants)}
     for row in enc.values():
         assert positive(row["median_ms"]) and positive(row["vs_eager"])
-    assert report["packages"] == {"fp32": "fp32", "fp32-traced": "fp32", "int8": "int8"}
+    assert report["packages"] == variants
+    assert set(report["fast_accuracy"]) == {"int8", "bf16"} & set(variants)
+    for worst in report["fast_accuracy"].values():
+        assert 0.9 < worst["embeddings_cosine"] <= 1.0
     for name, row in report["latency"].items():
         for side in ("pytorch", "samdeploy"):
             assert positive(row[side]["median_ms"]), name
@@ -151,7 +156,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     flops = report["flops"]
     assert flops["encoder_gflop"] == pytest.approx(flops["encoder_gflop_torch_count"], rel=1e-9)
     assert positive(flops["peak"]) and all(positive(v) for v in flops["achieved_gflops"].values())
-    assert set(report["memory"]) == {"pytorch", "samdeploy fp32", "samdeploy fp32-traced", "samdeploy int8"}
+    assert set(report["memory"]) == {"pytorch", *(f"samdeploy {v}" for v in variants)}
     assert all(positive(row["peak_rss_mb"]) and positive(row["load_s"]) for row in report["memory"].values())
     markdown = (out / "custom.md").read_text()
     for heading in (
