@@ -189,25 +189,27 @@ def _channels_last_upscaled_masks(
     NCHW, runs two stride-2 2x2 transposed convolutions (with a LayerNorm2d between) and multiplies
     by ``hyper_in``. A stride-2 2x2 transposed convolution writes each input cell into its own 2x2
     output block, so it is a MatMul of the cell's channels with the weights laid out as
-    ``Cin x (2*2*Cout)``; here the cells stay in that block layout (B, H, W, 2, 2, 2, 2, C/8),
-    the layer norm runs over the last axis where the channels already are, and one transpose of the
-    final T masks puts the pixels in place. Same products and sums; no NCHW copies of the 4x and 16x
-    larger feature maps.
+    ``Cin x (2*2*Cout)`` followed by a pixel shuffle. Here the channels stay last throughout (the
+    layer norm runs where they already are), the first shuffle moves the C/4-channel map once, and
+    the second is folded into one transpose of the T final masks: same products and sums, without
+    the NCHW copies of the 4x and 16x larger feature maps. Tensors stay at rank 6 or less, which
+    every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose of this shape).
     """
     first, norm, act1, second, act2 = decoder.output_upscaling
     batch, height, width, _ = tokens.shape
 
     def block_matmul(x: torch.Tensor, conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
-        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.weight.shape[0], -1)  # Cin x (2*2*Cout)
-        y = x @ weight
-        return y.view(*x.shape[:-1], 2, 2, conv.weight.shape[1]) + conv.bias
+        """B x h x w x Cin -> B x h x w x 2 x 2 x Cout: output pixel (2y + a, 2x + b) at [.., y, x, a, b, :]."""
+        cin, cout = conv.weight.shape[0], conv.weight.shape[1]
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+        return (x @ weight).view(batch, x.shape[1], x.shape[2], 2, 2, cout) + conv.bias
 
-    x = block_matmul(tokens, first)  # B H W a b C/4: pixel (2i+a, 2j+b)
+    x = block_matmul(tokens, first)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, -1)  # B 2H 2W C/4
     x = act1(F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps))
-    x = act2(block_matmul(x, second))  # B H W a b c d C/8: pixel (4i+2a+c, 4j+2b+d)
-    masks = x.reshape(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (H W a b c d) T
-    masks = masks.view(batch, height, width, 2, 2, 2, 2, -1)
-    masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)  # B T H a c W b d
+    x = act2(block_matmul(x, second))  # B 2H 2W 2 2 C/8: pixel (2y + c, 2x + d)
+    masks = x.reshape(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (2H 2W 2 2) T
+    masks = masks.view(batch, 2 * height, 2 * width, 2, 2, -1).permute(0, 5, 1, 3, 2, 4)  # B T 2H c 2W d
     return masks.reshape(batch, -1, 4 * height, 4 * width)
 
 

@@ -331,7 +331,7 @@ def optimize_package(
         manifest["precision"] = precision
         manifest.pop("runtime", None)
         if precision == "bf16":
-            manifest["runtime"] = {ENCODER: dict(BF16_RUNTIME)}
+            manifest["runtime"] = {role: dict(BF16_RUNTIME) for role in manifest["models"]}
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
         export["quantize"] = "int8-dynamic" if precision == "int8" else "none"

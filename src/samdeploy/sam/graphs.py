@@ -32,23 +32,29 @@ class BackendOptions:
     backend: str = "onnxruntime"
     providers: list[str] | None = None
     threads: int = 0  # intra-op threads; 0: the backend's default
-    # The image encoder's own backend and inference precision, when they differ from ``backend``
-    # (a bf16 package's encoder on OpenVINO at bf16, its decoders on ``backend``).
-    encoder_backend: str | None = None
-    encoder_precision: str | None = None
+    # (role, backend, precision) for models that run elsewhere than ``backend``: a bf16 package's
+    # encoder and decoders on OpenVINO at bf16 (see samdeploy.sam.model.package_runtime).
+    roles: tuple[tuple[str, str, str], ...] = ()
+
+    def for_role(self, role: str | None) -> tuple[str, str | None]:
+        """(backend, precision or None) that model ``role`` runs with."""
+        for name, backend, precision in self.roles:
+            if name == role:
+                return backend, precision
+        return self.backend, None
 
     def params(
-        self, model: str, outputs: list[str], release_memory: bool = False, encoder: bool = False
+        self, model: str, outputs: list[str], release_memory: bool = False, role: str | None = None
     ) -> dict[str, Any]:
-        """Inference params; ``release_memory`` gives a run's activations back when it ends (ONNX
-        Runtime: no CPU arena) for models whose working set dwarfs everything else (the encoder);
-        ``encoder`` applies the encoder's own backend and precision."""
-        backend = (self.encoder_backend if encoder else None) or self.backend
+        """Inference params of model ``role``; ``release_memory`` gives a run's activations back when
+        it ends (ONNX Runtime: no CPU arena) for models whose working set dwarfs everything else
+        (the encoder)."""
+        backend, precision = self.for_role(role)
         params: dict[str, Any] = {"model": model, "backend": backend, "outputs": outputs}
         if release_memory and backend == "onnxruntime":
             params["memory_arena"] = False
-        if encoder and self.encoder_precision is not None:
-            params["precision"] = self.encoder_precision
+        if precision is not None:
+            params["precision"] = precision
         if self.providers is not None and backend == self.backend:
             params["providers"] = list(self.providers)
         if self.threads:
@@ -72,7 +78,7 @@ def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
     graph.add(
         Inference(
             "image_encoder",
-            options.params(str(package.encoder_path), [EMBEDDINGS], release_memory=True, encoder=True),
+            options.params(str(package.encoder_path), [EMBEDDINGS], release_memory=True, role=ENCODER),
         )
     )
     encoder_input = package.model(ENCODER).inputs[0].name
@@ -87,7 +93,8 @@ def decoder_node(package: ModelPackage, options: BackendOptions) -> Inference:
     """The ``mask_decoder`` node: the package's low-res decoder when it has one (see
     :attr:`~samdeploy.package.ModelPackage.prompt_decoder`), else the official six-input graph."""
     path = package.model_path(package.prompt_decoder)
-    return Inference("mask_decoder", options.params(str(path), list(DECODER_OUTPUTS)))
+    params = options.params(str(path), list(DECODER_OUTPUTS), role=package.prompt_decoder)
+    return Inference("mask_decoder", params)
 
 
 def connect_prompt_ports(graph: Graph, package: ModelPackage) -> None:

@@ -158,12 +158,17 @@ class SamModel:
     @property
     def backend_summary(self) -> str:
         """The backends the two halves run on, e.g. ``onnxruntime`` or
-        ``image encoder on openvino (bf16), decoder on onnxruntime``."""
-        options = self.options
-        if options.encoder_backend is None:
-            return options.backend
-        precision = f" ({options.encoder_precision})" if options.encoder_precision else ""
-        return f"image encoder on {options.encoder_backend}{precision}, decoder on {options.backend}"
+        ``image encoder on openvino (bf16), mask decoder on openvino (bf16)``."""
+        halves = [
+            (label, *self.options.for_role(role))
+            for label, role in (("image encoder", ENCODER), ("mask decoder", self.package.prompt_decoder))
+        ]
+        if all(backend == self.options.backend and precision is None for _, backend, precision in halves):
+            return self.options.backend
+        return ", ".join(
+            f"{label} on {backend}" + (f" ({precision})" if precision else "")
+            for label, backend, precision in halves
+        )
 
     @property
     def image_size(self) -> int:
@@ -290,32 +295,41 @@ def _check_package(package: ModelPackage, model: SamModel) -> None:
         )
 
 
-def encoder_runtime(package: ModelPackage, backend: str | None) -> tuple[str | None, str | None]:
-    """(backend, precision) for the package's image encoder when it asks for its own (a bf16
-    package: OpenVINO at bf16) and the user's ``backend`` choice allows it; (None, None) otherwise.
+def package_runtime(package: ModelPackage, backend: str | None) -> tuple[tuple[str, str, str], ...]:
+    """(role, backend, precision) of each model the package asks to run its own way (a bf16
+    package: encoder and decoders on OpenVINO at bf16), when the user's ``backend`` allows it.
 
-    A request this machine cannot honour (the backend not installed, or no native bf16) is
-    warned about (``RuntimeWarning``), and the encoder's float32 graph runs like the decoders'.
+    An explicit ``backend`` other than the one asked for is the user's choice: the float32 graphs
+    run there. A request this machine cannot honour (the backend not installed, or no native bf16)
+    is warned about (``RuntimeWarning``), and the float32 graphs run on ONNX Runtime.
     """
-    wanted = package.runtime(ENCODER)
-    wanted_backend, wanted_precision = wanted.get("backend"), wanted.get("precision", "f32")
-    if not wanted_backend or (backend is not None and backend != wanted_backend):
-        return None, None
-    try:
-        supported = backend_class(wanted_backend).supports_precision(wanted_precision)
-        reason = f"this machine has no native {wanted_precision} arithmetic"
-    except BackendError as exc:
-        supported, reason = False, str(exc)
-    if not supported:
+    wanted = [
+        (role, request.get("backend", ""), request.get("precision", "f32"))
+        for role in package.manifest["models"]
+        if (request := package.runtime(role)).get("backend")
+    ]
+    honoured, refused = [], {}
+    for role, wanted_backend, wanted_precision in wanted:
+        if backend is not None and backend != wanted_backend:
+            continue
+        try:
+            supported = backend_class(wanted_backend).supports_precision(wanted_precision)
+            reason = f"this machine has no native {wanted_precision} arithmetic"
+        except BackendError as exc:
+            supported, reason = False, str(exc)
+        if supported:
+            honoured.append((role, wanted_backend, wanted_precision))
+        else:
+            refused.setdefault((wanted_backend, wanted_precision, reason), []).append(role)
+    for (wanted_backend, wanted_precision, reason), roles in refused.items():
         warnings.warn(
-            f"model package {package.root} asks for its image encoder on {wanted_backend} at"
-            f" {wanted_precision}, but {reason}: running its float32 graph on"
+            f"model package {package.root} asks for {', '.join(roles)} on {wanted_backend} at"
+            f" {wanted_precision}, but {reason}: running the float32 graphs on"
             f" {backend or 'onnxruntime'} instead",
             RuntimeWarning,
             stacklevel=3,
         )
-        return None, None
-    return wanted_backend, wanted_precision
+    return tuple(honoured)
 
 
 def load_model(
@@ -331,7 +345,7 @@ def load_model(
 
     ``backend``: an inference backend name (``onnxruntime``, ``openvino``) for both models; None
     (the default) runs them on ONNX Runtime, except an image encoder whose package asks for its own
-    runtime (a bf16 package: OpenVINO at bf16 inference precision; see :func:`encoder_runtime`,
+    runtime (a bf16 package: OpenVINO at bf16 inference precision; see :func:`package_runtime`,
     which falls back to float32 with a warning where that cannot run). ``mode``: the executor
     (``sequential``, ``task`` or ``pipeline``); ``providers``: ONNX Runtime execution providers
     (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
@@ -352,13 +366,11 @@ def load_model(
     if threads is not None and threads < 0:
         raise BackendError(f"threads must be positive (or None for the default), got {threads}")
     package = ModelPackage.load(path)
-    encoder_backend, encoder_precision = encoder_runtime(package, backend)
     options = BackendOptions(
         backend=backend or "onnxruntime",
         providers=providers,
         threads=threads or 0,
-        encoder_backend=encoder_backend,
-        encoder_precision=encoder_precision,
+        roles=package_runtime(package, backend),
     )
     model = SamModel(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
     try:
