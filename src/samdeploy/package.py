@@ -24,7 +24,7 @@ Layout of ``model.json`` (format version 1)::
         "mask_decoder":  {"file": "mask_decoder.onnx",  "inputs": [...], "outputs": [...]},
         "mask_decoder_low_res": {...}   # optional: the decoder without its upscaled masks output
       },
-      "runtime": {"image_encoder": {"backend": "openvino", "precision": "bf16"}},   # optional
+      "runtime": {"image_encoder": {"backend": "openvino", "precision": "bf16"}, ...},   # optional
       "files": {"image_encoder.onnx": {"sha256": "...", "bytes": 123}, ...},
       "export": {...}                   # export report: versions, timings, simplification, validation
     }
@@ -37,9 +37,9 @@ masks it returns, so it prompts with this one when the package has it (see
 :attr:`ModelPackage.prompt_decoder`).
 
 ``runtime`` (optional) names how a model of the package should run when the user does not choose:
-a bf16 package (``precision: "bf16"``) holds the same float32 graphs as its source and asks for its
-encoder to run on OpenVINO at bf16 inference precision. A runtime that cannot honour it runs the
-graph in float32 (see :func:`samdeploy.sam.model.load_model`).
+a bf16 package (``precision: "bf16"``) holds the same float32 graphs as its source and asks for each
+of them to run on OpenVINO at bf16 inference precision. A runtime that cannot honour it runs the
+graphs in float32 (see :func:`samdeploy.sam.model.package_runtime`).
 
 A TensorSpec is ``{"name": str, "shape": [int | str, ...], "dtype": "float32"}``; a string in a
 shape names a dynamic axis.

@@ -62,7 +62,7 @@ def export(
     precision: Annotated[
         str,
         typer.Option(
-            help="fp32 (faithful), int8 (dynamic int8 encoder) or bf16 (encoder on OpenVINO at bf16, for"
+            help="fp32 (faithful), int8 (dynamic int8 encoder) or bf16 (runs on OpenVINO at bf16, for"
             " CPUs with AVX512-BF16/AMX): the fast ones are made from the fp32 export and refused below"
             " the accuracy bar (embedding cosine >= 0.999, masks agreeing on >= 98% of pixels)"
         ),

@@ -13,8 +13,8 @@ ModelOption = Annotated[
 BackendOption = Annotated[
     str | None,
     typer.Option(
-        help="inference backend: onnxruntime or openvino (default: onnxruntime, with the image encoder"
-        " where the package asks for it, e.g. a bf16 package's on OpenVINO)"
+        help="inference backend: onnxruntime or openvino (default: onnxruntime, or what the package"
+        " asks for: a bf16 package runs on OpenVINO at bf16)"
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="intra-op threads per model (default: backend's)")]

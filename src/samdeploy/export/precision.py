@@ -15,8 +15,8 @@ Three kinds, measured on 2-core machines (docs/performance.md has the numbers):
   that costs embedding cosine 0.982; 7-bit weights keep it at 0.9998. Attention products and the
   convolutions stay float32. The decoder stays float32: it is a few ms.
 * **bf16** (``precision="bf16"``): the float32 graphs unchanged, and ``runtime`` in the manifest
-  asking for the encoder to run on OpenVINO at bf16 inference precision: every matrix product,
-  attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
+  asking for the encoder and decoders to run on OpenVINO at bf16 inference precision: every matrix
+  product, attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
   cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graph.
 
 The new package is validated against its source through the runtime itself (embedding cosine on
@@ -227,7 +227,7 @@ def _check_bf16_runtime() -> None:
     try:
         runtime = backend_class(BF16_RUNTIME["backend"])
     except BackendError as exc:
-        raise ExportError(f"a bf16 package runs its encoder on OpenVINO: {exc}") from None
+        raise ExportError(f"a bf16 package runs on OpenVINO: {exc}") from None
     if not runtime.supports_precision(BF16_RUNTIME["precision"]):
         raise ExportError(
             "this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a bf16 package could"
@@ -255,7 +255,7 @@ def optimize_package(
         output: the new package folder; an existing package is replaced only with ``force``.
         precision: ``fp32`` (chunked global attention only: same numbers, far less memory),
             ``int8`` (chunked attention and dynamic int8 linear layers in the encoder) or ``bf16``
-            (the fp32 graphs, with the manifest asking for the encoder to run on OpenVINO at bf16
+            (the fp32 graphs, with the manifest asking for them to run on OpenVINO at bf16
             inference precision; needs OpenVINO and a CPU with native bf16 to be made).
         attention_rows: query-grid rows per attention band; ``None`` or 0 keeps the attention as traced.
         threads: threads for the speed measurement (None: ONNX Runtime's default, all cores).

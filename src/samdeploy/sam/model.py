@@ -344,9 +344,9 @@ def load_model(
     """Load a model package folder (``None``: the default model embedded in samdeploy).
 
     ``backend``: an inference backend name (``onnxruntime``, ``openvino``) for both models; None
-    (the default) runs them on ONNX Runtime, except an image encoder whose package asks for its own
-    runtime (a bf16 package: OpenVINO at bf16 inference precision; see :func:`package_runtime`,
-    which falls back to float32 with a warning where that cannot run). ``mode``: the executor
+    (the default) runs them on ONNX Runtime, or as the package asks (a bf16 package: OpenVINO at
+    bf16 inference precision; see :func:`package_runtime`, which falls back to float32 with a
+    warning where that cannot run). ``mode``: the executor
     (``sequential``, ``task`` or ``pipeline``); ``providers``: ONNX Runtime execution providers
     (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
     ``cache_mb``: size bound of the embedding cache (0 disables it); ``inside_image``: refuse points
