@@ -151,6 +151,8 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
         for side in ("pytorch", "samdeploy"):
             assert positive(row[side]["median_ms"]), name
     assert set(report["latency"]) >= {"predict: 1 point", "predict: 16 boxes", "segment (file, 1 point)"}
+    if "fp32-openvino" in variants:
+        assert "predict: 1 point (fp32-openvino)" in report["latency"]
     assert report["latency"]["segment everything"]["masks"].keys() == {"pytorch", "samdeploy"}
     assert all(positive(report["stream"][k]) for k in (*MODES, "pytorch loop", "encoder_bound_images_per_s"))
     flops = report["flops"]
