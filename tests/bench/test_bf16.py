@@ -135,19 +135,24 @@ def test_export_precision_refusals(tiny_checkpoint, tmp_path) -> None:
 
 @needs_bf16
 def test_export_precision_bf16_cli(tiny_checkpoint, tmp_path) -> None:
-    # Below the bar (random weights): refused, one line, nothing left behind.
-    refused = _cli("export", str(tiny_checkpoint), "-o", str(tmp_path / "tiny"), "--precision", "bf16")
-    assert refused.returncode != 0
-    assert "misses the accuracy bar: mask_agreement" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    assert not any(tmp_path.iterdir())
     out = tmp_path / "bf16"
-    result = _cli("export", str(DEFAULT_MODEL / "checkpoint.pth"), "-o", str(out), "--precision", "bf16")
+    result = _cli("export", str(tiny_checkpoint), "-o", str(out), "--precision", "bf16")
     assert result.returncode == 0, result.stderr
     assert ModelPackage.load(out, verify=True).runtime("image_encoder")["precision"] == "bf16"
     assert '"backend": "openvino"' in result.stdout
     inspected = _cli("inspect", str(out))
     assert "image_encoder runs on openvino at bf16" in inspected.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16"]  # no scratch export left
+
+
+@needs_bf16
+def test_bf16_below_the_bar_is_refused(tiny_package, tmp_path, monkeypatch) -> None:
+    from samdeploy.export import precision
+
+    monkeypatch.setitem(precision.ACCURACY_BAR, "mask_agreement", 1.01)
+    with pytest.raises(ExportError, match="the bf16 package misses the accuracy bar: mask_agreement"):
+        optimize_package(tiny_package, tmp_path / "bf16", "bf16", measure_runs=0, check_images=1)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
