@@ -199,6 +199,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
         if variant in ("fp32-openvino", "bf16") and "openvino" not in available_backends():
             log(f"skipping {variant}: OpenVINO is not installed (pip install 'samdeploy[openvino]')")
             continue
+        if variant in ("fp32-openvino", "bf16") and "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+            # OpenVINO 2026.4 aborts ("double free or corruption") under a preloaded tcmalloc.
+            log(f"skipping {variant}: OpenVINO crashes under a preloaded tcmalloc; run --allocator glibc")
+            continue
         if variant == "bf16" and not OpenVinoBackend.supports_precision("bf16"):
             log("skipping bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
             continue

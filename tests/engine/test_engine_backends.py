@@ -161,6 +161,13 @@ def test_openvino_precision(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -
         create_backend("onnxruntime", tiny_model, precision="bf16")
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (the openvino extra)")
+def test_openvino_refuses_a_preloaded_tcmalloc(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    with pytest.raises(BackendError, match="OpenVINO crashes under a preloaded tcmalloc"):
+        create_backend("openvino", tiny_model)
+
+
 def test_shared_backend_loads_a_file_once(tiny_model: Path) -> None:
     a = shared_backend("onnxruntime", tiny_model)
     assert shared_backend("onnxruntime", str(tiny_model)) is a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,10 +26,22 @@ def _spec(port: Any) -> TensorSpec:
 PRECISIONS = ("f32", "bf16")
 
 
+def check_allocator() -> None:
+    """Refuse (BackendError) to start OpenVINO under a preloaded tcmalloc: OpenVINO 2026.4 aborts
+    there ("double free or corruption") on its first device query, taking the process with it."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "tcmalloc" in preload:
+        raise BackendError(
+            f"OpenVINO crashes under a preloaded tcmalloc (LD_PRELOAD={preload}); unset LD_PRELOAD"
+            " for this process or use the onnxruntime backend"
+        )
+
+
 def device_supports(precision: str, device: str = "CPU") -> bool:
     """Whether OpenVINO's ``device`` computes in ``precision`` natively (bf16: AVX512-BF16 or AMX)."""
     if precision == "f32":
         return True
+    check_allocator()
     import openvino as ov
 
     try:
@@ -55,6 +68,7 @@ class OpenVinoBackend(Backend):
     def __init__(
         self, model: str | Path, device: str | None = None, threads: int = 0, precision: str = "f32"
     ) -> None:
+        check_allocator()
         import openvino as ov
 
         super().__init__(model)
