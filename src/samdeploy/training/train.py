@@ -425,18 +425,6 @@ def _step_loss(
     refine: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Total loss of one step on ``prepared``, with the per-prompt mask losses by kind, IoU and embedding losses."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-        return _step_loss_forward(model, config, prepared, rng, generator, refine)
-
-
-def _step_loss_forward(
-    model: Sam,
-    config: TrainConfig,
-    prepared: list[PreparedScene],
-    rng: np.random.Generator,
-    generator: torch.Generator,
-    refine: bool,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     size = model.image_encoder.img_size
     embeddings = model.image_encoder(torch.stack([item.image for item in prepared]))
     point, box, points = sample_prompts(prepared, config, rng, size)
@@ -524,7 +512,9 @@ def _run(
         for group in optimizer.param_groups:
             group["lr"] = lr
         refine = step >= config.refine_from * config.steps
-        loss, kind_losses, iou_losses, aux = _step_loss(model, config, prepared, rng, generator, refine)
+        # bf16: the forward passes under autocast; weights, optimiser and the backward stay float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss, kind_losses, iou_losses, aux = _step_loss(model, config, prepared, rng, generator, refine)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if workers > 1:
