@@ -149,11 +149,11 @@ def _export_fast(
 
     from samdeploy.export import export_model
     from samdeploy.export.exporter import check_output
-    from samdeploy.export.precision import _check_bf16_runtime, optimize_package
+    from samdeploy.export.precision import check_bf16_runtime, optimize_package
 
     check_output(output, force)
     if precision == "bf16":
-        _check_bf16_runtime()  # before minutes of export, not after
+        check_bf16_runtime()  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.fp32-", dir=output.parent))
     try:

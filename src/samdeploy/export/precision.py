@@ -219,7 +219,7 @@ def time_encoders(
 # ----------------------------------------------------------------------------- the package
 
 
-def _check_bf16_runtime() -> None:
+def check_bf16_runtime() -> None:
     """Refuse (ExportError) to make a bf16 package where it cannot be checked: no OpenVINO, or no bf16."""
     from samdeploy.engine.backends import backend_class
     from samdeploy.errors import BackendError
@@ -272,7 +272,7 @@ def optimize_package(
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16":
-        _check_bf16_runtime()
+        check_bf16_runtime()
     package = ModelPackage.load(source, verify=True)
     if package.precision != "fp32":
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")

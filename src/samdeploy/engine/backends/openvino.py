@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import threading
@@ -42,13 +43,19 @@ def device_supports(precision: str, device: str = "CPU") -> bool:
     if precision == "f32":
         return True
     check_allocator()
+    return precision.upper() in _capabilities(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _capabilities(device: str) -> frozenset[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of ``device`` (e.g. BF16, INT8), upper-case; asked once."""
     import openvino as ov
 
     try:
         capabilities = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
     except Exception:
-        return False
-    return precision.upper() in {str(item).upper() for item in capabilities}
+        return frozenset()
+    return frozenset(str(item).upper() for item in capabilities)
 
 
 @register_backend
