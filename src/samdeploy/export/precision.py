@@ -17,7 +17,7 @@ Three kinds, measured on 2-core machines (docs/performance.md has the numbers):
 * **bf16** (``precision="bf16"``): the float32 graphs unchanged, and ``runtime`` in the manifest
   asking for the encoder and decoders to run on OpenVINO at bf16 inference precision: every matrix
   product, attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
-  cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graph.
+  cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graphs.
 
 The new package is validated against its source through the runtime itself (embedding cosine on
 several images, mask agreement of every parity prompt) and timed against it side by side; the
@@ -55,7 +55,7 @@ from samdeploy.package import (
 )
 
 PRECISIONS = ("fp32", "int8", "bf16")
-# Where a bf16 package's encoder runs: the same float32 graph, at OpenVINO's bf16 inference precision.
+# Where a bf16 package's models run: the same float32 graphs, at OpenVINO's bf16 inference precision.
 BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
