@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import samdeploy
@@ -44,7 +45,7 @@ def test_a_bf16_package_that_cannot_run_here_falls_back_to_fp32(tiny_package, tm
     assert "asks for image_encoder, mask_decoder, mask_decoder_low_res on openvino at bf16" in str(
         caught[0].message
     )
-    assert "running the float32 graphs on onnxruntime" in str(caught[0].message)
+    assert "running the graphs in float32 on onnxruntime" in str(caught[0].message)
     with model:
         assert model.backend_summary == "onnxruntime"
         assert model.encode_graph.nodes["image_encoder"].params.backend == "onnxruntime"
@@ -183,3 +184,62 @@ def test_openvino_f32_runs_the_exported_graphs_like_onnxruntime(tiny_package) ->
         got = create_backend("openvino", path, precision="f32").run(feed)
         for name, value in expected.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-3, err_msg=f"{role}.{name}")
+
+
+@needs_bf16
+def test_int8_bf16_package_runs_int8_weights_on_openvino(tmp_path, monkeypatch) -> None:
+    report = optimize_package(
+        DEFAULT_MODEL, tmp_path / "fast", "int8-bf16", threads=1, measure_runs=1, check_images=2
+    )
+    assert report.passed and report.precision == "int8-bf16"
+    package = ModelPackage.load(tmp_path / "fast", verify=True)
+    width = package.manifest["architecture"]["encoder_embed_dim"]
+    assert package.runtime("image_encoder") == {
+        "backend": "openvino",
+        "precision": "bf16",
+        "quantization_group": width,
+    }
+    assert package.runtime("mask_decoder") == {"backend": "openvino", "precision": "bf16"}
+    assert package.manifest["export"]["quantize"] == "int8-weights"
+    encoder = onnx.load(str(package.encoder_path))
+    int8 = [i for i in encoder.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    linear = 4 * package.manifest["architecture"]["encoder_depth"]  # qkv, proj, two MLP layers
+    assert len(int8) == linear == sum(n.op_type == "DequantizeLinear" for n in encoder.graph.node)
+    # Each of those weights takes one byte instead of four.
+    saved = ModelPackage.load(DEFAULT_MODEL).encoder_path.stat().st_size - package.encoder_path.stat().st_size
+    assert saved > 0.95 * 3 * sum(int(np.prod(i.dims)) for i in int8)
+    worst = report.accuracy["worst"]
+    assert 0.999 <= worst["embeddings_cosine"] < 1.0 and worst["mask_agreement"] >= 0.98
+    assert set(report.speed["encoder_s"]) == {"source", "int8-bf16"}
+
+    image = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    with samdeploy.load_model(tmp_path / "fast") as model:
+        assert model.backend_summary == (
+            f"image encoder on openvino (bf16, quantization_group {width}),"
+            " mask decoder on openvino (bf16)"
+        )
+        node = model.encode_graph.nodes["image_encoder"]
+        assert node.params.quantization_group == width and node.backend.quantization_group == width
+        fast = model.encode(image).embeddings
+    # Where OpenVINO cannot run it, the same graph runs in float32 on ONNX Runtime (from the int8
+    # weights), close to the fp32 package.
+    monkeypatch.setattr(OpenVinoBackend, "supports_precision", classmethod(lambda cls, precision: False))
+    with pytest.warns(RuntimeWarning, match="running the graphs in float32 on onnxruntime"):
+        fallback = samdeploy.load_model(tmp_path / "fast")
+    with fallback, samdeploy.load_model(DEFAULT_MODEL) as reference:
+        assert fallback.backend_summary == "onnxruntime"
+        expected = reference.encode(image).embeddings
+        slow = fallback.encode(image).embeddings
+    for embeddings in (fast, slow):
+        a, b = embeddings.ravel().astype(np.float64), expected.ravel().astype(np.float64)
+        assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+
+
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+@pytest.mark.parametrize("group", [-1, 1.5, True, "128"])
+def test_openvino_refuses_a_bad_quantization_group(tiny_package, group) -> None:
+    from samdeploy.engine.backends import create_backend
+    from samdeploy.errors import BackendError
+
+    with pytest.raises(BackendError, match="quantization_group must be a whole number"):
+        create_backend("openvino", ModelPackage.load(tiny_package).encoder_path, quantization_group=group)

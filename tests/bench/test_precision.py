@@ -140,3 +140,70 @@ def test_refusals_leave_nothing_behind(tiny_package, int8_package, tmp_path, mon
     )
     assert report.passed is False
     assert ModelPackage.load(tmp_path / "d").manifest["export"]["precision"]["passed"] is False
+
+
+def _linear_graph() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x (2x8) through Gemm (B 8x6), Gemm (transB, B 5x6), MatMul (B 5x4); then x @ x^T, which
+    multiplies two activations; and a MatMul whose weight is shared (two users)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((8, 6)).astype(np.float32),
+        "w2": rng.standard_normal((5, 6)).astype(np.float32),
+        "w3": rng.standard_normal((5, 4)).astype(np.float32),
+        "shared": rng.standard_normal((4, 4)).astype(np.float32),
+    }
+    weights["w3"][:, 2] = 0.0  # an all-zero output channel must not divide by zero
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h1"]),
+        helper.make_node("Gemm", ["h1", "w2"], ["h2"], transB=1),
+        helper.make_node("MatMul", ["h2", "w3"], ["h3"]),
+        helper.make_node("Transpose", ["h3"], ["h3t"]),
+        helper.make_node("MatMul", ["h3", "h3t"], ["gram"]),
+        helper.make_node("MatMul", ["h3", "shared"], ["s1"]),
+        helper.make_node("MatMul", ["s1", "shared"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("gram", TensorProto.FLOAT, [2, 2]),
+        ],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights
+
+
+def test_compress_weights_int8_quantizes_each_weight_per_output_channel() -> None:
+    from onnx import numpy_helper
+
+    from samdeploy.export.optimize import compress_weights_int8
+
+    model, weights = _linear_graph()
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    reference = run(model)
+    assert compress_weights_int8(model) == 3  # not the activation product, not the shared weight
+    onnx.checker.check_model(model)
+    stored = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    assert {"w1", "w2", "w3"}.isdisjoint(stored) and "shared" in stored
+    dequantize = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for name, axis in (("w1", 1), ("w2", 0), ("w3", 1)):
+        q, scale = stored[f"{name}_int8"], stored[f"{name}_scale"]
+        assert q.dtype == np.int8 and q.shape == weights[name].shape and np.abs(q).max() == 127
+        assert [a.i for a in dequantize[f"{name}_int8"].attribute if a.name == "axis"] == [axis]
+        # One scale per output channel: max |w| / 127, so each weight is within half a step.
+        expected = np.abs(weights[name]).max(axis=1 - axis) / 127
+        np.testing.assert_allclose(scale, np.where(expected == 0, 1, expected), rtol=1e-6)
+        step = scale[:, None] if axis == 0 else scale[None, :]
+        assert np.all(np.abs(q * step - weights[name]) <= step / 2 + 1e-7)
+    assert np.all(stored["w3_int8"][:, 2] == 0)
+    got = run(model)
+    for new, old in zip(got, reference, strict=True):
+        assert not np.array_equal(new, old)  # the weights did change
+        np.testing.assert_allclose(new, old, rtol=0.05, atol=0.05 * np.abs(old).max())

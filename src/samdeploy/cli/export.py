@@ -62,8 +62,9 @@ def export(
     precision: Annotated[
         str,
         typer.Option(
-            help="fp32 (faithful), int8 (dynamic int8 encoder) or bf16 (runs on OpenVINO at bf16, for"
-            " CPUs with AVX512-BF16/AMX): the fast ones are made from the fp32 export and refused below"
+            help="fp32 (faithful), int8 (dynamic int8 encoder), bf16 (runs on OpenVINO at bf16, for"
+            " CPUs with AVX512-BF16/AMX) or int8-bf16 (bf16 with the encoder's linear layers in int8 on"
+            " OpenVINO: fastest there): the fast ones are made from the fp32 export and refused below"
             " the accuracy bar (embedding cosine >= 0.999, masks agreeing on >= 98% of pixels)"
         ),
     ] = "fp32",
@@ -90,7 +91,7 @@ def export(
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     if precision != "fp32" and quantize != "none":
-        raise ExportError("--quantize and --precision int8/bf16 are two ways to the same thing: pass one")
+        raise ExportError("--quantize int8 and a --precision other than fp32 both quantize: pass one")
     # A plain `kill` should clean up like Ctrl-C does: the export removes its partial folder on
     # KeyboardInterrupt, but the default SIGTERM action ends the process without unwinding.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -142,18 +143,18 @@ def _export_fast(
     force: bool,
     console: Console,
 ) -> None:
-    """The fp32 export (validated against PyTorch) into a scratch folder, then the int8 or bf16
-    package made from it and checked against it (``optimize_package``); the scratch is removed."""
+    """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
+    int8-bf16 package made from it and checked against it (``optimize_package``); the scratch is removed."""
     import shutil
     import tempfile
 
     from samdeploy.export import export_model
     from samdeploy.export.exporter import check_output
-    from samdeploy.export.precision import check_bf16_runtime, optimize_package
+    from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
 
     check_output(output, force)
-    if precision == "bf16":
-        check_bf16_runtime()  # before minutes of export, not after
+    if precision in OPENVINO_PRECISIONS:
+        check_bf16_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.fp32-", dir=output.parent))
     try:

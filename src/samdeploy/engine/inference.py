@@ -24,6 +24,7 @@ _BACKEND_OPTIONS = (
     "optimization_level",
     "memory_arena",
     "precision",
+    "quantization_group",
 )
 
 
@@ -48,6 +49,7 @@ class Inference(Node):
         optimization_level: str = "all"  # onnxruntime: disable, basic, extended, all
         memory_arena: bool = True  # onnxruntime: False gives a run's activations back when it ends
         precision: str = "f32"  # openvino: inference precision, f32 or bf16 (where the CPU has it)
+        quantization_group: int | None = None  # openvino: dynamic int8 group for int8-weight layers
         outputs: list[str] | None = None  # compute only these outputs; None: all
 
     def __init__(self, name: str, params: Any = None) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from samdeploy.errors import ExportError
@@ -95,6 +96,66 @@ def quantize_int8(source: Path, target: Path, external_data: bool = True) -> Non
         )
     finally:
         logging.disable(logging.NOTSET)
+
+
+def compress_weights_int8(model: onnx.ModelProto) -> int:
+    """Store the constant weights of ``model``'s MatMul/Gemm layers as int8 (in place); returns how many.
+
+    Each weight becomes int8 per output channel (symmetric, scale = max |w| / 127) feeding a
+    ``DequantizeLinear``: the graph still computes in float, and a runtime that recognises the
+    pattern runs those layers on int8 weights. OpenVINO does: it quantizes the activations on the
+    fly, per group of ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` input channels, and multiplies int8 x int8
+    with VNNI. Products of two activations (attention) and convolutions are left as they are.
+    """
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    added, replaced = [], set()
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name not in initializers or users[name] != 1 or len(initializers[name].dims) != 2:
+            continue
+        transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            continue
+        weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        axis = 0 if transposed else 1  # the output-channel axis of B
+        scale = np.abs(weight).max(axis=1 - axis) / 127.0
+        scale[scale == 0] = 1.0
+        shape = (-1, 1) if axis == 0 else (1, -1)
+        quantized = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, f"{name}_int8"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{name}_zero"),
+            ]
+        )
+        added.append(
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                [f"{name}_dequantized"],
+                name=f"{name}_dequantize",
+                axis=axis,
+            )
+        )
+        node.input[1] = f"{name}_dequantized"
+        replaced.add(name)
+    if replaced:
+        kept = [init for init in model.graph.initializer if init.name not in replaced]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        nodes = added + list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return len(replaced)
 
 
 def save(model: onnx.ModelProto, path: Path) -> list[str]:

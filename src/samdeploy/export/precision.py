@@ -18,6 +18,11 @@ Three kinds, measured on 2-core machines (docs/performance.md has the numbers):
   asking for the encoder and decoders to run on OpenVINO at bf16 inference precision: every matrix
   product, attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
   cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graphs.
+* **int8-bf16** (``precision="int8-bf16"``): the bf16 package, with the encoder's linear layers on
+  int8 weights (per output channel, stored as int8 + ``DequantizeLinear``). OpenVINO runs those
+  layers in int8, quantizing their inputs on the fly per group of ``quantization_group`` channels
+  (the encoder's width), and the rest (attention, convolutions, decoders) in bf16. It needs what
+  bf16 needs; elsewhere the same graph runs in float32 on ONNX Runtime, from the int8 weights.
 
 The new package is validated against its source through the runtime itself (embedding cosine on
 several images, mask agreement of every parity prompt) and timed against it side by side; the
@@ -43,7 +48,7 @@ import onnx
 from samdeploy.errors import ExportError
 from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS, chunk_global_attention
 from samdeploy.export.exporter import check_output, move_into_place
-from samdeploy.export.optimize import quantize_int8
+from samdeploy.export.optimize import compress_weights_int8, quantize_int8
 from samdeploy.export.validate import cosine
 from samdeploy.package import (
     DECODER,
@@ -54,9 +59,11 @@ from samdeploy.package import (
     write_manifest,
 )
 
-PRECISIONS = ("fp32", "int8", "bf16")
-# Where a bf16 package's models run: the same float32 graphs, at OpenVINO's bf16 inference precision.
+PRECISIONS = ("fp32", "int8", "bf16", "int8-bf16")
+# Where a bf16 (or int8-bf16) package's models run: OpenVINO at bf16 inference precision.
 BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
+# The precisions whose packages run on OpenVINO at bf16, so can only be made (and checked) where that runs.
+OPENVINO_PRECISIONS = ("bf16", "int8-bf16")
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
 
@@ -219,18 +226,19 @@ def time_encoders(
 # ----------------------------------------------------------------------------- the package
 
 
-def check_bf16_runtime() -> None:
-    """Refuse (ExportError) to make a bf16 package where it cannot be checked: no OpenVINO, or no bf16."""
+def check_bf16_runtime(precision: str = "bf16") -> None:
+    """Refuse (ExportError) to make a ``precision`` package (bf16 or int8-bf16) where it cannot be
+    checked: no OpenVINO, or no bf16."""
     from samdeploy.engine.backends import backend_class
     from samdeploy.errors import BackendError
 
     try:
         runtime = backend_class(BF16_RUNTIME["backend"])
     except BackendError as exc:
-        raise ExportError(f"a bf16 package runs on OpenVINO: {exc}") from None
+        raise ExportError(f"a {precision} package runs on OpenVINO: {exc}") from None
     if not runtime.supports_precision(BF16_RUNTIME["precision"]):
         raise ExportError(
-            "this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a bf16 package could"
+            f"this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a {precision} package could"
             " neither be checked nor run fast here; make an int8 package instead"
         )
 
@@ -254,9 +262,11 @@ def optimize_package(
         source: a package made by ``samdeploy export`` at fp32 (the faithful one).
         output: the new package folder; an existing package is replaced only with ``force``.
         precision: ``fp32`` (chunked global attention only: same numbers, far less memory),
-            ``int8`` (chunked attention and dynamic int8 linear layers in the encoder) or ``bf16``
+            ``int8`` (chunked attention and dynamic int8 linear layers in the encoder), ``bf16``
             (the fp32 graphs, with the manifest asking for them to run on OpenVINO at bf16
-            inference precision; needs OpenVINO and a CPU with native bf16 to be made).
+            inference precision; needs OpenVINO and a CPU with native bf16 to be made) or
+            ``int8-bf16`` (bf16, with the encoder's linear layers on int8 weights that OpenVINO
+            multiplies in int8; needs the same).
         attention_rows: query-grid rows per attention band; ``None`` or 0 keeps the attention as traced.
         threads: threads for the speed measurement (None: ONNX Runtime's default, all cores).
         measure_runs: encoder runs per model when timing new against source (0: skip timing).
@@ -271,8 +281,8 @@ def optimize_package(
     source, output = Path(source), Path(output)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        check_bf16_runtime()
+    if precision in OPENVINO_PRECISIONS:
+        check_bf16_runtime(precision)
     package = ModelPackage.load(source, verify=True)
     if package.precision != "fp32":
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")
@@ -286,6 +296,9 @@ def optimize_package(
     ):
         raise ExportError("encoders with external weight files (vit_h) are not supported here yet")
 
+    # Dynamic quantization groups as wide as the encoder: one scale per token for the width-K
+    # layers, four for the MLP's second layer (fastest on vit_b; measured in docs/performance.md).
+    quantization_group = int(package.manifest.get("architecture", {}).get("encoder_embed_dim", 128))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -315,6 +328,19 @@ def optimize_package(
                 "dynamic int8 MatMul/Gemm (weights s8 per channel, 7-bit; activations u8 per call)"
             )
             timings["quantize"] = round(time.perf_counter() - start, 2)
+        elif precision == "int8-bf16":
+            say("storing the encoder's linear-layer weights as int8 (per output channel)")
+            start = time.perf_counter()
+            encoder = onnx.load(str(fp32_path))
+            layers = compress_weights_int8(encoder)
+            onnx.save_model(encoder, str(encoder_path))
+            del encoder
+            fp32_path.unlink()
+            transforms.append(
+                f"int8 weights for {layers} MatMul/Gemm layers (per output channel), multiplied in int8 by"
+                f" OpenVINO with inputs quantized per {quantization_group} channels; the rest bf16"
+            )
+            timings["quantize"] = round(time.perf_counter() - start, 2)
         else:
             fp32_path.rename(encoder_path)
             if precision == "bf16":
@@ -330,11 +356,13 @@ def optimize_package(
         manifest = {key: value for key, value in package.manifest.items()}
         manifest["precision"] = precision
         manifest.pop("runtime", None)
-        if precision == "bf16":
+        if precision in OPENVINO_PRECISIONS:
             manifest["runtime"] = {role: dict(BF16_RUNTIME) for role in manifest["models"]}
+        if precision == "int8-bf16":
+            manifest["runtime"][ENCODER]["quantization_group"] = quantization_group
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
-        export["quantize"] = "int8-dynamic" if precision == "int8" else "none"
+        export["quantize"] = {"int8": "int8-dynamic", "int8-bf16": "int8-weights"}.get(precision, "none")
         export["precision"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {
@@ -366,8 +394,13 @@ def optimize_package(
             say(f"timing the encoder against the source ({measure_runs} runs each)")
             start = time.perf_counter()
             candidate: Path | tuple[Path, str, dict[str, Any]] = encoder_path
-            if precision == "bf16":
-                candidate = (encoder_path, BF16_RUNTIME["backend"], {"precision": BF16_RUNTIME["precision"]})
+            if precision in OPENVINO_PRECISIONS:
+                request = manifest["runtime"][ENCODER]
+                candidate = (
+                    encoder_path,
+                    request["backend"],
+                    {key: value for key, value in request.items() if key != "backend"},
+                )
             speed = time_encoders(
                 {"source": package.encoder_path, precision: candidate},
                 package.image_size,

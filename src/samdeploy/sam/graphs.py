@@ -14,7 +14,7 @@ runs both for one image and one prompt (the command line streams several through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from samdeploy.engine import Graph, Inference
 from samdeploy.package import ENCODER, ModelPackage
@@ -25,6 +25,16 @@ DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
 EMBEDDINGS = "image_embeddings"
 
 
+class RoleRuntime(NamedTuple):
+    """How a package asks one of its models to run: ``backend`` at ``precision``, with extra backend
+    ``options`` (name, value) pairs (e.g. OpenVINO's ``quantization_group``)."""
+
+    role: str
+    backend: str
+    precision: str | None
+    options: tuple[tuple[str, Any], ...] = ()
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How the two Inference nodes run their models (params of :class:`~samdeploy.engine.Inference`)."""
@@ -32,16 +42,16 @@ class BackendOptions:
     backend: str = "onnxruntime"
     providers: list[str] | None = None
     threads: int = 0  # intra-op threads; 0: the backend's default
-    # (role, backend, precision) for models that run elsewhere than ``backend``: a bf16 package's
-    # encoder and decoders on OpenVINO at bf16 (see samdeploy.sam.model.package_runtime).
-    roles: tuple[tuple[str, str, str], ...] = ()
+    # Models that run elsewhere than ``backend``: a bf16 package's encoder and decoders on OpenVINO
+    # at bf16 (see samdeploy.sam.model.package_runtime).
+    roles: tuple[RoleRuntime, ...] = ()
 
-    def for_role(self, role: str | None) -> tuple[str, str | None]:
-        """(backend, precision or None) that model ``role`` runs with."""
-        for name, backend, precision in self.roles:
-            if name == role:
-                return backend, precision
-        return self.backend, None
+    def for_role(self, role: str | None) -> RoleRuntime:
+        """How model ``role`` runs (precision None and no options where the package asks nothing)."""
+        for runtime in self.roles:
+            if runtime.role == role:
+                return runtime
+        return RoleRuntime(role or "", self.backend, None)
 
     def params(
         self, model: str, outputs: list[str], release_memory: bool = False, role: str | None = None
@@ -49,12 +59,14 @@ class BackendOptions:
         """Inference params of model ``role``; ``release_memory`` gives a run's activations back when
         it ends (ONNX Runtime: no CPU arena) for models whose working set dwarfs everything else
         (the encoder)."""
-        backend, precision = self.for_role(role)
+        runtime = self.for_role(role)
+        backend = runtime.backend
         params: dict[str, Any] = {"model": model, "backend": backend, "outputs": outputs}
         if release_memory and backend == "onnxruntime":
             params["memory_arena"] = False
-        if precision is not None:
-            params["precision"] = precision
+        if runtime.precision is not None:
+            params["precision"] = runtime.precision
+        params.update(runtime.options)
         if self.providers is not None and backend == self.backend:
             params["providers"] = list(self.providers)
         if self.threads:

@@ -22,7 +22,7 @@ from samdeploy.engine import Graph, make_executor
 from samdeploy.engine.backends import backend_class
 from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
 from samdeploy.package import ENCODER, ModelPackage
-from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, sam_graph, segment_files_graph
+from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, RoleRuntime, sam_graph, segment_files_graph
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.results import Segmentation
@@ -160,15 +160,20 @@ class SamModel:
         """The backends the two halves run on, e.g. ``onnxruntime`` or
         ``image encoder on openvino (bf16), mask decoder on openvino (bf16)``."""
         halves = [
-            (label, *self.options.for_role(role))
+            (label, self.options.for_role(role))
             for label, role in (("image encoder", ENCODER), ("mask decoder", self.package.prompt_decoder))
         ]
-        if all(backend == self.options.backend and precision is None for _, backend, precision in halves):
+        if all(
+            runtime.backend == self.options.backend and runtime.precision is None and not runtime.options
+            for _, runtime in halves
+        ):
             return self.options.backend
-        return ", ".join(
-            f"{label} on {backend}" + (f" ({precision})" if precision else "")
-            for label, backend, precision in halves
-        )
+        described = []
+        for label, runtime in halves:
+            details = [runtime.precision] if runtime.precision else []
+            details += [f"{key} {value}" for key, value in runtime.options]
+            described.append(f"{label} on {runtime.backend}" + (f" ({', '.join(details)})" if details else ""))
+        return ", ".join(described)
 
     @property
     def image_size(self) -> int:
@@ -295,36 +300,42 @@ def _check_package(package: ModelPackage, model: SamModel) -> None:
         )
 
 
-def package_runtime(package: ModelPackage, backend: str | None) -> tuple[tuple[str, str, str], ...]:
-    """(role, backend, precision) of each model the package asks to run its own way (a bf16
-    package: encoder and decoders on OpenVINO at bf16), when the user's ``backend`` allows it.
+def package_runtime(package: ModelPackage, backend: str | None) -> tuple[RoleRuntime, ...]:
+    """How each model the package asks to run its own way runs (a bf16 package: encoder and
+    decoders on OpenVINO at bf16), when the user's ``backend`` allows it.
 
     An explicit ``backend`` other than the one asked for is the user's choice: the float32 graphs
     run there. A request this machine cannot honour (the backend not installed, or no native bf16)
-    is warned about (``RuntimeWarning``), and the float32 graphs run on ONNX Runtime.
+    is warned about (``RuntimeWarning``), and the float32 graphs run on ONNX Runtime. Keys of the
+    request besides ``backend`` and ``precision`` are backend options (``quantization_group``).
     """
     wanted = [
-        (role, request.get("backend", ""), request.get("precision", "f32"))
+        RoleRuntime(
+            role,
+            request["backend"],
+            request.get("precision", "f32"),
+            tuple(sorted((key, value) for key, value in request.items() if key not in ("backend", "precision"))),
+        )
         for role in package.manifest["models"]
         if (request := package.runtime(role)).get("backend")
     ]
     honoured, refused = [], {}
-    for role, wanted_backend, wanted_precision in wanted:
-        if backend is not None and backend != wanted_backend:
+    for runtime in wanted:
+        if backend is not None and backend != runtime.backend:
             continue
         try:
-            supported = backend_class(wanted_backend).supports_precision(wanted_precision)
-            reason = f"this machine has no native {wanted_precision} arithmetic"
+            supported = backend_class(runtime.backend).supports_precision(runtime.precision)
+            reason = f"this machine has no native {runtime.precision} arithmetic"
         except BackendError as exc:
             supported, reason = False, str(exc)
         if supported:
-            honoured.append((role, wanted_backend, wanted_precision))
+            honoured.append(runtime)
         else:
-            refused.setdefault((wanted_backend, wanted_precision, reason), []).append(role)
+            refused.setdefault((runtime.backend, runtime.precision, reason), []).append(runtime.role)
     for (wanted_backend, wanted_precision, reason), roles in refused.items():
         warnings.warn(
             f"model package {package.root} asks for {', '.join(roles)} on {wanted_backend} at"
-            f" {wanted_precision}, but {reason}: running the float32 graphs on"
+            f" {wanted_precision}, but {reason}: running the graphs in float32 on"
             f" {backend or 'onnxruntime'} instead",
             RuntimeWarning,
             stacklevel=3,

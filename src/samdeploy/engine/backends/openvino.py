@@ -66,14 +66,23 @@ class OpenVinoBackend(Backend):
     inference precision: ``f32`` (the default: the model's own float32 arithmetic; OpenVINO by
     itself would pick bf16 on CPUs that have it) or ``bf16`` (matrix products and most other ops in
     bfloat16, about twice as fast where the CPU multiplies bf16 natively; refused on other devices).
+    ``quantization_group`` sets ``DYNAMIC_QUANTIZATION_GROUP_SIZE``: layers whose weights are stored
+    as int8 (see :func:`samdeploy.export.optimize.compress_weights_int8`) quantize their input on the
+    fly in groups of that many channels and multiply in int8 (0 turns it off; None: OpenVINO's
+    default). It changes nothing for float weights.
     """
 
     name = "openvino"
-    options = ("device", "threads", "precision")
+    options = ("device", "threads", "precision", "quantization_group")
     install_hint = "pip install 'samdeploy[openvino]'"
 
     def __init__(
-        self, model: str | Path, device: str | None = None, threads: int = 0, precision: str = "f32"
+        self,
+        model: str | Path,
+        device: str | None = None,
+        threads: int = 0,
+        precision: str = "f32",
+        quantization_group: int | None = None,
     ) -> None:
         check_allocator()
         import openvino as ov
@@ -84,6 +93,12 @@ class OpenVinoBackend(Backend):
         if precision not in PRECISIONS:
             raise BackendError(
                 f"unknown OpenVINO precision '{precision}': choose one of {', '.join(PRECISIONS)}"
+            )
+        if quantization_group is not None and (
+            isinstance(quantization_group, bool) or not isinstance(quantization_group, int) or quantization_group < 0
+        ):
+            raise BackendError(
+                f"quantization_group must be a whole number of channels >= 0, got {quantization_group!r}"
             )
         core = ov.Core()
         device = device or "CPU"
@@ -100,12 +115,15 @@ class OpenVinoBackend(Backend):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if quantization_group is not None:
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = quantization_group
         try:
             self._compiled = core.compile_model(core.read_model(str(self.model)), device, config)
         except Exception as exc:
             raise BackendError(f"OpenVINO cannot load {self.model}: {exc}") from None
         self.device = device
         self.precision = precision
+        self.quantization_group = quantization_group
         self.inputs = tuple(_spec(p) for p in self._compiled.inputs)
         self.outputs = tuple(_spec(p) for p in self._compiled.outputs)
         # An infer request runs one inference at a time: give each thread its own.
