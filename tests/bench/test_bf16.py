@@ -215,8 +215,7 @@ def test_int8_bf16_package_runs_int8_weights_on_openvino(tmp_path, monkeypatch) 
     image = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
     with samdeploy.load_model(tmp_path / "fast") as model:
         assert model.backend_summary == (
-            f"image encoder on openvino (bf16, quantization_group {width}),"
-            " mask decoder on openvino (bf16)"
+            f"image encoder on openvino (bf16, quantization_group {width}), mask decoder on openvino (bf16)"
         )
         node = model.encode_graph.nodes["image_encoder"]
         assert node.params.quantization_group == width and node.backend.quantization_group == width

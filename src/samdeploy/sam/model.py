@@ -172,7 +172,9 @@ class SamModel:
         for label, runtime in halves:
             details = [runtime.precision] if runtime.precision else []
             details += [f"{key} {value}" for key, value in runtime.options]
-            described.append(f"{label} on {runtime.backend}" + (f" ({', '.join(details)})" if details else ""))
+            described.append(
+                f"{label} on {runtime.backend}" + (f" ({', '.join(details)})" if details else "")
+            )
         return ", ".join(described)
 
     @property
@@ -314,7 +316,9 @@ def package_runtime(package: ModelPackage, backend: str | None) -> tuple[RoleRun
             role,
             request["backend"],
             request.get("precision", "f32"),
-            tuple(sorted((key, value) for key, value in request.items() if key not in ("backend", "precision"))),
+            tuple(
+                sorted((key, value) for key, value in request.items() if key not in ("backend", "precision"))
+            ),
         )
         for role in package.manifest["models"]
         if (request := package.runtime(role)).get("backend")

@@ -95,7 +95,9 @@ class OpenVinoBackend(Backend):
                 f"unknown OpenVINO precision '{precision}': choose one of {', '.join(PRECISIONS)}"
             )
         if quantization_group is not None and (
-            isinstance(quantization_group, bool) or not isinstance(quantization_group, int) or quantization_group < 0
+            isinstance(quantization_group, bool)
+            or not isinstance(quantization_group, int)
+            or quantization_group < 0
         ):
             raise BackendError(
                 f"quantization_group must be a whole number of channels >= 0, got {quantization_group!r}"
