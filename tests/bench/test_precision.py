@@ -184,6 +184,7 @@ def test_compress_weights_int8_quantizes_each_weight_per_output_channel() -> Non
 
     model, weights = _linear_graph()
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+
     def run(graph: onnx.ModelProto) -> list[np.ndarray]:
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(None, {"x": x})
