@@ -50,7 +50,11 @@ TINY = {
     "image_size": 256,
     "window_size": 7,
 }
-SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8", "fp32-openvino", "bf16")
+SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8", "fp32-openvino", "bf16", "int8-bf16")
+# Variants that run on OpenVINO (which aborts under a preloaded tcmalloc).
+OPENVINO_VARIANTS = ("fp32-openvino", "bf16", "int8-bf16")
+# Fast packages: held to the accuracy bar and compared with PyTorch bf16 autocast.
+FAST_VARIANTS = ("int8", "bf16", "int8-bf16")
 # Variants that run the fp32 package itself on another backend (the same faithful graphs).
 VARIANT_BACKEND = {"fp32-openvino": "openvino"}
 
@@ -158,6 +162,153 @@ def run_torch_probe(checkpoint: Path, config: Any, threads: int) -> dict[str, fl
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+class TorchSide:
+    """Every timed PyTorch call of the run: the official predictor on the bench image and prompts."""
+
+    def __init__(self, sam: Any, threads: int) -> None:
+        import torch
+        from segment_anything import SamPredictor as TorchPredictor
+
+        torch.set_num_threads(threads)
+        self.sam = sam
+        self.reference = TorchPredictor(sam)
+        self.image = bench_image(*BENCH_IMAGE_SIZE)
+        self.cases = prompt_cases(*self.image.shape[:2])
+        self.compiled: Any = None
+
+    def encode(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self.reference.set_image(self.image)
+
+    def encode_bf16(self) -> None:
+        import torch
+
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            self.reference.set_image(self.image)
+
+    def compile(self) -> float:
+        """torch.compile the encoder and run it once (the compilation); returns the seconds taken."""
+        import torch
+
+        self.compiled = torch.compile(self.sam.image_encoder)
+        start = time.perf_counter()
+        self.encode_compiled()
+        return time.perf_counter() - start
+
+    def encode_compiled(self) -> None:
+        original = self.sam.image_encoder
+        self.sam.image_encoder = self.compiled  # the official predictor calls model.image_encoder
+        try:
+            self.encode()
+        finally:
+            self.sam.image_encoder = original
+
+    def predict(self, case: str) -> None:
+        import torch
+
+        with torch.inference_mode():
+            torch_predict(self.reference, self.cases[case])
+
+    def segment(self, photo: str) -> None:
+        import torch
+        from PIL import Image
+
+        picture = np.asarray(Image.open(photo).convert("RGB"))
+        with torch.inference_mode():
+            self.reference.set_image(picture)
+            self.reference.predict(**self.cases["1 point"])
+
+    def everything(self, points: int) -> int:
+        import torch
+        from segment_anything import SamAutomaticMaskGenerator
+
+        with torch.inference_mode():
+            return len(SamAutomaticMaskGenerator(self.sam, points_per_side=points).generate(self.image))
+
+    def stream(self, count: int) -> float:
+        """Images per second of the predictor looping over ``count`` images, one point each."""
+        import torch
+
+        images = [bench_image(*BENCH_IMAGE_SIZE, seed=seed) for seed in range(count)]
+        start = time.perf_counter()
+        for picture in images:
+            with torch.inference_mode():
+                self.reference.set_image(picture)
+                self.reference.predict(point_coords=np.array([[512.0, 384.0]]), point_labels=np.array([1]))
+        return count / (time.perf_counter() - start)
+
+
+_REPLY = "@torch-side "  # marks the worker's replies on its stdout (anything else printed is not one)
+
+
+def torch_worker(checkpoint: str, config_json: str, threads: int) -> None:
+    """Serve :class:`TorchSide` calls read as JSON lines from stdin (the ``--torch-allocator`` process)."""
+    from samdeploy.export import SamConfig
+
+    side = TorchSide(load_reference(Path(checkpoint), SamConfig.from_json(json.loads(config_json))), threads)
+    print(_REPLY + json.dumps({"result": "ready"}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = {"result": getattr(side, request["call"])(*request["args"])}
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(_REPLY + json.dumps(reply), flush=True)
+
+
+class RemoteTorchSide:
+    """:class:`TorchSide` in a process of its own, with its own allocator: PyTorch with tcmalloc
+    while this process runs OpenVINO (which aborts under tcmalloc), and neither side's thread pool
+    ever running beside the other's. A call costs a pipe round trip (tens of microseconds)."""
+
+    def __init__(self, checkpoint: Path, config: Any, threads: int, allocator: str) -> None:
+        env = dict(os.environ)
+        env.pop("LD_PRELOAD", None)
+        if allocator == "tcmalloc":
+            library = next((p for p in TCMALLOC if Path(p).exists()), None)
+            if library is None:
+                raise SystemExit("tcmalloc not found: apt-get install libtcmalloc-minimal4")
+            env["LD_PRELOAD"] = library
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_sam import torch_worker; "
+            f"torch_worker({str(checkpoint)!r}, {json.dumps(config.to_json())!r}, {threads})"
+        )
+        self.allocator = allocator
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self._reply()
+
+    def _reply(self) -> Any:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                reply = json.loads(line[len(_REPLY) :])
+                if "error" in reply:
+                    raise RuntimeError(f"PyTorch worker: {reply['error']}")
+                return reply["result"]
+        raise RuntimeError(f"PyTorch worker exited ({self.process.wait()})")
+
+    def call(self, name: str, *args: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"call": name, "args": list(args)}) + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_") or not hasattr(TorchSide, name):
+            raise AttributeError(name)
+        return lambda *args: self.call(name, *args)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -196,15 +347,15 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
     for variant in args.variants:
         if variant == "fp32":
             continue
-        if variant in ("fp32-openvino", "bf16") and "openvino" not in available_backends():
+        if variant in OPENVINO_VARIANTS and "openvino" not in available_backends():
             log(f"skipping {variant}: OpenVINO is not installed (pip install 'samdeploy[openvino]')")
             continue
-        if variant in ("fp32-openvino", "bf16") and "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        if variant in OPENVINO_VARIANTS and "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
             # OpenVINO 2026.4 aborts ("double free or corruption") under a preloaded tcmalloc.
             log(f"skipping {variant}: OpenVINO crashes under a preloaded tcmalloc; run --allocator glibc")
             continue
-        if variant == "bf16" and not OpenVinoBackend.supports_precision("bf16"):
-            log("skipping bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        if variant in ("bf16", "int8-bf16") and not OpenVinoBackend.supports_precision("bf16"):
+            log(f"skipping {variant}: this CPU has no native bf16 (AVX512-BF16 or AMX)")
             continue
         if variant in VARIANT_BACKEND:
             packages[variant] = package
@@ -222,13 +373,6 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Any, 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from segment_anything import SamAutomaticMaskGenerator as TorchGenerator
-    from segment_anything import SamPredictor as TorchPredictor
-
-    import samdeploy
-    from samdeploy.engine import Profile
-    from samdeploy.sam.graphs import segment_files_graph
-    from samdeploy.sam.prompts import validate_prompt
 
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -238,49 +382,62 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     sam, config, checkpoint, packages = prepare(args, log)
     image = bench_image(*BENCH_IMAGE_SIZE)
     cases = prompt_cases(*image.shape[:2])
-    reference = TorchPredictor(sam)
+    allocator = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+    if args.torch_allocator == "same":
+        side: Any = TorchSide(sam, threads)
+    else:
+        log(f"PyTorch runs in a process of its own, allocator {args.torch_allocator}")
+        side = RemoteTorchSide(checkpoint, config, threads, args.torch_allocator)
+    try:
+        return _bench(args, log, side, sam, config, checkpoint, packages, image, cases, allocator)
+    finally:
+        if isinstance(side, RemoteTorchSide):
+            side.close()
+
+
+def _bench(
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    side: Any,
+    sam: Any,
+    config: Any,
+    checkpoint: Path,
+    packages: dict[str, Path],
+    image: np.ndarray,
+    cases: dict[str, dict[str, Any]],
+    allocator: str,
+) -> dict[str, Any]:
+    import samdeploy
+    from samdeploy.engine import Profile
+    from samdeploy.sam.graphs import segment_files_graph
+    from samdeploy.sam.prompts import validate_prompt
+
+    threads = args.threads
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_sam.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
-        "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
+        "allocator": allocator,
+        "torch_allocator": allocator if args.torch_allocator == "same" else args.torch_allocator,
+        "torch_process": "same" if args.torch_allocator == "same" else "own",
         "threads": threads,
         "model_type": args.model_type if args.package is None else package_type(packages["fp32"]),
         "packages": {name: samdeploy.ModelPackage.load(path).precision for name, path in packages.items()},
         "fast_accuracy": {
             name: samdeploy.ModelPackage.load(path).export_report["precision"]["accuracy"]["worst"]
             for name, path in packages.items()
-            if name in ("int8", "bf16")
+            if name in FAST_VARIANTS
         },
         "repeat": args.repeat,
     }
 
-    def torch_encode() -> None:
-        with torch.inference_mode():
-            reference.set_image(image)
-
-    def torch_encode_bf16() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            reference.set_image(image)
+    torch_encode, torch_encode_bf16 = side.encode, side.encode_bf16
 
     # --- PyTorch configurations, against eager fp32
     torch_fns: dict[str, Callable[[], None]] = {"pytorch eager fp32": torch_encode}
     if args.torch_compile:
-        compiled = torch.compile(sam.image_encoder)
-        original = sam.image_encoder
-
-        def torch_encode_compiled() -> None:
-            sam.image_encoder = compiled  # the official predictor calls model.image_encoder
-            try:
-                with torch.inference_mode():
-                    reference.set_image(image)
-            finally:
-                sam.image_encoder = original
-
         log("torch.compile (first call compiles)")
-        start = time.perf_counter()
-        torch_encode_compiled()
-        report["torch_compile_s"] = time.perf_counter() - start
-        torch_fns["pytorch torch.compile fp32"] = torch_encode_compiled
+        report["torch_compile_s"] = side.compile()
+        torch_fns["pytorch torch.compile fp32"] = side.encode_compiled
     groups = {}
     if len(torch_fns) > 1:
         log("encoder: PyTorch eager against torch.compile")
@@ -303,13 +460,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         torch_encode()
         ours.set_image(image)
         for name, case in cases.items():
-
-            def run_torch(case: dict[str, Any] = case) -> None:
-                with torch.inference_mode():
-                    torch_predict(reference, case)
-
             latency[f"predict: {name}"] = interleaved(
-                {"pytorch": run_torch, "samdeploy": lambda case=case: ours.predict(**case)}, args.repeat * 5
+                {
+                    "pytorch": lambda name=name: side.predict(name),
+                    "samdeploy": lambda case=case: ours.predict(**case),
+                },
+                args.repeat * 5,
             )
         log("per-node profile")
         profile = Profile()
@@ -332,26 +488,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             prompt = validate_prompt(**cases["1 point"], mask_input_size=model.mask_input_size)
             inputs = {"path": str(photo), "prompt": prompt, "multimask_output": True, "return_logits": False}
 
-            def torch_segment() -> None:
-                picture = np.asarray(Image.open(photo).convert("RGB"))
-                with torch.inference_mode():
-                    reference.set_image(picture)
-                    reference.predict(**cases["1 point"])
-
             latency["segment (file, 1 point)"] = interleaved(
-                {"pytorch": torch_segment, "samdeploy": lambda: graph.run(inputs, executor=model.executor)},
+                {
+                    "pytorch": lambda: side.segment(str(photo)),
+                    "samdeploy": lambda: graph.run(inputs, executor=model.executor),
+                },
                 args.repeat,
                 warmup=0,
             )
         if args.everything_points:
             log(f"segment everything ({args.everything_points}x{args.everything_points} points)")
-            theirs = TorchGenerator(sam, points_per_side=args.everything_points)
             mine = samdeploy.SamAutomaticMaskGenerator(model, points_per_side=args.everything_points)
             counts: dict[str, int] = {}
 
             def torch_everything() -> None:
-                with torch.inference_mode():
-                    counts["pytorch"] = len(theirs.generate(image))
+                counts["pytorch"] = side.everything(args.everything_points)
 
             def our_everything() -> None:
                 counts["samdeploy"] = len(mine.generate(image))
@@ -375,16 +526,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         log(_brief(groups[variant]))
         if variant == "fp32":
             detail(model, ours)
-        elif variant in ("fp32-openvino", "bf16"):
+        elif variant in OPENVINO_VARIANTS:
             torch_encode()
             ours.set_image(image)
 
-            def run_torch_point() -> None:
-                with torch.inference_mode():
-                    torch_predict(reference, cases["1 point"])
-
             latency[f"predict: 1 point ({variant})"] = interleaved(
-                {"pytorch": run_torch_point, "samdeploy": lambda ours=ours: ours.predict(**cases["1 point"])},
+                {
+                    "pytorch": lambda: side.predict("1 point"),
+                    "samdeploy": lambda ours=ours: ours.predict(**cases["1 point"]),
+                },
                 args.repeat * 5,
             )
         model.close()
@@ -395,14 +545,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     report["encoder"] = encoder_summary(groups)
 
     log("stream of images, each executor mode")
-    images = [bench_image(*BENCH_IMAGE_SIZE, seed=s) for s in range(args.stream_images)]
     stream = stream_throughput(packages["fp32"], threads, args.stream_images)
-    start = time.perf_counter()
-    for picture in images:
-        with torch.inference_mode():
-            reference.set_image(picture)
-            reference.predict(point_coords=np.array([[512.0, 384.0]]), point_labels=np.array([1]))
-    stream["pytorch loop"] = len(images) / (time.perf_counter() - start)
+    stream["pytorch loop"] = side.stream(args.stream_images)
     stream["encoder_bound_images_per_s"] = 1e3 / groups["fp32"]["samdeploy fp32"]["median_ms"]
     report["stream"] = stream
     if "fp32-traced" in packages:
@@ -485,7 +629,12 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
         if name in enc:
             ratio = enc[name]["vs_eager"] / best
             rows.append((f"{name} encoder vs best PyTorch fp32", ">= 1.5x", f"{ratio:.2f}x", ratio >= 1.5))
-    for suffix, faithful in (("", True), (" (fp32-openvino)", True), (" (bf16)", False)):
+    for suffix, faithful in (
+        ("", True),
+        (" (fp32-openvino)", True),
+        (" (bf16)", False),
+        (" (int8-bf16)", False),
+    ):
         point = report["latency"].get(f"predict: 1 point{suffix}")
         if point:
             ratio = point["samdeploy"]["ratio_to_first"]
@@ -499,7 +648,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
                 )
             )
     bf16 = enc.get("pytorch bf16 autocast")
-    for fast in ("int8", "bf16"):
+    for fast in FAST_VARIANTS:
         if not bf16 or f"samdeploy {fast}" not in enc:
             continue
         ratio = enc[f"samdeploy {fast}"]["vs_eager"] / bf16["vs_eager"]
@@ -543,7 +692,13 @@ def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> Non
     lines = [
         f"# Benchmarks: random-weight `{report['model_type']}`",
         "",
-        f"Measured with `{report['command']}` (allocator: {report['allocator']}).",
+        f"Measured with `{report['command']}` (allocator: {report['allocator']}"
+        + (
+            f"; PyTorch in a process of its own, allocator {report['torch_allocator']}"
+            if report.get("torch_process") == "own"
+            else ""
+        )
+        + ").",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd'])}; {report['threads']} threads on both"
         f" sides; load average {m['loadavg'][0]:.1f} at the start, {m['loadavg_after'][0]:.1f} at the end"
@@ -670,6 +825,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-compile", action="store_true", help="also time torch.compile (slow to compile)"
     )
     parser.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto")
+    parser.add_argument(
+        "--torch-allocator",
+        choices=["same", "tcmalloc", "glibc"],
+        default="same",
+        help="same: PyTorch runs in this process; tcmalloc or glibc: in a process of its own with that"
+        " allocator (e.g. --allocator glibc --torch-allocator tcmalloc: OpenVINO beside PyTorch at its best)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where to keep checkpoints and packages")
     parser.add_argument(
         "--package", type=Path, default=None, help="an existing fp32 package (with --checkpoint)"

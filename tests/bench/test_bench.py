@@ -139,12 +139,14 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
         variants["fp32-openvino"] = "fp32"
         if OpenVinoBackend.supports_precision("bf16"):
             variants["bf16"] = "bf16"
+            variants["int8-bf16"] = "int8-bf16"
     enc = report["encoder"]
     assert set(enc) == {"pytorch eager fp32", "pytorch bf16 autocast", *(f"samdeploy {v}" for v in variants)}
     for row in enc.values():
         assert positive(row["median_ms"]) and positive(row["vs_eager"])
     assert report["packages"] == variants
-    assert set(report["fast_accuracy"]) == {"int8", "bf16"} & set(variants)
+    assert set(report["fast_accuracy"]) == {"int8", "bf16", "int8-bf16"} & set(variants)
+    assert report["torch_process"] == "same" and report["torch_allocator"] == report["allocator"]
     for worst in report["fast_accuracy"].values():
         assert 0.9 < worst["embeddings_cosine"] <= 1.0
     for name, row in report["latency"].items():
@@ -174,3 +176,29 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     assert "![time per node](custom-nodes.png)" in markdown
     assert (out / "custom-nodes.png").stat().st_size > 0
     assert json.loads((out / "custom.json").read_text())["model_type"] == "custom"
+
+
+def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> None:
+    """--torch-allocator: the timed PyTorch calls run in a worker process, with their results."""
+    pytest.importorskip("segment_anything")
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_sam
+    finally:
+        sys.path.remove(str(ROOT))
+    from samdeploy.export import SamConfig
+    from samdeploy.package import ModelPackage
+
+    config = SamConfig.from_json(ModelPackage.load(tiny_package).manifest["architecture"])
+    side = bench_sam.RemoteTorchSide(tiny_checkpoint, config, threads=1, allocator="glibc")
+    try:
+        assert side.encode() is None and side.predict("1 point") is None
+        assert isinstance(side.everything(4), int)
+        assert positive(side.stream(1))
+        with pytest.raises(RuntimeError, match="PyTorch worker: KeyError"):
+            side.predict("no such prompt")
+        with pytest.raises(AttributeError):
+            side.no_such_call  # noqa: B018  (only TorchSide's calls are forwarded)
+    finally:
+        side.close()
+    assert side.process.returncode == 0
