@@ -13,6 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 from samdeploy.errors import ImageError  # noqa: E402
 from samdeploy.sam.transforms import (  # noqa: E402
+    BandedMatrix,
     MaskGeometry,
     apply_boxes,
     apply_coords,
@@ -108,3 +109,37 @@ def test_postprocess_matches_official(height: int, width: int) -> None:
     assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, official, atol=2e-4, rtol=0)
     assert np.mean((ours > 0) != (official > 0)) < 1e-4
+
+
+def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
+    """The banded products run with numpy's BLAS on one thread (its spinning threads slowed the next
+    decoder call); the process's own setting is back afterwards, also after nested blocks."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from samdeploy.sam import blas
+    from samdeploy.sam.blas import single_threaded_blas
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    original = BandedMatrix.apply
+
+    def spy(self, x):
+        seen.append(blas_threads())
+        return original(self, x)
+
+    monkeypatch.setattr(BandedMatrix, "apply", spy)
+    geometry = MaskGeometry.for_image((300, 500), 1024, (256, 256))
+    low_res = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        if not before or min(before) < 2:
+            pytest.skip("numpy's BLAS runs on one thread here already")
+        with single_threaded_blas():
+            postprocess_masks(low_res, geometry)
+            assert blas_threads() == [1] * len(before)  # the inner block left the outer limit alone
+        assert seen == [[1] * len(before)] * 2
+        assert blas_threads() == before and blas._depth == 0
+        postprocess_masks(low_res, geometry)
+        assert seen[-1] == [1] * len(before) and blas_threads() == before

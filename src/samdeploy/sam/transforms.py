@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from samdeploy.errors import ImageError
+from samdeploy.sam.blas import single_threaded_blas
 
 MASK_THRESHOLD = 0.0
 
@@ -198,8 +199,10 @@ def postprocess_masks(low_res: np.ndarray, geometry: MaskGeometry) -> np.ndarray
     low_res = np.asarray(low_res, dtype=np.float32)
     # Width pass on the transposed logits (Mw @ X^T: ... x W x Rh), then the height pass reads it
     # back transposed (... x Rh x W): both passes are row-blocked products with contiguous outputs.
-    columns = mw.apply(np.swapaxes(low_res, -1, -2))
-    return mh.apply(np.swapaxes(columns, -1, -2))
+    # Small products: one BLAS thread is faster, and leaves no spinning threads behind.
+    with single_threaded_blas():
+        columns = mw.apply(np.swapaxes(low_res, -1, -2))
+        return mh.apply(np.swapaxes(columns, -1, -2))
 
 
 def threshold_masks(logits: np.ndarray) -> np.ndarray:
