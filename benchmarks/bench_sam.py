@@ -51,6 +51,9 @@ TINY = {
     "window_size": 7,
 }
 SAMDEPLOY_VARIANTS = ("fp32", "fp32-traced", "int8", "fp32-openvino", "bf16", "int8-bf16")
+# Idle time before each timed prompt call: thread pools spinning after one side's call (PyTorch's
+# OpenMP, ONNX Runtime's, BLAS) otherwise take a core from the other side's next call.
+SETTLE_S = 0.05
 # Variants that run on OpenVINO (which aborts under a preloaded tcmalloc).
 OPENVINO_VARIANTS = ("fp32-openvino", "bf16", "int8-bf16")
 # Fast packages: held to the accuracy bar and compared with PyTorch bf16 autocast.
@@ -466,6 +469,8 @@ def _bench(
                     "samdeploy": lambda case=case: ours.predict(**case),
                 },
                 args.repeat * 5,
+                warmup=3,
+                settle_s=SETTLE_S,
             )
         log("per-node profile")
         profile = Profile()
@@ -536,6 +541,8 @@ def _bench(
                     "samdeploy": lambda ours=ours: ours.predict(**cases["1 point"]),
                 },
                 args.repeat * 5,
+                warmup=3,
+                settle_s=SETTLE_S,
             )
         model.close()
         gc.collect()

@@ -39,7 +39,9 @@ masks it returns, so it prompts with this one when the package has it (see
 ``runtime`` (optional) names how a model of the package should run when the user does not choose:
 a bf16 package (``precision: "bf16"``) holds the same float32 graphs as its source and asks for each
 of them to run on OpenVINO at bf16 inference precision. A runtime that cannot honour it runs the
-graphs in float32 (see :func:`samdeploy.sam.model.package_runtime`).
+graphs in float32 (see :func:`samdeploy.sam.model.package_runtime`). Keys besides ``backend`` and
+``precision`` are options of that backend: an int8-bf16 package's encoder asks OpenVINO for
+``quantization_group`` (the input channels that share one dynamic int8 scale).
 
 A TensorSpec is ``{"name": str, "shape": [int | str, ...], "dtype": "float32"}``; a string in a
 shape names a dynamic axis.

@@ -202,3 +202,24 @@ def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> 
     finally:
         side.close()
     assert side.process.returncode == 0
+
+
+def test_interleaved_runs_round_robin_and_settles_before_each_call() -> None:
+    import time
+
+    from samdeploy.cli.bench import interleaved
+
+    calls: list[tuple[str, float]] = []
+
+    def record(name: str) -> None:
+        calls.append((name, time.perf_counter()))
+
+    rows = interleaved(
+        {"a": lambda: record("a"), "b": lambda: record("b")}, repeat=3, warmup=2, settle_s=0.02
+    )
+    assert [name for name, _ in calls] == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    timed = [stamp for _, stamp in calls[4:]]
+    assert all(later - earlier >= 0.02 for earlier, later in zip(timed, timed[1:]))
+    for row in rows.values():
+        check_timing(row)
+        assert row["runs"] == 3 and row["median_ms"] < 20  # the settling is not timed

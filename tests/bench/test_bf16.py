@@ -211,6 +211,8 @@ def test_int8_bf16_package_runs_int8_weights_on_openvino(tmp_path, monkeypatch) 
     worst = report.accuracy["worst"]
     assert 0.999 <= worst["embeddings_cosine"] < 1.0 and worst["mask_agreement"] >= 0.98
     assert set(report.speed["encoder_s"]) == {"source", "int8-bf16"}
+    inspected = _cli("inspect", str(tmp_path / "fast"))
+    assert f"image_encoder runs on openvino at bf16 (quantization_group {width}) where" in inspected.stdout
 
     image = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
     with samdeploy.load_model(tmp_path / "fast") as model:

@@ -92,12 +92,14 @@ def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> dict[str, floa
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1
+    fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1, settle_s: float = 0.0
 ) -> dict[str, dict[str, float]]:
     """Like :func:`timed` for several functions, run round-robin so background load hits all alike.
 
     Adds ``ratio_to_first``: the median over rounds of (first function's time / this one's),
-    the figure that survives a noisy machine best.
+    the figure that survives a noisy machine best. ``settle_s`` idles before each timed call, so
+    that thread pools still spinning after the previous call (OpenMP, ONNX Runtime, BLAS wait
+    for more work for a while) do not run into the next one: for calls of tens of milliseconds.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -105,6 +107,8 @@ def interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)

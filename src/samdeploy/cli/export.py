@@ -226,8 +226,11 @@ def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) 
             )
     out.print(models)
     for role, runtime in manifest.get("runtime", {}).items():
+        options = ", ".join(f"{k} {v}" for k, v in runtime.items() if k not in ("backend", "precision"))
         out.print(
-            f"{role} runs on {runtime.get('backend')} at {runtime.get('precision', 'f32')} where available",
+            f"{role} runs on {runtime.get('backend')} at {runtime.get('precision', 'f32')}"
+            + (f" ({options})" if options else "")
+            + " where available",
             highlight=False,
         )
     files = Table(title="files (sha256 verified)", title_justify="left")
