@@ -10,11 +10,20 @@ noisy shared machine. Results go to ``benchmarks/results/<model>.json``, ``docs/
     .venv/bin/python benchmarks/bench_sam.py --model-type tiny --repeat 1      # a smoke run
 
 The samdeploy side measures the package as exported (``fp32``: banded global attention, the
-default), the same export with the attention as traced (``fp32-traced``, ``--attention-rows 0``)
-and the ``int8`` package of ``samdeploy.export.precision``. The PyTorch
-side measures eager fp32, bf16 autocast and, with ``--torch-compile``, ``torch.compile``; when
-tcmalloc is installed (``apt-get install libtcmalloc-minimal4``) the whole run is re-executed with
-it preloaded, PyTorch's best allocator set-up (``--allocator glibc`` to compare without).
+default), the same export with the attention as traced (``fp32-traced``, ``--attention-rows 0``),
+the fp32 package on OpenVINO (``fp32-openvino``) and the ``int8``, ``bf16`` and ``int8-bf16``
+packages of ``samdeploy.export.precision``. The PyTorch side measures eager fp32, bf16 autocast
+and, with ``--torch-compile``, ``torch.compile``; when tcmalloc is installed (``apt-get install
+libtcmalloc-minimal4``) the whole run is re-executed with it preloaded, PyTorch's best allocator
+set-up (``--allocator glibc`` to compare without). ``--torch-allocator tcmalloc|glibc`` runs the
+PyTorch side in a process of its own with that allocator instead: PyTorch with tcmalloc beside
+OpenVINO (which aborts under tcmalloc), and no thread pool of one side spinning into the other's
+calls. The docs' runs use it:
+
+    .venv/bin/python benchmarks/bench_sam.py --threads 2 --torch-compile --torch-allocator tcmalloc \
+        --variants fp32,fp32-traced,int8
+    .venv/bin/python benchmarks/bench_sam.py --threads 2 --torch-compile --torch-allocator tcmalloc \
+        --allocator glibc --variants fp32,int8,bf16,int8-bf16 --output-dir benchmarks/results/openvino
 
 Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
 """
