@@ -205,6 +205,7 @@ def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> 
 
 
 def test_interleaved_runs_round_robin_and_settles_before_each_call() -> None:
+    import itertools
     import time
 
     from samdeploy.cli.bench import interleaved
@@ -219,7 +220,7 @@ def test_interleaved_runs_round_robin_and_settles_before_each_call() -> None:
     )
     assert [name for name, _ in calls] == ["a", "a", "b", "b"] + ["a", "b"] * 3
     timed = [stamp for _, stamp in calls[4:]]
-    assert all(later - earlier >= 0.02 for earlier, later in zip(timed, timed[1:]))
+    assert all(later - earlier >= 0.02 for earlier, later in itertools.pairwise(timed))
     for row in rows.values():
         check_timing(row)
         assert row["runs"] == 3 and row["median_ms"] < 20  # the settling is not timed
