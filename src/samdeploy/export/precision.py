@@ -314,35 +314,31 @@ def optimize_package(
                 transforms.append(
                     f"chunked global attention: {blocks} blocks, {attention_rows} rows per band"
                 )
-        fp32_path = staging / f"{ENCODER}.fp32.onnx"
-        onnx.save_model(encoder, str(fp32_path))
-        del encoder
         timings["rewrite"] = round(time.perf_counter() - start, 2)
-        encoder_path = staging / encoder_entry["file"]
-        if precision == "int8":
-            say("quantizing the encoder's linear layers (dynamic int8, 7-bit weights)")
-            start = time.perf_counter()
-            quantize_int8(fp32_path, encoder_path, external_data=False)
-            fp32_path.unlink()
-            transforms.append(
-                "dynamic int8 MatMul/Gemm (weights s8 per channel, 7-bit; activations u8 per call)"
-            )
-            timings["quantize"] = round(time.perf_counter() - start, 2)
-        elif precision == "int8-bf16":
+        if precision == "int8-bf16":
             say("storing the encoder's linear-layer weights as int8 (per output channel)")
             start = time.perf_counter()
-            encoder = onnx.load(str(fp32_path))
             layers = compress_weights_int8(encoder)
-            onnx.save_model(encoder, str(encoder_path))
-            del encoder
-            fp32_path.unlink()
             transforms.append(
                 f"int8 weights for {layers} MatMul/Gemm layers (per output channel), multiplied in int8 by"
                 f" OpenVINO with inputs quantized per {quantization_group} channels; the rest bf16"
             )
             timings["quantize"] = round(time.perf_counter() - start, 2)
+        rewritten_path = staging / f"{ENCODER}.rewritten.onnx"
+        onnx.save_model(encoder, str(rewritten_path))
+        del encoder
+        encoder_path = staging / encoder_entry["file"]
+        if precision == "int8":
+            say("quantizing the encoder's linear layers (dynamic int8, 7-bit weights)")
+            start = time.perf_counter()
+            quantize_int8(rewritten_path, encoder_path, external_data=False)
+            rewritten_path.unlink()
+            transforms.append(
+                "dynamic int8 MatMul/Gemm (weights s8 per channel, 7-bit; activations u8 per call)"
+            )
+            timings["quantize"] = round(time.perf_counter() - start, 2)
         else:
-            fp32_path.rename(encoder_path)
+            rewritten_path.rename(encoder_path)
             if precision == "bf16":
                 transforms.append("bf16 inference precision on OpenVINO (the graph stays float32)")
         onnx.checker.check_model(str(encoder_path))
