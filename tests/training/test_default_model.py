@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 from PIL import Image
 
 import samdeploy
-from samdeploy.training.evaluation import EXAMPLE_POINT, example_iou, example_scene
+from samdeploy.training.evaluation import EXAMPLE_POINT, example_iou, example_scene, held_out_scene
 from samdeploy.training.scenes import mask_iou, mask_to_box
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +83,24 @@ def test_different_clicks_give_different_masks(
         point_coords=np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]]), point_labels=np.ones(1)
     )
     assert mask_iou(first[first_scores.argmax()], second[second_scores.argmax()]) < 0.5
+
+
+def test_threshold_diagnostic_matches_a_direct_measurement(predictor: samdeploy.SamPredictor) -> None:
+    """tools/diagnose_default_model.py's IoU at threshold 0 is the box IoU the predictor gives."""
+    command = [sys.executable, str(ROOT / "tools" / "diagnose_default_model.py"), "threshold"]
+    output = subprocess.run(
+        [*command, "--start", "10000", "--scenes", "1"], check=True, capture_output=True, text=True
+    ).stdout
+    rows = {line.split(":")[0]: line for line in output.splitlines()}
+    assert set(rows) == {"box", "click"}
+    values = {kind: dict(re.findall(r"([+-][\d.]+): ([\d.]+)", row)) for kind, row in rows.items()}
+    assert all(len(by_cut) == 9 for by_cut in values.values())
+    assert all(0.0 <= float(iou) <= 1.0 for by_cut in values.values() for iou in by_cut.values())
+    scene = held_out_scene(10000)
+    predictor.set_image(scene.image)
+    direct = []
+    for obj in scene.promptable_objects():
+        truth = scene.mask(obj)
+        masks, _, _ = predictor.predict(box=mask_to_box(truth), multimask_output=False)
+        direct.append(mask_iou(masks[0], truth))
+    assert float(values["box"]["+0"]) == pytest.approx(np.mean(direct), abs=1e-4)
