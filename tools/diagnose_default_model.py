@@ -57,33 +57,19 @@ def profile_step(steps: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from samdeploy.training.train import (
-        TrainConfig,
-        _step_loss,
-        build_model,
-        native_bf16,
-        prepare_scene,
-        training_scene,
-    )
+    from samdeploy.training.train import TrainConfig, _step_loss, build_model, native_bf16, step_scenes
 
     torch.set_num_threads(1)
     config = TrainConfig(bf16=native_bf16())
     model = build_model(seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    images = config.images_per_step // 2
+    images = config.images_per_step // 2  # worker 0's share with the default 2 workers
 
     def step(index: int) -> list[float]:
-        rng = np.random.default_rng([0, 2, index, 0])
+        rng = np.random.default_rng([config.seed, 2, index, 0])
         marks = [time.perf_counter()]
-        prepared = [
-            prepare_scene(
-                training_scene(np.random.default_rng([0, 1, index, 0, i]), config.scenes),
-                model,
-                config.loss_size,
-            )
-            for i in range(images)
-        ]
+        prepared = step_scenes(config, model, index, 0, images)
         marks.append(time.perf_counter())
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss, *_ = _step_loss(model, config, prepared, rng, generator, refine=True)

@@ -203,6 +203,18 @@ def training_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
             return scene
 
 
+def step_scenes(config: TrainConfig, model: Sam, step: int, rank: int, count: int) -> list[PreparedScene]:
+    """The ``count`` prepared scenes that worker ``rank`` trains on at ``step`` (drawn from the seed)."""
+    return [
+        prepare_scene(
+            training_scene(np.random.default_rng([config.seed, 1, step, rank, index]), config.scenes),
+            model,
+            config.loss_size,
+        )
+        for index in range(count)
+    ]
+
+
 def _to_model_frame(coords: np.ndarray, scene: Scene, size: int) -> np.ndarray:
     return ResizeLongestSide(size).apply_coords(coords, scene.image.shape[:2])
 
@@ -500,14 +512,7 @@ def _run(
     images = config.images_per_step // workers
     for step in range(config.steps):
         rng = np.random.default_rng([config.seed, 2, step, rank])
-        prepared = [
-            prepare_scene(
-                training_scene(np.random.default_rng([config.seed, 1, step, rank, index]), config.scenes),
-                model,
-                config.loss_size,
-            )
-            for index in range(images)
-        ]
+        prepared = step_scenes(config, model, step, rank, images)
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
