@@ -119,3 +119,10 @@ def vit_b_sam(vit_b_checkpoint):
     from samdeploy.export import PRESETS, load_sam, load_state_dict
 
     return load_sam(load_state_dict(vit_b_checkpoint), PRESETS["vit_b"])
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``build_once(name, build)``: run ``build(folder)`` once per test run (across xdist workers)
+    and return the folder; for fixtures of other test folders (e.g. the SAM 2 packages)."""
+    return lambda name, build: _build_once(tmp_path_factory, name, build)

@@ -9,7 +9,8 @@ Layout of ``model.json`` (format version 1)::
     {
       "format": "samdeploy-model",
       "format_version": 1,
-      "model_type": "vit_b" | "vit_l" | "vit_h" | "custom",
+      "family": "sam" | "sam2.1" | "sam2",   # optional: absent means SAM 1
+      "model_type": "vit_b" | "vit_l" | "vit_h" | "sam2.1_hiera_tiny" | ... | "custom",
       "architecture": {...},            # the SAM config, enough to rebuild the torch model
       "image_size": 1024,               # S: the encoder takes 1x3xSxS
       "embedding_size": [64, 64],
@@ -76,6 +77,22 @@ DECODER_INPUTS = (
 # The companion decoder takes the same inputs but orig_im_size, and gives these outputs.
 LOW_RES_DECODER_INPUTS = DECODER_INPUTS[:-1]
 LOW_RES_DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
+# SAM 2.x packages (family "sam2.1" or "sam2"): the encoder's three feature maps, and samdeploy's SAM 2
+# decoder contract (see samdeploy.export.sam2).
+SAM_FAMILY = "sam"
+SAM2_FAMILIES = ("sam2.1", "sam2")
+# The order matters to consumers that read tensors by position (X-AnyLabeling's SAM 2 models).
+SAM2_ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
+SAM2_DECODER_INPUTS = (
+    "image_embed",
+    "high_res_feats_0",
+    "high_res_feats_1",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+)
+SAM2_DECODER_OUTPUTS = ("low_res_masks", "iou_predictions", "object_score_logits")
 
 _REQUIRED_KEYS = (
     "format",
@@ -238,6 +255,15 @@ class ModelPackage:
     @property
     def model_type(self) -> str:
         return self.manifest["model_type"]
+
+    @property
+    def family(self) -> str:
+        """``sam`` (SAM 1; packages without the field are SAM 1), ``sam2.1`` or ``sam2``."""
+        return str(self.manifest.get("family", SAM_FAMILY))
+
+    @property
+    def is_sam2(self) -> bool:
+        return self.family in SAM2_FAMILIES
 
     @property
     def image_size(self) -> int:

@@ -45,7 +45,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="SAM checkpoint (.pth), e.g. sam_vit_b_01ec64.pth")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="SAM or SAM 2.x checkpoint, e.g. sam_vit_b_01ec64.pth, sam2.1_hiera_tiny.pt"),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="package folder to create")],
     model_type: Annotated[
         str, typer.Option(help="auto (detect from tensor shapes), vit_b, vit_l or vit_h")
@@ -77,8 +80,14 @@ def export(
     ] = 4,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing package at --output")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM 2 Hydra config (YAML) of a custom SAM 2 model; the official sizes are detected"
+        ),
+    ] = None,
 ) -> None:
-    """Export a SAM checkpoint to a validated ONNX model package (image encoder + mask decoder)."""
+    """Export a SAM or SAM 2.x checkpoint to a validated ONNX model package (image encoder + mask decoder)."""
     try:
         from samdeploy.export import export_model
     except ImportError as exc:
@@ -96,6 +105,8 @@ def export(
     # KeyboardInterrupt, but the default SIGTERM action ends the process without unwinding.
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=True)
+    if precision != "fp32" and config is not None:
+        raise ExportError("--precision applies to SAM 1 packages; SAM 2 packages are exported in fp32")
     if precision != "fp32":
         _export_fast(
             checkpoint, output, precision, model_type, opset, simplify, attention_rows, force, console
@@ -112,6 +123,7 @@ def export(
         validate=validate,
         force=force,
         console=console,
+        config=config,
     )
     out = Console()
     files = Table(title=f"{report.output}  ({report.model_type}, {report.precision})", title_justify="left")
@@ -207,10 +219,15 @@ def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) 
     manifest = package.manifest
     out = Console()
     architecture = manifest.get("architecture", {})
+    if package.is_sam2:
+        trunk = architecture.get("image_encoder", {}).get("trunk", {})
+        backbone = f"{package.family}, Hiera {trunk.get('embed_dim')} x {sum(trunk.get('stages', []))} blocks"
+    else:
+        backbone = f"ViT {architecture.get('encoder_embed_dim')}x{architecture.get('encoder_depth')}"
     out.print(
         f"[bold]{package.root}[/]: {package.model_type}, {package.precision}, opset {manifest.get('opset')},"
         f" input {package.image_size}x{package.image_size}, embedding {manifest.get('embedding_size')},"
-        f" ViT {architecture.get('encoder_embed_dim')}x{architecture.get('encoder_depth')}",
+        f" {backbone}",
         highlight=False,
         soft_wrap=True,
     )

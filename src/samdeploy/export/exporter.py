@@ -197,12 +197,27 @@ def _load(
     return load_sam(state, resolved), resolved, source
 
 
+def _is_sam2(checkpoint: Any, config: Any, model_type: str) -> bool:
+    """Whether the export is of a SAM 2.x model (config, model type or the weights say so)."""
+    if config is not None and not isinstance(config, SamConfig):
+        return True
+    if model_type != "auto" or isinstance(checkpoint, Sam):
+        return model_type.startswith("sam2")
+    from samdeploy.export.sam2 import is_sam2_state
+
+    if isinstance(checkpoint, Mapping):
+        return is_sam2_state(normalize_state_dict(checkpoint, source="state dict"))
+    if isinstance(checkpoint, (str, Path)):
+        return is_sam2_state(load_state_dict(Path(checkpoint)))
+    return not isinstance(checkpoint, Sam) and hasattr(checkpoint, "sam_mask_decoder")
+
+
 def export_model(
     checkpoint: str | Path | Mapping[str, Any] | Sam,
     output: str | Path,
     model_type: str = "auto",
     *,
-    config: SamConfig | None = None,
+    config: SamConfig | Any | None = None,
     opset: int = 17,
     simplify: str = DEFAULT_SIMPLIFIER,
     quantize: str = "none",
@@ -211,7 +226,11 @@ def export_model(
     force: bool = False,
     console: Console | None = None,
 ) -> ExportReport:
-    """Export a SAM checkpoint to a model package folder and return what was written.
+    """Export a SAM (or SAM 2.x) checkpoint to a model package folder and return what was written.
+
+    The family is detected from the weights: a SAM 2.x checkpoint (or a SAM 2 Hydra YAML path /
+    :class:`~samdeploy.export.sam2.Sam2Config` as ``config``) goes to
+    :func:`samdeploy.export.sam2.export_sam2` (fp32 only; ``model_type`` may name a SAM 2 preset).
 
     Args:
         checkpoint: a ``.pth`` file (read with ``weights_only=True``), a state dict, or a ``Sam`` module.
@@ -234,6 +253,26 @@ def export_model(
         ExportError: bad option, unusable output folder, too little disk, tracing or validation failure.
     """
     output = Path(output)
+    if _is_sam2(checkpoint, config, model_type):
+        from samdeploy.export.sam2 import export_sam2
+
+        if quantize != "none":
+            raise ExportError("SAM 2 packages are exported in fp32 only (--quantize none)")
+        report = export_sam2(
+            checkpoint,
+            output,
+            config=config,  # type: ignore[arg-type]
+            opset=opset,
+            simplify=simplify,
+            validate=validate,
+            force=force,
+            console=console,
+        )
+        if model_type not in ("auto", report.model_type):
+            raise CheckpointError(
+                f"checkpoint is {report.model_type}, not {model_type}: fix --model-type or use auto"
+            )
+        return report
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"unknown model type '{model_type}': choose one of {', '.join(MODEL_TYPES)}")
     if simplify not in SIMPLIFIERS:

@@ -284,6 +284,10 @@ def optimize_package(
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)
     package = ModelPackage.load(source, verify=True)
+    if package.is_sam2:
+        raise ExportError(
+            f"{source} is a {package.family} package: the precision options apply to SAM 1 packages"
+        )
     if package.precision != "fp32":
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")
     if output.resolve() == source.resolve():

@@ -1,0 +1,781 @@
+"""SAM 2.x image models: checkpoint -> validated package, beside the SAM 1 exporter.
+
+    from samdeploy.export import export_model
+    export_model("sam2.1_hiera_tiny.pt", "models/sam2.1_tiny")        # family and size detected
+
+The official ``sam2`` package builds the torch model from its own Hydra configs (the four SAM 2.1
+presets ship inside it; ``config=`` takes a custom YAML). The package holds two graphs:
+
+* ``image_encoder``: ``image`` 1x3xSxS float32 (square-resized, scaled to [0, 1] and normalized by
+  the runtime) -> ``high_res_feats_0`` 1x(C/8)x4Gx4G, ``high_res_feats_1`` 1x(C/4)x2Gx2G (already
+  through the decoder's ``conv_s0`` / ``conv_s1``, as ``SAM2Base.forward_image`` does) and
+  ``image_embed`` 1xCxGxG (``no_mem_embed`` added, as the image predictor does). G = S/16.
+* ``mask_decoder``: the prompt encoder + mask decoder (samdeploy's SAM 2 decoder contract):
+  ``image_embed``, ``high_res_feats_0``, ``high_res_feats_1``, ``point_coords`` BxNx2 float32 (the
+  S-frame: box corners first, then points, then the padding point), ``point_labels`` BxN float32
+  (2/3 box corners, 0/1 points, -1 padding), ``mask_input`` Bx1x4Gx4G (or 1x...),
+  ``has_mask_input`` [1] -> ``low_res_masks`` Bx4x4Gx4G (every mask token: 0 = single-mask output,
+  1..3 = multimask), ``iou_predictions`` Bx4 and ``object_score_logits`` Bx1. The runtime picks the
+  tokens (with the official dynamic fall-back to the best multimask output) and upscales only what
+  it returns.
+
+The tensors are in the order X-AnyLabeling's SAM 2 models read them by position (encoder:
+``high_res_feats_0, high_res_feats_1, image_embed``; decoder: the seven inputs above, then
+``masks, scores`` = ``low_res_masks, iou_predictions``), so those tools load the two files as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from rich.console import Console
+from torch import nn
+from torch.nn import functional as F
+
+import samdeploy
+from samdeploy.errors import CheckpointError, ExportError
+from samdeploy.export import optimize
+from samdeploy.export.checkpoint import load_state_dict, normalize_state_dict
+from samdeploy.export.exporter import (
+    ExportReport,
+    _check_disk,
+    _node_count,
+    _one_line,
+    _Steps,
+    _version,
+    check_output,
+    move_into_place,
+)
+from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
+from samdeploy.export.validate import TOLERANCES, _max_rel, _prompts, cosine, failures, synthetic_image
+from samdeploy.package import (
+    DECODER,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    SAM2_DECODER_INPUTS,
+    SAM2_DECODER_OUTPUTS,
+    SAM2_ENCODER_OUTPUTS,
+    TensorSpec,
+    describe_files,
+    sha256_file,
+    write_manifest,
+)
+
+# (family, trunk embed dim, trunk blocks) -> (model type, the official config file in the sam2 package)
+SAM2_PRESETS = {
+    ("sam2.1", 96, 12): ("sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml"),
+    ("sam2.1", 96, 16): ("sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml"),
+    ("sam2.1", 112, 24): ("sam2.1_hiera_base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml"),
+    ("sam2.1", 144, 48): ("sam2.1_hiera_large", "configs/sam2.1/sam2.1_hiera_l.yaml"),
+    ("sam2", 96, 12): ("sam2_hiera_tiny", "configs/sam2/sam2_hiera_t.yaml"),
+    ("sam2", 96, 16): ("sam2_hiera_small", "configs/sam2/sam2_hiera_s.yaml"),
+    ("sam2", 112, 24): ("sam2_hiera_base_plus", "configs/sam2/sam2_hiera_b+.yaml"),
+    ("sam2", 144, 48): ("sam2_hiera_large", "configs/sam2/sam2_hiera_l.yaml"),
+}
+SAM2_MODEL_TYPES = tuple(name for name, _ in SAM2_PRESETS.values())
+
+# What the official build_sam2 adds to every config (apply_postprocessing=True): when one mask is
+# asked for and token 0's mask is unstable, fall back to the best multimask output.
+DYNAMIC_MULTIMASK = {
+    "dynamic_multimask_via_stability": True,
+    "dynamic_multimask_stability_delta": 0.05,
+    "dynamic_multimask_stability_thresh": 0.98,
+}
+# SAM2Transforms' statistics, applied to pixels scaled to [0, 1].
+SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
+SAM2_PIXEL_STD = (0.229, 0.224, 0.225)
+LOW_RES_CLAMP = 32.0  # the image predictor clamps the low-res logits it returns to +-32
+
+
+def is_sam2_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict is a SAM 2.x one (its decoder lives under ``sam_mask_decoder.``)."""
+    return any(key.startswith("sam_mask_decoder.") for key in state)
+
+
+@dataclass(frozen=True)
+class Sam2Config:
+    """A SAM 2.x architecture: ``family`` (``sam2.1`` or ``sam2``), ``model_type`` (a preset name or
+    ``custom``) and ``model`` (the Hydra ``model:`` section, resolved: enough to rebuild it)."""
+
+    family: str
+    model_type: str
+    model: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.get("image_size", 512))
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.model["image_encoder"]["neck"]["d_model"])
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_size // int(self.model.get("backbone_stride", 16))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, family: str | None = None, model_type: str = "custom") -> Sam2Config:
+        """Read a SAM 2 Hydra config file (``model:`` with ``_target_`` entries)."""
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"SAM 2 config not found: {path}")
+        try:
+            cfg = OmegaConf.load(path)
+            model = OmegaConf.to_container(cfg.get("model"), resolve=True)
+        except (OmegaConfBaseException, ValueError, OSError) as exc:
+            raise CheckpointError(f"cannot read SAM 2 config {path}: {_one_line(exc)}") from None
+        if not isinstance(model, dict) or "image_encoder" not in model:
+            raise CheckpointError(f"{path} is not a SAM 2 config (no model.image_encoder)")
+        if family is None:
+            family = "sam2.1" if model.get("no_obj_embed_spatial") else "sam2"
+        return cls(family=family, model_type=model_type, model=model)
+
+
+def _official_config_path(relative: str) -> Path:
+    import sam2
+
+    return Path(sam2.__path__[0]) / relative
+
+
+def detect_sam2_config(state: Mapping[str, torch.Tensor]) -> Sam2Config:
+    """The official config matching a SAM 2.x state dict (family from ``no_obj_embed_spatial``,
+    size from the trunk's width and block count). A state dict of another shape needs ``config``."""
+    family = "sam2.1" if "no_obj_embed_spatial" in state else "sam2"
+    patch = state.get("image_encoder.trunk.patch_embed.proj.weight")
+    blocks = {key.split(".")[3] for key in state if key.startswith("image_encoder.trunk.blocks.")}
+    if patch is None:
+        raise CheckpointError("not a SAM 2 checkpoint: no image_encoder.trunk.patch_embed weights")
+    key = (family, int(patch.shape[0]), len(blocks))
+    if key not in SAM2_PRESETS:
+        raise CheckpointError(
+            f"{family} checkpoint of an unknown size (Hiera width {key[1]}, {key[2]} blocks):"
+            " pass its Hydra config with --config"
+        )
+    name, relative = SAM2_PRESETS[key]
+    return Sam2Config.from_yaml(_official_config_path(relative), family=family, model_type=name)
+
+
+def build_sam2(config: Sam2Config) -> nn.Module:
+    """The official ``SAM2Base`` for ``config`` (random weights, eval mode), built as the official
+    ``build_sam2`` builds it: with the dynamic multimask fall-back of its post-processing."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    model = dict(config.model)
+    model["sam_mask_decoder_extra_args"] = {
+        **(model.get("sam_mask_decoder_extra_args") or {}),
+        **DYNAMIC_MULTIMASK,
+    }
+    try:
+        return instantiate(OmegaConf.create(model), _recursive_=True).eval()
+    except Exception as exc:  # Hydra wraps every construction error in its own
+        raise CheckpointError(f"cannot build the SAM 2 model from its config: {_one_line(exc)}") from None
+
+
+def random_sam2(config: Sam2Config, seed: int = 0) -> nn.Module:
+    """``build_sam2`` with seeded random weights (for tests and examples: no download)."""
+    torch.manual_seed(seed)
+    return build_sam2(config)
+
+
+def load_sam2(state: Mapping[str, torch.Tensor], config: Sam2Config) -> nn.Module:
+    """``build_sam2(config)`` holding the weights of ``state`` (strict, float32, eval)."""
+    model = build_sam2(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"checkpoint does not match the SAM 2 config: {detail[:300]}") from None
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The traced modules
+# ---------------------------------------------------------------------------------------------
+
+
+class Sam2EncoderOnnx(nn.Module):
+    """``SAM2ImagePredictor.set_image`` from the normalized image on: backbone, the decoder's
+    high-res projections, ``no_mem_embed``; the three feature maps as NCHW."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        backbone_out = self.model.forward_image(image)
+        _, feats, _, sizes = self.model._prepare_backbone_features(backbone_out)
+        if self.model.directly_add_no_mem_embed:
+            feats[-1] = feats[-1] + self.model.no_mem_embed
+        maps = [f.permute(1, 2, 0).reshape(1, -1, h, w) for f, (h, w) in zip(feats, sizes, strict=True)]
+        return maps[0], maps[1], maps[-1]
+
+
+class Sam2DecoderOnnx(nn.Module):
+    """Prompt encoder + ``MaskDecoder.predict_masks`` for a prompt batch of B, every mask token out.
+
+    The same arithmetic as the image predictor's ``_predict``: points embedded by the official
+    ``_embed_points`` (the runtime has appended the padding point and the box corners), the mask
+    prompt chosen by ``has_mask_input``, the image embedding repeated over the B prompts.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        encoder = self.model.sam_prompt_encoder
+        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has_mask_input * encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        encoder, decoder = self.model.sam_prompt_encoder, self.model.sam_mask_decoder
+        sparse = encoder._embed_points(point_coords, point_labels, pad=False)
+        dense = self.dense_embeddings(mask_input, has_mask_input)
+        batch = sparse.shape[0]
+        first = 1 if decoder.pred_obj_scores else 0
+        weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+        if decoder.pred_obj_scores:
+            weights.insert(0, decoder.obj_score_token.weight)
+        output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(batch, -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        # repeat_interleave of a batch-1 embedding over B prompts is this broadcast.
+        src = (image_embed + dense).expand(batch, -1, -1, -1)
+        image_pe = encoder.get_dense_pe()
+        pos_src = image_pe.expand(batch, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = decoder.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, first, :]
+        mask_tokens_out = hs[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
+        src = src.transpose(1, 2).reshape(batch, c, h, w)
+        if decoder.use_high_res_features:
+            dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+            upscaled = act1(ln1(dc1(src) + high_res_feats_1))
+            upscaled = act2(dc2(upscaled) + high_res_feats_0)
+        else:
+            upscaled = decoder.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )
+        _, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(batch, c, h * w)).reshape(batch, -1, h, w)
+        iou_pred = decoder.iou_prediction_head(iou_token_out)
+        if decoder.pred_obj_scores:
+            object_score_logits = decoder.pred_obj_score_head(hs[:, 0, :])
+        else:
+            object_score_logits = 10.0 * iou_pred.new_ones(batch, 1)
+        return masks, iou_pred, object_score_logits
+
+
+def encoder_specs(config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of the SAM 2 ``image_encoder.onnx``."""
+    size, grid, dim = config.image_size, config.embedding_size, config.hidden_dim
+    return (
+        [TensorSpec("image", (1, 3, size, size), "float32")],
+        [
+            TensorSpec("high_res_feats_0", (1, dim // 8, 4 * grid, 4 * grid), "float32"),
+            TensorSpec("high_res_feats_1", (1, dim // 4, 2 * grid, 2 * grid), "float32"),
+            TensorSpec("image_embed", (1, dim, grid, grid), "float32"),
+        ],
+    )
+
+
+def decoder_specs(config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of the SAM 2 ``mask_decoder.onnx`` (strings: dynamic axes)."""
+    _, (high_res_0, high_res_1, embed) = encoder_specs(config)
+    low = 4 * config.embedding_size
+    inputs = [
+        embed,
+        high_res_0,
+        high_res_1,
+        TensorSpec("point_coords", ("batch", "num_points", 2), "float32"),
+        TensorSpec("point_labels", ("batch", "num_points"), "float32"),
+        TensorSpec("mask_input", ("mask_batch", 1, low, low), "float32"),
+        TensorSpec("has_mask_input", (1,), "float32"),
+    ]
+    outputs = [
+        TensorSpec("low_res_masks", ("batch", 4, low, low), "float32"),
+        TensorSpec("iou_predictions", ("batch", 4), "float32"),
+        TensorSpec("object_score_logits", ("batch", 1), "float32"),
+    ]
+    return inputs, outputs
+
+
+def _decoder_dummies(config: Sam2Config) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    inputs, _ = decoder_specs(config)
+    low = 4 * config.embedding_size
+    return (
+        *(torch.randn(*spec.shape, generator=generator) for spec in inputs[:3]),
+        torch.randint(0, config.image_size, (2, 5, 2), generator=generator).float(),
+        torch.randint(-1, 4, (2, 5), generator=generator).float(),
+        torch.randn(1, 1, low, low, generator=generator),
+        torch.tensor([1.0]),
+    )
+
+
+_DYNAMIC_AXES = {
+    "point_coords": {0: "batch", 1: "num_points"},
+    "point_labels": {0: "batch", 1: "num_points"},
+    "mask_input": {0: "mask_batch"},
+    "iou_predictions": {0: "batch"},
+    "low_res_masks": {0: "batch"},
+    "object_score_logits": {0: "batch"},
+}
+
+
+def _trace(
+    module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int, inputs, outputs
+) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings: validation, not these, tells a good graph
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={k: v for k, v in _DYNAMIC_AXES.items() if k in (*inputs, *outputs)},
+        )
+
+
+def export_encoder(model: nn.Module, config: Sam2Config, path: Path, opset: int) -> None:
+    size = config.image_size
+    _trace(
+        Sam2EncoderOnnx(model).eval(),
+        (torch.zeros(1, 3, size, size),),
+        path,
+        opset,
+        ["image"],
+        SAM2_ENCODER_OUTPUTS,
+    )
+
+
+def export_decoder(model: nn.Module, config: Sam2Config, path: Path, opset: int) -> None:
+    _trace(
+        Sam2DecoderOnnx(model).eval(),
+        _decoder_dummies(config),
+        path,
+        opset,
+        SAM2_DECODER_INPUTS,
+        SAM2_DECODER_OUTPUTS,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation against the official image predictor
+# ---------------------------------------------------------------------------------------------
+
+
+def official_predictor(model: nn.Module) -> Any:
+    """``SAM2ImagePredictor`` for ``model``; its feature-map sizes follow the model's input size
+    (the official class hard-codes those of 1024 px)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    size = model.image_size
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    return predictor
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def decoder_feeds(
+    predictor: Any, prompt: Any, features: dict[str, np.ndarray], mask_input: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The decoder inputs for a validation prompt, with the official coordinate transform: points
+    first then box corners (labels 2, 3), always a padding point, as ``_predict`` concatenates them."""
+    transforms, hw = predictor._transforms, prompt.original_size
+    batch = 1 if prompt.boxes is None else len(prompt.boxes)
+    coords, labels = [torch.zeros(batch, 0, 2)], [torch.zeros(batch, 0)]
+    if prompt.boxes is not None:
+        boxes = transforms.transform_boxes(torch.as_tensor(prompt.boxes, dtype=torch.float), True, hw)
+        coords.append(boxes)
+        labels.append(torch.tensor([[2.0, 3.0]]).repeat(batch, 1))
+    if prompt.points is not None:
+        points = transforms.transform_coords(torch.as_tensor(prompt.points, dtype=torch.float), True, hw)
+        coords.append(points[None].repeat(batch, 1, 1))
+        labels.append(torch.as_tensor(prompt.labels, dtype=torch.float)[None].repeat(batch, 1))
+    coords.append(torch.zeros(batch, 1, 2))
+    labels.append(-torch.ones(batch, 1))
+    low = features["image_embed"].shape[-1] * 4
+    return {
+        **features,
+        "point_coords": torch.cat(coords, 1).numpy(),
+        "point_labels": torch.cat(labels, 1).numpy(),
+        "mask_input": (mask_input if mask_input is not None else np.zeros((1, 1, low, low))).astype(
+            np.float32
+        ),
+        "has_mask_input": np.array([float(mask_input is not None)], np.float32),
+    }
+
+
+@torch.no_grad()
+def official_decoder(predictor: Any, prompt: Any, mask_input: np.ndarray | None) -> list[np.ndarray]:
+    """The official path for all four tokens: ``[iou Bx4, low-res logits Bx4xRxR, masks Bx4xHxW]``."""
+    model = predictor.model
+    predictor._orig_hw = [prompt.original_size]  # the portrait case reads the embedding as another size
+    _, unnorm_coords, labels, unnorm_box = predictor._prep_prompts(
+        prompt.points, prompt.labels, prompt.boxes, None, True
+    )
+    batch = 1 if prompt.boxes is None else len(prompt.boxes)
+    points = None
+    if unnorm_coords is not None:
+        points = (unnorm_coords.repeat(batch, 1, 1), labels.repeat(batch, 1))
+    if unnorm_box is not None:
+        box_labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(batch, 1)
+        points = (
+            (unnorm_box, box_labels)
+            if points is None
+            else (torch.cat([unnorm_box, points[0]], 1), torch.cat([box_labels, points[1]], 1))
+        )
+    masks = torch.as_tensor(mask_input, dtype=torch.float) if mask_input is not None else None
+    sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+    features = predictor._features
+    low_res, iou, _, _ = model.sam_mask_decoder.predict_masks(
+        image_embeddings=features["image_embed"],
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        repeat_image=batch > 1,
+        high_res_features=features["high_res_feats"],
+    )
+    upscaled = predictor._transforms.postprocess_masks(low_res, prompt.original_size)
+    return [iou.numpy(), low_res.numpy(), upscaled.numpy()]
+
+
+def _upscale(low_res: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return F.interpolate(torch.as_tensor(low_res), size, mode="bilinear", align_corners=False).numpy()
+
+
+@torch.no_grad()
+def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
+    """Compare the two ONNX files with the official predictor on ``model``; returns the figures
+    recorded in ``model.json`` (same keys and tolerances as SAM 1's validation, plus the
+    high-resolution feature maps)."""
+    from samdeploy.export.validate import VALIDATION_IMAGE_SIZE
+
+    predictor = official_predictor(model)
+    image = synthetic_image(*VALIDATION_IMAGE_SIZE)
+    predictor.set_image(image)
+    x = predictor._transforms(image)[None].numpy()
+    reference = {
+        "image_embed": predictor._features["image_embed"].numpy(),
+        "high_res_feats_0": predictor._features["high_res_feats"][0].numpy(),
+        "high_res_feats_1": predictor._features["high_res_feats"][1].numpy(),
+    }
+    encoder = _ort_session(encoder_path)
+    got = dict(zip(SAM2_ENCODER_OUTPUTS, encoder.run(list(SAM2_ENCODER_OUTPUTS), {"image": x}), strict=True))
+    del encoder
+    report: dict[str, Any] = {
+        "reference": "sam2.sam2_image_predictor.SAM2ImagePredictor",
+        "image": {"kind": "synthetic", "height": image.shape[0], "width": image.shape[1]},
+        "features": {
+            name: {
+                "max_abs": float(np.abs(got[name] - reference[name]).max()),
+                "max_rel": _max_rel(got[name], reference[name]),
+                "cosine": cosine(got[name], reference[name]),
+            }
+            for name in SAM2_ENCODER_OUTPUTS
+        },
+        "decoder": {},
+        "end_to_end": {},
+    }
+    report["embeddings"] = report["features"]["image_embed"]
+    decoder = _ort_session(decoder_path)
+    outputs = ["iou_predictions", "low_res_masks"]  # fetched by name
+    previous: np.ndarray | None = None
+    for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
+        mask_input = previous if prompt.use_mask_input else None
+        want_iou, want_low, want_masks = official_decoder(predictor, prompt, mask_input)
+        iou, low = decoder.run(outputs, decoder_feeds(predictor, prompt, reference, mask_input))
+        masks = _upscale(low, prompt.original_size)
+        if prompt.name == "point":
+            best = 1 + int(np.argmax(want_iou[0, 1:]))
+            previous = want_low[:, best : best + 1]
+        report["decoder"][prompt.name] = {
+            "masks_max_rel": _max_rel(masks, want_masks),
+            "mask_agreement": float(np.mean((masks > 0) == (want_masks > 0))),
+            "iou_predictions_max_abs": float(np.abs(iou - want_iou).max()),
+            "low_res_max_rel": _max_rel(low, want_low),
+        }
+        _, chained = decoder.run(outputs, decoder_feeds(predictor, prompt, got, mask_input))
+        report["end_to_end"][prompt.name] = {
+            "mask_agreement": float(
+                np.mean((_upscale(chained, prompt.original_size) > 0) == (want_masks > 0))
+            )
+        }
+    cases = report["decoder"].values()
+    features = report["features"]
+    report["worst"] = {
+        "embeddings_rel": max(f["max_rel"] for f in features.values()),
+        "embeddings_cosine": min(f["cosine"] for f in features.values()),
+        "mask_logits_rel": max(case["masks_max_rel"] for case in cases),
+        "low_res_logits_rel": max(case["low_res_max_rel"] for case in cases),
+        "iou_predictions_abs": max(case["iou_predictions_max_abs"] for case in cases),
+        "mask_agreement": min(case["mask_agreement"] for case in cases),
+        "end_to_end_mask_agreement": min(case["mask_agreement"] for case in report["end_to_end"].values()),
+    }
+    report["tolerances"] = dict(TOLERANCES)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(
+    checkpoint: str | Path | Mapping[str, Any] | nn.Module, config: Sam2Config | str | Path | None
+) -> tuple[nn.Module, Sam2Config, dict[str, Any]]:
+    if config is not None and not isinstance(config, Sam2Config):
+        config = Sam2Config.from_yaml(config)
+    if isinstance(checkpoint, nn.Module):
+        if config is None:
+            raise ExportError("exporting a SAM 2 torch module needs its config (config=...)")
+        return checkpoint.eval(), config, {"source": "torch module"}
+    if isinstance(checkpoint, Mapping):
+        state = normalize_state_dict(checkpoint, source="state dict")
+        source: dict[str, Any] = {"source": "state dict"}
+    else:
+        path = Path(checkpoint)
+        state = load_state_dict(path)
+        source = {"source": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if not is_sam2_state(state):
+        raise CheckpointError("not a SAM 2 checkpoint: no sam_mask_decoder weights")
+    config = config or detect_sam2_config(state)
+    return load_sam2(state, config), config, source
+
+
+def export_sam2(
+    checkpoint: str | Path | Mapping[str, Any] | nn.Module,
+    output: str | Path,
+    *,
+    config: Sam2Config | str | Path | None = None,
+    opset: int = 17,
+    simplify: str = DEFAULT_SIMPLIFIER,
+    validate: bool = True,
+    force: bool = False,
+    console: Console | None = None,
+) -> ExportReport:
+    """Export a SAM 2.x checkpoint (``.pt``, a state dict, or a ``SAM2Base`` with ``config``) to a
+    package folder; see the module docs for its two graphs.
+
+    ``config``: a :class:`Sam2Config` or a Hydra YAML path, for a model that is not an official
+    preset (default: detected from the weights).
+    Validation failures above :data:`~samdeploy.export.validate.TOLERANCES` raise
+    :class:`ExportError` and write nothing.
+    """
+    output = Path(output)
+    try:
+        import hydra  # noqa: F401
+        import sam2  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"SAM 2 export needs the official sam2 package ({exc.name} is missing): see docs/sam2.md to install it"
+        ) from None
+    if simplify not in SIMPLIFIERS:
+        raise ExportError(f"unknown simplifier '{simplify}': choose one of {', '.join(SIMPLIFIERS)}")
+    if not 14 <= opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
+    check_output(output, force)
+    steps = _Steps(console)
+    with steps.step("load", "loading checkpoint"):
+        model, sam2_config, source = _load(checkpoint, config)
+    _check_disk(output, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    work = staging / ".work"
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
+    try:
+        graphs = [
+            (ENCODER, "image encoder", export_encoder),
+            (DECODER, "mask decoder", export_decoder),
+        ]
+        files: list[str] = []
+        nodes: dict[str, dict[str, int]] = {}
+        for role, label, trace in graphs:
+            current = work / role / f"{role}.onnx"
+            current.parent.mkdir()
+            with steps.step(f"trace_{role}", f"tracing the {label}"):
+                try:
+                    trace(model, sam2_config, current, opset)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
+            counts = {"traced": _node_count(current)}
+            if simplify != "none":
+                simplified = work / f"{role}.simplified" / f"{role}.onnx"
+                simplified.parent.mkdir()
+                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
+                    try:
+                        optimize.simplify(current, simplified, simplify)
+                    except ExportError:
+                        raise
+                    except Exception as exc:
+                        raise ExportError(
+                            f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
+                        ) from None
+                current = simplified
+                counts["simplified"] = _node_count(current)
+            with steps.step(f"save_{role}", f"saving the {label}"):
+                files += optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
+                onnx.checker.check_model(str(staging / f"{role}.onnx"))
+            nodes[role] = counts
+        shutil.rmtree(work)
+
+        report = None
+        if validate:
+            with steps.step("validate", "validating against PyTorch (the official SAM2ImagePredictor)"):
+                report = validate_sam2_package(
+                    model, staging / f"{ENCODER}.onnx", staging / f"{DECODER}.onnx"
+                )
+            problems = failures(report)
+            report["passed"] = not problems
+            if problems:
+                raise ExportError(
+                    f"validation against PyTorch failed: {'; '.join(problems)}; nothing was written"
+                )
+        manifest = _manifest(
+            model, sam2_config, opset, simplify, staging, files, nodes, steps, source, report
+        )
+        write_manifest(staging, manifest)
+        move_into_place(staging, output)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"writing {output} failed: {exc.strerror or _one_line(exc)}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportReport(
+        output=output,
+        model_type=sam2_config.model_type,
+        config=sam2_config,  # type: ignore[arg-type]
+        precision="fp32",
+        files={f: manifest["files"][f]["bytes"] for f in files},
+        nodes=nodes,
+        timings=steps.timings,
+        validation=report,
+        manifest=manifest,
+    )
+
+
+def _manifest(
+    model: nn.Module,
+    config: Sam2Config,
+    opset: int,
+    simplify: str,
+    staging: Path,
+    files: list[str],
+    nodes: dict[str, dict[str, int]],
+    steps: _Steps,
+    source: dict[str, Any],
+    report: dict[str, Any] | None,
+) -> dict[str, Any]:
+    decoder = model.sam_mask_decoder
+    enc_in, enc_out = encoder_specs(config)
+    dec_in, dec_out = decoder_specs(config)
+    mask_tokens = {"single": 0, "multimask": [1, 2, 3]}
+    models: dict[str, Any] = {
+        ENCODER: {
+            "file": f"{ENCODER}.onnx",
+            "inputs": [t.to_json() for t in enc_in],
+            "outputs": [t.to_json() for t in enc_out],
+        },
+        DECODER: {
+            "file": f"{DECODER}.onnx",
+            "inputs": [t.to_json() for t in dec_in],
+            "outputs": [t.to_json() for t in dec_out],
+            "mask_tokens": mask_tokens,
+            "contract": "samdeploy-sam2",
+        },
+    }
+    grid = config.embedding_size
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "family": config.family,
+        "model_type": config.model_type,
+        "architecture": config.model,
+        "image_size": config.image_size,
+        "embedding_size": [grid, grid],
+        "mask_input_size": [4 * grid, 4 * grid],
+        "pixel_mean": list(SAM2_PIXEL_MEAN),
+        "pixel_std": list(SAM2_PIXEL_STD),
+        "preprocessing": {
+            "resize": "square",
+            "interpolation": "bilinear_antialias",
+            "scale": "divide_by_255_before_resize",
+            "normalize": "runtime",
+            "pad": "none",
+            "channel_order": "RGB",
+            "layout": "NCHW",
+        },
+        "postprocessing": {
+            "mask_threshold": 0.0,
+            "upscale": "bilinear_to_original",
+            "low_res_clamp": LOW_RES_CLAMP,
+            "dynamic_multimask": {
+                "enabled": bool(decoder.dynamic_multimask_via_stability),
+                "stability_delta": float(decoder.dynamic_multimask_stability_delta),
+                "stability_thresh": float(decoder.dynamic_multimask_stability_thresh),
+            },
+        },
+        "precision": "fp32",
+        "opset": opset,
+        "models": models,
+        "files": describe_files(staging, files),
+        "export": {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint": source,
+            "versions": {
+                "samdeploy": samdeploy.__version__,
+                "torch": torch.__version__,
+                "sam2": _version("sam2"),
+                "onnx": onnx.__version__,
+                "onnxruntime": _version("onnxruntime"),
+                simplify: _version(simplify) if simplify != "none" else None,
+            },
+            "exporter": "torch.onnx TorchScript (dynamo=False)",
+            "simplify": simplify,
+            "nodes": nodes,
+            "timings": steps.timings,
+            "peak_rss_mb": steps.peak_rss_mb,
+            "validation": report,
+        },
+    }

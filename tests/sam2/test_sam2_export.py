@@ -1,0 +1,181 @@
+"""SAM 2.1 export: the package, its manifest and validation, family and size detection, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samdeploy.errors import CheckpointError, ExportError
+from samdeploy.export.validate import TOLERANCES
+from samdeploy.package import ModelPackage
+
+pytest.importorskip("sam2")
+
+SAM2_TEST_CONFIG = Path(__file__).with_name("sam2.1_hiera_test.yaml")
+
+
+def test_manifest_describes_the_sam2_package(sam2_package):
+    package = ModelPackage.load(sam2_package, verify=True)
+    manifest = package.manifest
+    assert package.family == "sam2.1" and package.is_sam2
+    assert manifest["model_type"] == "custom"
+    assert manifest["image_size"] == 256
+    assert manifest["embedding_size"] == [16, 16] and manifest["mask_input_size"] == [64, 64]
+    assert manifest["pixel_mean"] == [0.485, 0.456, 0.406] and manifest["pixel_std"] == [0.229, 0.224, 0.225]
+    assert manifest["preprocessing"]["resize"] == "square" and manifest["preprocessing"]["pad"] == "none"
+    assert manifest["postprocessing"]["dynamic_multimask"] == {
+        "enabled": True,
+        "stability_delta": 0.05,
+        "stability_thresh": 0.98,
+    }
+    encoder, decoder = package.model("image_encoder"), package.model("mask_decoder")
+    assert [(t.name, t.shape) for t in encoder.outputs] == [
+        ("high_res_feats_0", (1, 8, 64, 64)),
+        ("high_res_feats_1", (1, 16, 32, 32)),
+        ("image_embed", (1, 64, 16, 16)),
+    ]
+    assert [t.name for t in decoder.inputs] == [
+        "image_embed",
+        "high_res_feats_0",
+        "high_res_feats_1",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+    ]
+    assert [t.name for t in decoder.outputs] == ["low_res_masks", "iou_predictions", "object_score_logits"]
+    # The architecture rebuilds the model.
+    assert manifest["architecture"]["image_encoder"]["trunk"]["embed_dim"] == 16
+
+
+def test_validation_against_the_official_predictor_is_recorded_and_within_tolerance(sam2_package):
+    validation = ModelPackage.load(sam2_package).export_report["validation"]
+    assert validation["passed"] is True
+    assert validation["reference"] == "sam2.sam2_image_predictor.SAM2ImagePredictor"
+    worst = validation["worst"]
+    assert worst["embeddings_cosine"] >= TOLERANCES["embeddings_cosine"]
+    assert worst["low_res_logits_rel"] <= TOLERANCES["low_res_logits_rel"]
+    assert worst["iou_predictions_abs"] <= TOLERANCES["iou_predictions_abs"]
+    assert worst["mask_agreement"] >= TOLERANCES["mask_agreement"]
+    assert set(validation["decoder"]) >= {"point", "box", "box_batch", "mask_input", "points_with_negatives"}
+    assert set(validation["features"]) == {"image_embed", "high_res_feats_0", "high_res_feats_1"}
+
+
+def test_onnx_files_follow_the_positional_contract_x_anylabeling_reads(sam2_package):
+    """X-AnyLabeling's SAM 2 loader feeds the decoder's inputs by position (float32 labels, a zero
+    mask_input of S/4, has_mask_input 0) and reads encoder outputs 0..2 as high_res_feats_0,
+    high_res_feats_1, image_embed and decoder outputs 0, 1 as masks (S/4 logits) and scores."""
+    import onnxruntime as ort
+
+    package = ModelPackage.load(sam2_package)
+    encoder = ort.InferenceSession(str(package.encoder_path), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(package.decoder_path), providers=["CPUExecutionProvider"])
+    (image_input,) = encoder.get_inputs()
+    assert image_input.type == "tensor(float)" and image_input.shape == [1, 3, 256, 256]
+    high_res_0, high_res_1, embed = encoder.run(
+        None, {image_input.name: np.zeros((1, 3, 256, 256), np.float32)}
+    )
+    assert (
+        high_res_0.shape == (1, 8, 64, 64)
+        and high_res_1.shape == (1, 16, 32, 32)
+        and embed.shape == (1, 64, 16, 16)
+    )
+    inputs = decoder.get_inputs()
+    assert [i.type for i in inputs] == ["tensor(float)"] * 7
+    feeds = [
+        embed,
+        high_res_0,
+        high_res_1,
+        np.array([[[100.0, 80.0], [30.0, 40.0]]], np.float32),
+        np.array([[1, 0]], np.float32),
+        np.zeros((1, 1, 64, 64), np.float32),
+        np.array([0], np.float32),
+    ]
+    outputs = decoder.run(None, {i.name: value for i, value in zip(inputs, feeds, strict=True)})
+    masks, scores = outputs[0], outputs[1]
+    assert masks.shape == (1, 4, 64, 64) and scores.shape == (1, 4)
+    assert masks.dtype == np.float32 and scores.dtype == np.float32
+
+
+def test_official_sizes_are_detected_from_the_weights(sam2_model):
+    from samdeploy.export.sam2 import SAM2_PRESETS, detect_sam2_config
+
+    state = {
+        "no_obj_embed_spatial": np.zeros(1),
+        "image_encoder.trunk.patch_embed.proj.weight": np.zeros((112, 3, 7, 7)),
+        **{f"image_encoder.trunk.blocks.{i}.norm1.weight": np.zeros(1) for i in range(24)},
+    }
+    config = detect_sam2_config(state)
+    assert (config.family, config.model_type) == ("sam2.1", "sam2.1_hiera_base_plus")
+    assert config.model["image_encoder"]["trunk"]["embed_dim"] == 112 and config.image_size == 1024
+    assert len(SAM2_PRESETS) == 8
+    # A custom size needs its config.
+    with pytest.raises(CheckpointError, match="--config"):
+        detect_sam2_config(sam2_model.state_dict())
+
+
+def test_hiera_tiny_from_the_official_config_is_detected():
+    from samdeploy.export.sam2 import Sam2Config, _official_config_path, detect_sam2_config, random_sam2
+
+    tiny = Sam2Config.from_yaml(_official_config_path("configs/sam2.1/sam2.1_hiera_t.yaml"))
+    assert detect_sam2_config(random_sam2(tiny, seed=0).state_dict()).model_type == "sam2.1_hiera_tiny"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    from samdeploy.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_export_with_config_then_inspect(sam2_checkpoint, tmp_path, capsys):
+    out = tmp_path / "pkg"
+    code, stdout, stderr = _run(
+        capsys,
+        "export",
+        str(sam2_checkpoint),
+        "--output",
+        str(out),
+        "--config",
+        str(SAM2_TEST_CONFIG),
+        "--simplify",
+        "none",
+        "--no-validate",
+    )
+    assert code == 0, stderr
+    assert "image_encoder.onnx" in stdout and "mask_decoder.onnx" in stdout
+    assert json.loads((out / "model.json").read_text())["family"] == "sam2.1"
+    code, stdout, _ = _run(capsys, "inspect", str(out))
+    assert code == 0
+    assert "custom, fp32, opset 17" in stdout and "sam2.1, Hiera 16 x 5 blocks" in stdout
+    for name in ("high_res_feats_0", "image_embed", "low_res_masks", "every checksum matches"):
+        assert name in stdout
+
+
+def test_cli_export_of_a_custom_size_without_config_says_what_to_do(sam2_checkpoint, tmp_path, capsys):
+    code, _, stderr = _run(capsys, "export", str(sam2_checkpoint), "--output", str(tmp_path / "pkg"))
+    assert code == 2
+    assert "pass its Hydra config with --config" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_bad_config_file_is_a_checkpoint_error(sam2_checkpoint, tmp_path):
+    from samdeploy.export import export_model
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  image_size: 256\n")
+    with pytest.raises(CheckpointError, match="not a SAM 2 config"):
+        export_model(sam2_checkpoint, tmp_path / "pkg", config=bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        export_model(sam2_checkpoint, tmp_path / "pkg", config=tmp_path / "missing.yaml")
+
+
+def test_precision_options_refuse_sam2_packages(sam2_package, tmp_path):
+    from samdeploy.export.precision import optimize_package
+
+    with pytest.raises(ExportError, match="apply to SAM 1 packages"):
+        optimize_package(sam2_package, tmp_path / "int8", "int8")
