@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from samdeploy.engine import Graph, ItemResult, Node, Profile, register_node
-from samdeploy.errors import NodeError, SamDeployError
+from samdeploy.errors import NodeError, PackageError, SamDeployError
 from samdeploy.sam.amg import (
     MaskCandidates,
     area_from_rle,
@@ -145,6 +145,7 @@ class FilterMasks(Node):
         stability_score_thresh: float = 0.95
         stability_score_offset: float = 1.0
         chunk: int = 16  # masks upscaled at once: bounds memory at chunk x h x w float32
+        mask_threshold: float = MASK_THRESHOLD
 
     inputs = {
         "iou_predictions": np.ndarray,
@@ -158,37 +159,44 @@ class FilterMasks(Node):
         self, iou_predictions: np.ndarray, low_res_masks: np.ndarray, points: np.ndarray, crop: CropInfo
     ) -> dict[str, Any]:
         p = self.params
-        iou = np.ascontiguousarray(iou_predictions[:, 1:], dtype=np.float32)
+        low_res, iou = self.select_tokens(low_res_masks, iou_predictions)
+        iou = np.ascontiguousarray(iou, dtype=np.float32)
         per_point = iou.shape[1]
         iou = iou.reshape(-1)  # point-major: point 0's three masks, then point 1's, ...
-        low_res = low_res_masks[:, 1:].reshape(-1, *low_res_masks.shape[-2:])
+        low_res = low_res.reshape(-1, *low_res_masks.shape[-2:])
         points = np.repeat(np.asarray(points, dtype=np.float64), per_point, axis=0)
         keep = np.arange(iou.size)
         if p.pred_iou_thresh > 0.0:
             keep = np.flatnonzero(iou > np.float32(p.pred_iou_thresh))
-        geometry = MaskGeometry.for_image(crop.size, p.image_size, low_res.shape[-2:])
         parts = [
-            self._filter_chunk(low_res[chunk], iou[chunk], points[chunk], geometry, crop)
+            self._filter_chunk(low_res[chunk], iou[chunk], points[chunk], crop)
             for chunk in np.split(keep, range(p.chunk, keep.size, p.chunk))
             if chunk.size
         ]
         return {"candidates": MaskCandidates.concat(parts)}
 
+    def select_tokens(
+        self, low_res_masks: np.ndarray, iou_predictions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The mask tokens the generator keeps (Bx4 -> BxC): the three multimask outputs."""
+        return low_res_masks[:, 1:], iou_predictions[:, 1:]
+
+    def upscale(self, low_res: np.ndarray, crop: CropInfo) -> np.ndarray:
+        """N low-res logits -> N x h x w logits at the crop's size (SAM's resize, crop, resize)."""
+        geometry = MaskGeometry.for_image(crop.size, self.params.image_size, low_res.shape[-2:])
+        return postprocess_masks(low_res, geometry)
+
     def _filter_chunk(
-        self,
-        low_res: np.ndarray,
-        iou: np.ndarray,
-        points: np.ndarray,
-        geometry: MaskGeometry,
-        crop: CropInfo,
+        self, low_res: np.ndarray, iou: np.ndarray, points: np.ndarray, crop: CropInfo
     ) -> MaskCandidates:
         p = self.params
-        logits = postprocess_masks(low_res, geometry)  # N x h x w
-        stability = calculate_stability_score(logits, MASK_THRESHOLD, p.stability_score_offset)
+        threshold = np.float32(p.mask_threshold)
+        logits = self.upscale(low_res, crop)  # N x h x w
+        stability = calculate_stability_score(logits, p.mask_threshold, p.stability_score_offset)
         keep = np.arange(len(logits))
         if p.stability_score_thresh > 0.0:
             keep = np.flatnonzero(stability >= np.float32(p.stability_score_thresh))
-        masks = logits[keep] > MASK_THRESHOLD
+        masks = logits[keep] > threshold
         boxes = batched_mask_to_box(masks)
         inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
         keep, masks, boxes = keep[inside], masks[inside], boxes[inside]
@@ -515,6 +523,11 @@ class SamAutomaticMaskGenerator:
         self.config.check()
         self.point_grids = self._point_grids(point_grids)
         self.model = model if isinstance(model, SamModel) else load_model(model)
+        if self.model.package.is_sam2:
+            raise PackageError(
+                f"SamAutomaticMaskGenerator needs a SAM package; {self.model.package.root} is"
+                f" {self.model.package.family}: use samdeploy.SAM2AutomaticMaskGenerator"
+            )
         self.crop_graph = crop_graph(self.model)
         self.point_graph = point_graph(self.model, self.config)
         self.merge_graph = merge_graph(self.config)
@@ -571,18 +584,19 @@ class SamAutomaticMaskGenerator:
         crop_items = ({"image": image, "crop": crop} for crop in crops)
         parts = []
         for index, outputs in self._stream(self.crop_graph, crop_items, len(crops) > 1, queue_depth=1):
-            parts.append(self._crop_candidates(outputs[EMBEDDINGS], crops[index]))
+            parts.append(self._crop_candidates(outputs, crops[index]))
             if progress is not None:
                 progress(index + 1, len(crops))
         return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
 
-    def _crop_candidates(self, embeddings: np.ndarray, crop: CropInfo) -> MaskCandidates:
-        """All filtered candidates of one crop, batch by batch in the official order."""
+    def _crop_candidates(self, features: Mapping[str, np.ndarray], crop: CropInfo) -> MaskCandidates:
+        """All filtered candidates of one crop (``features``: the crop graph's outputs), batch by
+        batch in the official order."""
         h, w = crop.size
         points = self.point_grids[crop.layer] * np.array([[w, h]])
         step = self.config.points_per_batch
         items = (
-            {EMBEDDINGS: embeddings, "points": points[start : start + step], "crop": crop}
+            {**features, "points": points[start : start + step], "crop": crop}
             for start in range(0, len(points), step)
         )
         results = self._stream(self.point_graph, items, len(points) > step, queue_depth=2)

@@ -381,6 +381,11 @@ def load_model(
     if threads is not None and threads < 0:
         raise BackendError(f"threads must be positive (or None for the default), got {threads}")
     package = ModelPackage.load(path)
+    if package.is_sam2:
+        raise PackageError(
+            f"model package {package.root} is a {package.family} package: load it with samdeploy.load_model"
+            " and use samdeploy.SAM2ImagePredictor / SAM2AutomaticMaskGenerator"
+        )
     options = BackendOptions(
         backend=backend or "onnxruntime",
         providers=providers,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from samdeploy.errors import PackageError
 from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.prompts import validate_prompt
 from samdeploy.sam.transforms import ResizeLongestSide
@@ -34,6 +35,11 @@ class SamPredictor:
 
     def __init__(self, sam_model: SamModel | str | Path) -> None:
         self.model = sam_model if isinstance(sam_model, SamModel) else load_model(sam_model)
+        if self.model.package.is_sam2:
+            raise PackageError(
+                f"SamPredictor needs a SAM package; {self.model.package.root} is {self.model.package.family}:"
+                " use samdeploy.SAM2ImagePredictor"
+            )
         self.transform = ResizeLongestSide(self.model.image_size)
         self.profile: Any = None  # an engine Profile to time every node run, or None
         self.reset_image()

@@ -1,0 +1,189 @@
+"""A loaded SAM 2.x model package: its graph, executor and embedding cache. Never imports torch.
+
+    model = samdeploy.load_model("models/sam2.1_tiny")    # a Sam2Model: the manifest says sam2.1
+    features = model.encode(image)                         # HxWx3 uint8 RGB -> Sam2Embedding (cached)
+    out = model.decode(features, prompt)                   # masks, scores, low_res_logits
+
+:class:`Sam2Model` has :class:`~samdeploy.sam.model.SamModel`'s interface (``encode``, ``decode``,
+``segment_files``, ``cache``, ``graph``), so code that streams files or reads the cache runs
+either family; the predictor and the mask generator are family-specific.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samdeploy.engine import make_executor
+from samdeploy.errors import BackendError, GraphError, PackageError
+from samdeploy.package import DECODER, ENCODER, SAM2_DECODER_INPUTS, ModelPackage
+from samdeploy.sam.graphs import BackendOptions
+from samdeploy.sam.images import as_rgb_array
+from samdeploy.sam.model import DEFAULT_CACHE_MB, MODES, EmbeddingCache, SamModel, package_runtime, run_graph
+from samdeploy.sam.prompts import Prompt
+from samdeploy.sam2.graphs import FEATURES, sam2_graph
+
+
+@dataclass(frozen=True)
+class Sam2Embedding:
+    """An encoded image: ``image_embed`` 1xCxGxG, ``high_res_feats_0`` 1x(C/8)x4Gx4G and
+    ``high_res_feats_1`` 1x(C/4)x2Gx2G float32 (read-only), and the image's ``original_size`` (H, W)."""
+
+    image_embed: np.ndarray
+    high_res_feats_0: np.ndarray
+    high_res_feats_1: np.ndarray
+    original_size: tuple[int, int]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The image embedding (what ``get_image_embedding`` returns)."""
+        return self.image_embed
+
+    @property
+    def high_res_feats(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.high_res_feats_0, self.high_res_feats_1
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image_embed.nbytes + self.high_res_feats_0.nbytes + self.high_res_feats_1.nbytes)
+
+    def features(self) -> dict[str, np.ndarray]:
+        """The decoder's three feature inputs by name."""
+        return {
+            "high_res_feats_0": self.high_res_feats_0,
+            "high_res_feats_1": self.high_res_feats_1,
+            "image_embed": self.image_embed,
+        }
+
+
+class Sam2Model(SamModel):
+    """A SAM 2.x package loaded into its graph (see :mod:`samdeploy.sam2.graphs`)."""
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        options: BackendOptions,
+        mode: str = "sequential",
+        cache_mb: float = DEFAULT_CACHE_MB,
+        inside_image: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise GraphError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        if not package.is_sam2:
+            raise PackageError(
+                f"model package {package.root} is a SAM package, not SAM 2: use samdeploy.SamPredictor / SamAutomaticMaskGenerator"
+            )
+        self.package = package
+        self.options = options
+        self.mode = mode
+        self.graph, self.encode_graph, self.decode_graph = sam2_graph(package, options, inside_image)
+        self.executor = make_executor(mode)
+        self.cache = EmbeddingCache(cache_mb)
+
+    @property
+    def family(self) -> str:
+        return self.package.family
+
+    def encode(self, image: np.ndarray, image_format: str = "RGB", profile: Any = None) -> Sam2Embedding:  # type: ignore[override]
+        """HxWx3 uint8 image -> :class:`Sam2Embedding`, from the cache when this content was seen."""
+        rgb = as_rgb_array(image, image_format)
+        key = EmbeddingCache.key(rgb) if self.cache.max_bytes else None
+        if key is not None and (hit := self.cache.get(key)) is not None:
+            return hit  # type: ignore[return-value]
+        out = run_graph(self.encode_graph, {"image": rgb}, self.executor, profile)
+        maps = {}
+        for name in FEATURES:
+            maps[name] = np.array(out[name], dtype=np.float32)  # own copy, then read-only
+            maps[name].setflags(write=False)
+        entry = Sam2Embedding(original_size=tuple(out["original_size"]), **maps)  # type: ignore[arg-type]
+        if key is not None:
+            self.cache.put(key, entry)  # type: ignore[arg-type]
+        return entry
+
+    def decode(  # type: ignore[override]
+        self,
+        embedding: Sam2Embedding,
+        prompt: Prompt,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        profile: Any = None,
+    ) -> dict[str, np.ndarray]:
+        """One decoder call for a prompt batch of B: ``masks`` BxCxHxW, ``scores`` BxC,
+        ``low_res_logits`` BxCxRxR (C = 3 with ``multimask_output``, else 1)."""
+        inputs = {
+            **embedding.features(),
+            "prompt": prompt,
+            "original_size": embedding.original_size,
+            "multimask_output": bool(multimask_output),
+            "return_logits": bool(return_logits),
+        }
+        return run_graph(self.decode_graph, inputs, self.executor, profile)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sam2Model({str(self.package.root)!r}, {self.family}, type={self.package.model_type},"
+            f" S={self.image_size}, backend={self.backend_summary}, mode={self.mode})"
+        )
+
+
+def _check_package(package: ModelPackage, model: Sam2Model) -> None:
+    """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
+    root = package.root
+    for name, info in package.manifest["files"].items():
+        size = (root / name).stat().st_size
+        if size != info.get("bytes", size):
+            raise PackageError(
+                f"model package {root}: {name} has {size} bytes, the manifest says {info['bytes']}"
+                " (corrupt or replaced file; export the package again)"
+            )
+    encoder = model.encode_graph.nodes["image_encoder"]
+    decoder = model.decode_graph.nodes["mask_decoder"]
+    size = package.image_size
+    shape = tuple(encoder.input_specs[0].shape)
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != (size, size):
+        raise PackageError(
+            f"model package {root}: {package.model(ENCODER).file} takes {list(shape)}, but the manifest"
+            f" says image_size {size} (expected [1, 3, {size}, {size}])"
+        )
+    names = [spec.name for spec in decoder.input_specs]
+    missing = [name for name in SAM2_DECODER_INPUTS if name not in names]
+    if missing:
+        raise PackageError(
+            f"model package {root}: {package.model(DECODER).file} lacks the SAM 2 decoder inputs {', '.join(missing)}"
+        )
+
+
+def load_sam2_model(
+    path: str | Path,
+    backend: str | None = None,
+    mode: str = "sequential",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    inside_image: bool = False,
+) -> Sam2Model:
+    """Load a SAM 2.x package folder; the arguments are :func:`samdeploy.load_model`'s.
+
+    Raises :class:`PackageError` for a missing, corrupt or non-SAM 2 package and
+    :class:`BackendError` for a backend or provider that is not installed.
+    """
+    if threads is not None and threads < 0:
+        raise BackendError(f"threads must be positive (or None for the default), got {threads}")
+    package = ModelPackage.load(path)
+    options = BackendOptions(
+        backend=backend or "onnxruntime",
+        providers=providers,
+        threads=threads or 0,
+        roles=package_runtime(package, backend),
+    )
+    model = Sam2Model(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
+    try:
+        _check_package(package, model)
+        model.graph.setup()
+    except BaseException:
+        model.close()
+        raise
+    return model
