@@ -238,3 +238,32 @@ def test_bad_input_gets_the_usual_errors(sam2_package):
         predictor.predict(point_coords=[[1, 2]], point_labels=[1], mask_input=np.zeros((1, 256, 256)))
     predictor.reset_predictor()
     assert predictor._is_image_set is False and predictor._features is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file", ["sam2.1_hiera_t.yaml", "sam2.1_hiera_b+.yaml"])
+def test_official_sizes_match_the_official_predictor(tmp_path, config_file):
+    """Random-weight hiera tiny and base+ at 1024 px: export (detected from the weights, validated),
+    then the prompt list on two image shapes, against the official predictor."""
+    import torch
+
+    from samdeploy.export import export_model
+    from samdeploy.export.sam2 import Sam2Config, _official_config_path, official_predictor, random_sam2
+
+    config = Sam2Config.from_yaml(_official_config_path(f"configs/sam2.1/{config_file}"))
+    model = random_sam2(config, seed=5)
+    torch.save({"model": model.state_dict()}, tmp_path / "checkpoint.pt")
+    report = export_model(tmp_path / "checkpoint.pt", tmp_path / "package")
+    assert (
+        report.model_type in ("sam2.1_hiera_tiny", "sam2.1_hiera_base_plus") and report.validation["passed"]
+    )
+    official = official_predictor(model)
+    predictor = samdeploy.SAM2ImagePredictor(samdeploy.load_model(tmp_path / "package"))
+    for shape in [(480, 640), (700, 500)]:
+        image = _image(*shape, seed=7)
+        predictor.set_image(image)
+        official.set_image(image)
+        worst = Worst()
+        for kwargs in _prompts(*shape):
+            worst.add(predictor.predict(**kwargs), official.predict(**kwargs))
+        worst.check(f"{config_file} {shape[0]}x{shape[1]}")

@@ -278,7 +278,9 @@ def _probe_main(package: str, threads: int, backend: str | None) -> dict[str, fl
     start = time.perf_counter()
     model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
     load_s = time.perf_counter() - start
-    predictor = samdeploy.SamPredictor(model)
+    from samdeploy.loading import predictor_for
+
+    predictor = predictor_for(model)
     predictor.set_image(image)
     for case in prompt_cases(*image.shape[:2]).values():
         predictor.predict(**case)
@@ -326,7 +328,9 @@ def bench_package(
     report["precision"] = model.package.precision
     image = bench_image(*BENCH_IMAGE_SIZE)
     cases = prompt_cases(*image.shape[:2])
-    predictor = samdeploy.SamPredictor(model)
+    from samdeploy.loading import mask_generator_for, predictor_for
+
+    predictor = predictor_for(model)
 
     log("encoder")
     latency: dict[str, dict[str, float]] = {
@@ -352,7 +356,7 @@ def bench_package(
 
     if everything_points:
         log(f"segment everything ({everything_points}x{everything_points} points)")
-        generator = samdeploy.SamAutomaticMaskGenerator(model, points_per_side=everything_points)
+        generator = mask_generator_for(model, points_per_side=everything_points)
         records: list[Any] = []
 
         def everything() -> None:
@@ -381,8 +385,9 @@ def bench_package(
     encoder_ms = latency["encoder (set_image)"]["median_ms"]
     report["stream"]["encoder_bound_images_per_s"] = 1e3 / encoder_ms
 
-    gflop = encoder_gflop(model.package.manifest["architecture"])
-    report["encoder"] = {"gflop": gflop, "gflops": gflop / encoder_ms * 1e3}
+    # The FLOP count knows SAM's ViT; a SAM 2 package's Hiera encoder is reported without it.
+    gflop = None if model.package.is_sam2 else encoder_gflop(model.package.manifest["architecture"])
+    report["encoder"] = {"gflop": gflop, "gflops": gflop / encoder_ms * 1e3 if gflop else None}
     if peak:
         log("GEMM peak")
         report["encoder"]["gemm_peak"] = gemm_peak_gflops(threads)
@@ -455,8 +460,11 @@ def format_report(report: dict[str, Any]) -> str:
         + f"; encoder-bound limit {stream['encoder_bound_images_per_s']:.3f}.",
     ]
     enc = report["encoder"]
-    text = f"Encoder: {enc['gflop']:.1f} GFLOP per image, {enc['gflops']:.1f} GFLOP/s achieved"
-    if "gemm_peak" in enc:
+    if enc["gflop"] is None:
+        text = "Encoder: no FLOP count for a SAM 2 (Hiera) package"
+    else:
+        text = f"Encoder: {enc['gflop']:.1f} GFLOP per image, {enc['gflops']:.1f} GFLOP/s achieved"
+    if "gemm_peak" in enc and enc["gflops"] is not None:
         peak = enc["gemm_peak"]["gflops"]
         text += f"; measured fp32 GEMM peak {peak:.1f} GFLOP/s ({enc['gflops'] / peak:.0%} of it)"
     lines += [text + ".", "", "| node | runs | mean | p95 |", "| --- | ---: | ---: | ---: |"]

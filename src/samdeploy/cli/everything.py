@@ -97,7 +97,10 @@ def everything(
     model: ModelOption = None,
     points_per_side: Annotated[int, typer.Option(help="grid points along each image side")] = 32,
     points_per_batch: Annotated[int, typer.Option(help="points answered by one decoder call")] = 64,
-    pred_iou_thresh: Annotated[float, typer.Option(help="keep masks with predicted IoU above this")] = 0.88,
+    pred_iou_thresh: Annotated[
+        float | None,
+        typer.Option(help="keep masks with predicted IoU above this [default: 0.88 for SAM, 0.8 for SAM 2]"),
+    ] = None,
     stability_score_thresh: Annotated[float, typer.Option(help="keep masks at least this stable")] = 0.95,
     stability_score_offset: Annotated[float, typer.Option(help="logit shift for the stability score")] = 1.0,
     box_nms_thresh: Annotated[float, typer.Option(help="box IoU that marks duplicates")] = 0.7,
@@ -114,9 +117,8 @@ def everything(
 ) -> None:
     """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
     from samdeploy.engine import Profile
-    from samdeploy.sam.automatic import SamAutomaticMaskGenerator
+    from samdeploy.loading import load_model, mask_generator_for
     from samdeploy.sam.images import load_image
-    from samdeploy.sam.model import load_model
     from samdeploy.sam.results import write_atomic
 
     if output_format not in FORMATS:
@@ -137,7 +139,6 @@ def everything(
     options = {
         "points_per_side": points_per_side,
         "points_per_batch": points_per_batch,
-        "pred_iou_thresh": pred_iou_thresh,
         "stability_score_thresh": stability_score_thresh,
         "stability_score_offset": stability_score_offset,
         "box_nms_thresh": box_nms_thresh,
@@ -148,6 +149,8 @@ def everything(
         "min_mask_region_area": min_mask_region_area,
         "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
     }
+    if pred_iou_thresh is not None:  # else the family's own default
+        options["pred_iou_thresh"] = pred_iou_thresh
     sam = load_model(model, backend=backend, threads=threads, cache_mb=0)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)  # once every option and the model are good
@@ -157,7 +160,7 @@ def everything(
     console = Console(stderr=True)
     failed = 0
     with sam:
-        generator = SamAutomaticMaskGenerator(sam, **options)
+        generator = mask_generator_for(sam, **options)
         generator.profile = Profile() if profile else None
         crops_per_image = sum(4**layer for layer in range(crop_n_layers + 1))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

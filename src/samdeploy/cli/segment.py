@@ -149,7 +149,7 @@ def segment(
 ) -> None:
     """Segment images with point and box prompts; write masks, overlays and JSON."""
     from samdeploy.engine import Profile
-    from samdeploy.sam.model import load_model
+    from samdeploy.loading import load_model
     from samdeploy.sam.prompts import validate_prompt
     from samdeploy.sam.results import json_bytes, mask_png, overlay_png, result_record, write_atomic
 
@@ -222,7 +222,7 @@ def graph(
 ) -> None:
     """Print the SAM graph of a model package: nodes, ports and backends; optionally save it as JSON."""
     from samdeploy.engine import Inference
-    from samdeploy.sam.model import load_model
+    from samdeploy.loading import load_model
     from samdeploy.sam.results import write_atomic
 
     if save is not None:
