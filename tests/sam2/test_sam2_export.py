@@ -118,9 +118,9 @@ def test_official_sizes_are_detected_from_the_weights(sam2_model):
 
 
 def test_hiera_tiny_from_the_official_config_is_detected():
-    from samdeploy.export.sam2 import Sam2Config, _official_config_path, detect_sam2_config, random_sam2
+    from samdeploy.export.sam2 import Sam2Config, detect_sam2_config, official_config_path, random_sam2
 
-    tiny = Sam2Config.from_yaml(_official_config_path("configs/sam2.1/sam2.1_hiera_t.yaml"))
+    tiny = Sam2Config.from_yaml(official_config_path("configs/sam2.1/sam2.1_hiera_t.yaml"))
     assert detect_sam2_config(random_sam2(tiny, seed=0).state_dict()).model_type == "sam2.1_hiera_tiny"
 
 

@@ -248,9 +248,9 @@ def test_official_sizes_match_the_official_predictor(tmp_path, config_file):
     import torch
 
     from samdeploy.export import export_model
-    from samdeploy.export.sam2 import Sam2Config, _official_config_path, official_predictor, random_sam2
+    from samdeploy.export.sam2 import Sam2Config, official_config_path, official_predictor, random_sam2
 
-    config = Sam2Config.from_yaml(_official_config_path(f"configs/sam2.1/{config_file}"))
+    config = Sam2Config.from_yaml(official_config_path(f"configs/sam2.1/{config_file}"))
     model = random_sam2(config, seed=5)
     torch.save({"model": model.state_dict()}, tmp_path / "checkpoint.pt")
     report = export_model(tmp_path / "checkpoint.pt", tmp_path / "package")

@@ -10,7 +10,7 @@ import datetime as _dt
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -212,6 +212,40 @@ def _is_sam2(checkpoint: Any, config: Any, model_type: str) -> bool:
     return not isinstance(checkpoint, Sam) and hasattr(checkpoint, "sam_mask_decoder")
 
 
+def trace_and_simplify(
+    role: str, label: str, trace: Callable[[Path], None], work: Path, simplify: str, steps: _Steps
+) -> tuple[Path, dict[str, int]]:
+    """Trace one graph with ``trace(path)`` into ``work``, then simplify it (unless ``none``).
+
+    Returns the ONNX file to carry on from and its node counts per step. One folder per graph: over
+    2 GB the tracer writes every weight as its own file there.
+    """
+    folder = work / role
+    folder.mkdir()
+    current = folder / f"{role}.onnx"
+    with steps.step(f"trace_{role}", f"tracing the {label}"):
+        try:
+            trace(current)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
+    counts = {"traced": _node_count(current)}
+    if simplify != "none":
+        simplified = work / f"{role}.simplified" / f"{role}.onnx"
+        simplified.parent.mkdir()
+        with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
+            try:
+                optimize.simplify(current, simplified, simplify)
+            except ExportError:
+                raise
+            except Exception as exc:
+                raise ExportError(
+                    f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
+                ) from None
+        current = simplified
+        counts["simplified"] = _node_count(current)
+    return current, counts
+
+
 def export_model(
     checkpoint: str | Path | Mapping[str, Any] | Sam,
     output: str | Path,
@@ -314,30 +348,7 @@ def export_model(
             ),
         )
         for role, label, trace in graphs:
-            # One folder per graph: over 2 GB the tracer writes every weight as its own file there.
-            folder = work / role
-            folder.mkdir()
-            current = folder / f"{role}.onnx"
-            with steps.step(f"trace_{role}", f"tracing the {label}"):
-                try:
-                    trace(current)
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
-            counts = {"traced": _node_count(current)}
-            if simplify != "none":
-                simplified = work / f"{role}.simplified" / f"{role}.onnx"
-                simplified.parent.mkdir()
-                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
-                    try:
-                        optimize.simplify(current, simplified, simplify)
-                    except ExportError:
-                        raise
-                    except Exception as exc:
-                        raise ExportError(
-                            f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
-                        ) from None
-                current = simplified
-                counts["simplified"] = _node_count(current)
+            current, counts = trace_and_simplify(role, label, trace, work, simplify, steps)
             if role == ENCODER and attention_rows:
                 chunked = work / f"{role}.chunked" / f"{role}.onnx"
                 chunked.parent.mkdir()

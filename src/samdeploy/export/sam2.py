@@ -49,12 +49,12 @@ from samdeploy.export.checkpoint import load_state_dict, normalize_state_dict
 from samdeploy.export.exporter import (
     ExportReport,
     _check_disk,
-    _node_count,
     _one_line,
     _Steps,
     _version,
     check_output,
     move_into_place,
+    trace_and_simplify,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
 from samdeploy.export.validate import TOLERANCES, _max_rel, _prompts, cosine, failures, synthetic_image
@@ -145,7 +145,7 @@ class Sam2Config:
         return cls(family=family, model_type=model_type, model=model)
 
 
-def _official_config_path(relative: str) -> Path:
+def official_config_path(relative: str) -> Path:
     import sam2
 
     return Path(sam2.__path__[0]) / relative
@@ -166,7 +166,7 @@ def detect_sam2_config(state: Mapping[str, torch.Tensor]) -> Sam2Config:
             " pass its Hydra config with --config"
         )
     name, relative = SAM2_PRESETS[key]
-    return Sam2Config.from_yaml(_official_config_path(relative), family=family, model_type=name)
+    return Sam2Config.from_yaml(official_config_path(relative), family=family, model_type=name)
 
 
 def build_sam2(config: Sam2Config) -> nn.Module:
@@ -631,28 +631,14 @@ def export_sam2(
         files: list[str] = []
         nodes: dict[str, dict[str, int]] = {}
         for role, label, trace in graphs:
-            current = work / role / f"{role}.onnx"
-            current.parent.mkdir()
-            with steps.step(f"trace_{role}", f"tracing the {label}"):
-                try:
-                    trace(model, sam2_config, current, opset)
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    raise ExportError(f"tracing the {label} failed: {_one_line(exc)}") from None
-            counts = {"traced": _node_count(current)}
-            if simplify != "none":
-                simplified = work / f"{role}.simplified" / f"{role}.onnx"
-                simplified.parent.mkdir()
-                with steps.step(f"simplify_{role}", f"simplifying the {label} ({simplify})"):
-                    try:
-                        optimize.simplify(current, simplified, simplify)
-                    except ExportError:
-                        raise
-                    except Exception as exc:
-                        raise ExportError(
-                            f"{simplify} failed on the {label}: {_one_line(exc)}; retry with --simplify none"
-                        ) from None
-                current = simplified
-                counts["simplified"] = _node_count(current)
+            current, counts = trace_and_simplify(
+                role,
+                label,
+                lambda path, trace=trace: trace(model, sam2_config, path, opset),
+                work,
+                simplify,
+                steps,
+            )
             with steps.step(f"save_{role}", f"saving the {label}"):
                 files += optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
                 onnx.checker.check_model(str(staging / f"{role}.onnx"))

@@ -268,25 +268,34 @@ class SamModel:
         )
 
 
-def _check_package(package: ModelPackage, model: SamModel) -> None:
-    """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
-    root = package.root
+def check_files(package: ModelPackage) -> None:
+    """Refuse a package whose files do not have the sizes its manifest says."""
     for name, info in package.manifest["files"].items():
-        size = (root / name).stat().st_size
+        size = (package.root / name).stat().st_size
         if size != info.get("bytes", size):
             raise PackageError(
-                f"model package {root}: {name} has {size} bytes, the manifest says {info['bytes']}"
+                f"model package {package.root}: {name} has {size} bytes, the manifest says {info['bytes']}"
                 " (corrupt or replaced file; export the package again)"
             )
-    encoder = model.encode_graph.nodes["image_encoder"]
-    decoder = model.decode_graph.nodes["mask_decoder"]
+
+
+def check_encoder_input(package: ModelPackage, encoder: Any) -> None:
+    """Refuse an encoder (Inference node) whose input is not 1x3xSxS for the manifest's S."""
     size = package.image_size
     shape = tuple(encoder.input_specs[0].shape)
     if len(shape) != 4 or shape[1] != 3 or shape[2:] != (size, size):
         raise PackageError(
-            f"model package {root}: {package.model(ENCODER).file} takes {list(shape)}, but the manifest"
+            f"model package {package.root}: {package.model(ENCODER).file} takes {list(shape)}, but the manifest"
             f" says image_size {size} (expected [1, 3, {size}, {size}])"
         )
+
+
+def _check_package(package: ModelPackage, model: SamModel) -> None:
+    """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
+    root = package.root
+    check_files(package)
+    check_encoder_input(package, model.encode_graph.nodes["image_encoder"])
+    decoder = model.decode_graph.nodes["mask_decoder"]
     names = [spec.name for spec in decoder.input_specs]
     missing = [name for name in package.prompt_decoder_inputs if name not in names]
     if missing:
@@ -386,15 +395,33 @@ def load_model(
             f"model package {package.root} is a {package.family} package: load it with samdeploy.load_model"
             " and use samdeploy.SAM2ImagePredictor / SAM2AutomaticMaskGenerator"
         )
+    return open_model(
+        SamModel, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image
+    )
+
+
+def open_model(
+    model_class: type[SamModel],
+    package: ModelPackage,
+    check: Any,
+    backend: str | None,
+    mode: str,
+    providers: list[str] | None,
+    threads: int | None,
+    cache_mb: float,
+    inside_image: bool,
+) -> Any:
+    """``model_class`` (a SAM or SAM 2 model) on ``package``, checked by ``check(package, model)``,
+    with its sessions created; a failure closes what was opened (see :func:`load_model`)."""
     options = BackendOptions(
         backend=backend or "onnxruntime",
         providers=providers,
         threads=threads or 0,
         roles=package_runtime(package, backend),
     )
-    model = SamModel(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
+    model = model_class(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
     try:
-        _check_package(package, model)
+        check(package, model)
         model.graph.setup()
     except BaseException:
         model.close()

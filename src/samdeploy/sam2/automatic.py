@@ -170,23 +170,10 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         multimask_output: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.config = Generator2Config(
-            points_per_side=points_per_side,
-            points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers,
-            crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area,
-            output_mode=output_mode,
-            mask_threshold=mask_threshold,
-            use_m2m=use_m2m,
-            multimask_output=multimask_output,
-        )
+        options = {
+            name: value for name, value in locals().items() if name in Generator2Config.__dataclass_fields__
+        }
+        self.config = Generator2Config(**options)
         self.config.check()
         if min_mask_region_area > 0:
             warnings.warn(

@@ -19,10 +19,19 @@ import numpy as np
 
 from samdeploy.engine import make_executor
 from samdeploy.errors import BackendError, GraphError, PackageError
-from samdeploy.package import DECODER, ENCODER, SAM2_DECODER_INPUTS, ModelPackage
+from samdeploy.package import DECODER, SAM2_DECODER_INPUTS, ModelPackage
 from samdeploy.sam.graphs import BackendOptions
 from samdeploy.sam.images import as_rgb_array
-from samdeploy.sam.model import DEFAULT_CACHE_MB, MODES, EmbeddingCache, SamModel, package_runtime, run_graph
+from samdeploy.sam.model import (
+    DEFAULT_CACHE_MB,
+    MODES,
+    EmbeddingCache,
+    SamModel,
+    check_encoder_input,
+    check_files,
+    open_model,
+    run_graph,
+)
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam2.graphs import FEATURES, sam2_graph
 
@@ -131,28 +140,14 @@ class Sam2Model(SamModel):
 
 def _check_package(package: ModelPackage, model: Sam2Model) -> None:
     """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
-    root = package.root
-    for name, info in package.manifest["files"].items():
-        size = (root / name).stat().st_size
-        if size != info.get("bytes", size):
-            raise PackageError(
-                f"model package {root}: {name} has {size} bytes, the manifest says {info['bytes']}"
-                " (corrupt or replaced file; export the package again)"
-            )
-    encoder = model.encode_graph.nodes["image_encoder"]
-    decoder = model.decode_graph.nodes["mask_decoder"]
-    size = package.image_size
-    shape = tuple(encoder.input_specs[0].shape)
-    if len(shape) != 4 or shape[1] != 3 or shape[2:] != (size, size):
-        raise PackageError(
-            f"model package {root}: {package.model(ENCODER).file} takes {list(shape)}, but the manifest"
-            f" says image_size {size} (expected [1, 3, {size}, {size}])"
-        )
-    names = [spec.name for spec in decoder.input_specs]
+    check_files(package)
+    check_encoder_input(package, model.encode_graph.nodes["image_encoder"])
+    names = [spec.name for spec in model.decode_graph.nodes["mask_decoder"].input_specs]
     missing = [name for name in SAM2_DECODER_INPUTS if name not in names]
     if missing:
         raise PackageError(
-            f"model package {root}: {package.model(DECODER).file} lacks the SAM 2 decoder inputs {', '.join(missing)}"
+            f"model package {package.root}: {package.model(DECODER).file} lacks the SAM 2 decoder inputs"
+            f" {', '.join(missing)}"
         )
 
 
@@ -173,17 +168,6 @@ def load_sam2_model(
     if threads is not None and threads < 0:
         raise BackendError(f"threads must be positive (or None for the default), got {threads}")
     package = ModelPackage.load(path)
-    options = BackendOptions(
-        backend=backend or "onnxruntime",
-        providers=providers,
-        threads=threads or 0,
-        roles=package_runtime(package, backend),
+    return open_model(
+        Sam2Model, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image
     )
-    model = Sam2Model(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)
-    try:
-        _check_package(package, model)
-        model.graph.setup()
-    except BaseException:
-        model.close()
-        raise
-    return model
