@@ -57,7 +57,15 @@ from samdeploy.export.exporter import (
     trace_and_simplify,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
-from samdeploy.export.validate import TOLERANCES, _max_rel, _prompts, cosine, failures, synthetic_image
+from samdeploy.export.validate import (
+    TOLERANCES,
+    _max_rel,
+    _prompts,
+    _session,
+    cosine,
+    failures,
+    synthetic_image,
+)
 from samdeploy.package import (
     DECODER,
     ENCODER,
@@ -146,6 +154,8 @@ class Sam2Config:
 
 
 def official_config_path(relative: str) -> Path:
+    """A config file shipped inside the official ``sam2`` package, e.g.
+    ``configs/sam2.1/sam2.1_hiera_t.yaml``."""
     import sam2
 
     return Path(sam2.__path__[0]) / relative
@@ -406,14 +416,6 @@ def official_predictor(model: nn.Module) -> Any:
     return predictor
 
 
-def _ort_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def decoder_feeds(
     predictor: Any, prompt: Any, features: dict[str, np.ndarray], mask_input: np.ndarray | None
 ) -> dict[str, np.ndarray]:
@@ -498,7 +500,7 @@ def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Pa
         "high_res_feats_0": predictor._features["high_res_feats"][0].numpy(),
         "high_res_feats_1": predictor._features["high_res_feats"][1].numpy(),
     }
-    encoder = _ort_session(encoder_path)
+    encoder = _session(encoder_path)
     got = dict(zip(SAM2_ENCODER_OUTPUTS, encoder.run(list(SAM2_ENCODER_OUTPUTS), {"image": x}), strict=True))
     del encoder
     report: dict[str, Any] = {
@@ -516,7 +518,7 @@ def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Pa
         "end_to_end": {},
     }
     report["embeddings"] = report["features"]["image_embed"]
-    decoder = _ort_session(decoder_path)
+    decoder = _session(decoder_path)
     outputs = ["iou_predictions", "low_res_masks"]  # fetched by name
     previous: np.ndarray | None = None
     for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
