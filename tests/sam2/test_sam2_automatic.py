@@ -73,6 +73,7 @@ CASES = {
     "no_nms": dict(points_per_side=8, box_nms_thresh=1.0),
     "single_mask": dict(points_per_side=8, box_nms_thresh=1.0, multimask_output=False),
     "crops": dict(points_per_side=4, crop_n_layers=1, box_nms_thresh=0.9, crop_nms_thresh=0.9),
+    "m2m": dict(points_per_side=6, box_nms_thresh=1.0, use_m2m=True),
     "thresholds": dict(points_per_side=8, box_nms_thresh=1.0, pred_iou_thresh=0.9, mask_threshold=2.0),
 }
 
@@ -117,8 +118,6 @@ def test_output_modes_and_options(structured):
     assert len(binary) == len(coco) > 0
     assert isinstance(coco[0]["segmentation"]["counts"], str)
     assert binary[0]["segmentation"].shape == (120, 160)
-    with pytest.raises(GeneratorOptionError, match="use_m2m"):
-        samdeploy.SAM2AutomaticMaskGenerator(model, use_m2m=True)
     with pytest.raises(GeneratorOptionError):
         samdeploy.SAM2AutomaticMaskGenerator(model, points_per_side=0)
     with warnings.catch_warnings(record=True) as caught:

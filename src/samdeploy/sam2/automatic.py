@@ -15,7 +15,8 @@ SAM 2's encoder, prompt build and decoder, and the official SAM 2 generator's di
   sprinkle cleanup, which needs the CUDA extension and is skipped (with a warning) without it; the
   official generator never runs ``postprocess_small_regions``. So here too nothing is removed: the
   option is accepted, and a warning says so.
-- ``use_m2m`` (a second decoder pass fed each mask's low-res logits) is not supported yet.
+- ``use_m2m``: a second decoder pass, each mask a prompt of its own point and its low-res logits,
+  one mask out (``sam2.MaskToMaskPrompts`` and a second decoder node in the point graph).
 """
 
 from __future__ import annotations
@@ -27,21 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from samdeploy.engine import Graph, register_node
+from samdeploy.engine import Graph, Node, register_node
 from samdeploy.sam.automatic import (
     CropImage,
     CropInfo,
     FilterMasks,
     GeneratorConfig,
-    GeneratorOptionError,
     PointPrompts,
     SamAutomaticMaskGenerator,
     merge_graph,
 )
+from samdeploy.sam.prompts import Prompt
 from samdeploy.sam2.graphs import FEATURES, connect_prompt_ports, decoder_node, encode_graph, prompt_build
 from samdeploy.sam2.model import Sam2Model
+from samdeploy.sam2.nodes import decoder_inputs
 from samdeploy.sam2.predictor import as_sam2_model
-from samdeploy.sam2.transforms import select_masks, upscale_masks
+from samdeploy.sam2.transforms import LOW_RES_CLAMP, select_masks, upscale_masks
 
 
 @register_node("sam2.FilterMasks")
@@ -77,6 +79,63 @@ class FilterMasks2(FilterMasks):
         return upscale_masks(low_res, crop.size)
 
 
+@register_node("sam2.MaskToMaskPrompts")
+class MaskToMaskPrompts(Node):
+    """First-pass decoder outputs -> the prompts of the refinement pass (``use_m2m``).
+
+    As the official ``refine_with_m2m``: every kept mask (the tokens ``multimask_output`` selects)
+    becomes a prompt of its own: its point (label 1, and the padding point) with its low-res
+    logits, clamped to [-32, 32] as the predictor returns them, as ``mask_input``. Outputs the decoder
+    inputs for those N = B x C prompts and their ``points`` Nx2 (crop pixels).
+    """
+
+    @dataclass
+    class Params:
+        image_size: int = 1024
+        multimask_output: bool = True
+        dynamic_multimask: bool = True
+        stability_delta: float = 0.05
+        stability_thresh: float = 0.98
+
+    inputs = {
+        "low_res_masks": np.ndarray,
+        "iou_predictions": np.ndarray,
+        "points": np.ndarray,
+        "crop": CropInfo,
+    }
+    outputs = {
+        "point_coords": np.ndarray,
+        "point_labels": np.ndarray,
+        "mask_input": np.ndarray,
+        "has_mask_input": np.ndarray,
+        "points": np.ndarray,
+    }
+
+    def run(
+        self, low_res_masks: np.ndarray, iou_predictions: np.ndarray, points: np.ndarray, crop: CropInfo
+    ) -> dict[str, Any]:
+        p = self.params
+        low_res, _ = select_masks(
+            low_res_masks,
+            iou_predictions,
+            p.multimask_output,
+            p.dynamic_multimask,
+            p.stability_delta,
+            p.stability_thresh,
+        )
+        size = low_res.shape[-2:]
+        points = np.repeat(np.asarray(points, dtype=np.float64), low_res.shape[1], axis=0)
+        masks = np.clip(low_res.reshape(-1, 1, *size), -LOW_RES_CLAMP, LOW_RES_CLAMP).astype(np.float32)
+        prompt = Prompt(
+            point_coords=points[:, None, :],
+            point_labels=np.ones((len(points), 1), dtype=np.int64),
+            boxes=None,
+            mask_input=masks,
+            batch=len(points),
+        )
+        return {**decoder_inputs(prompt, crop.size, p.image_size, tuple(size)), "points": points}
+
+
 @dataclass(frozen=True)
 class Generator2Config(GeneratorConfig):
     """The SAM 2 generator's options (the official constructor's, with its defaults)."""
@@ -85,11 +144,6 @@ class Generator2Config(GeneratorConfig):
     mask_threshold: float = 0.0
     use_m2m: bool = False
     multimask_output: bool = True
-
-    def check(self) -> None:
-        super().check()
-        if self.use_m2m:
-            raise GeneratorOptionError("use_m2m is not supported by samdeploy's SAM 2 generator yet")
 
 
 def crop_graph(model: Sam2Model) -> Graph:
@@ -108,7 +162,12 @@ def crop_graph(model: Sam2Model) -> Graph:
 
 def point_graph(model: Sam2Model, config: Generator2Config) -> Graph:
     """The three feature maps, ``points`` (Bx2 crop pixels), ``crop`` -> the batch's ``candidates``."""
-    postprocessing = model.package.manifest.get("postprocessing", {}).get("dynamic_multimask", {})
+    settings = model.package.manifest.get("postprocessing", {}).get("dynamic_multimask", {})
+    dynamic = {
+        "dynamic_multimask": bool(settings.get("enabled", True)),
+        "stability_delta": float(settings.get("stability_delta", 0.05)),
+        "stability_thresh": float(settings.get("stability_thresh", 0.98)),
+    }
     graph = Graph("everything_points")
     graph.add(PointPrompts("point_prompts"))
     graph.add(prompt_build(model.package))
@@ -121,22 +180,34 @@ def point_graph(model: Sam2Model, config: Generator2Config) -> Graph:
                 "stability_score_thresh": config.stability_score_thresh,
                 "stability_score_offset": config.stability_score_offset,
                 "mask_threshold": config.mask_threshold,
-                "multimask_output": config.multimask_output,
-                "dynamic_multimask": bool(postprocessing.get("enabled", True)),
-                "stability_delta": float(postprocessing.get("stability_delta", 0.05)),
-                "stability_thresh": float(postprocessing.get("stability_thresh", 0.98)),
+                # The refinement pass asks for one mask per prompt.
+                "multimask_output": config.multimask_output and not config.use_m2m,
+                **dynamic,
             },
         )
     )
     graph.connect("point_prompts.prompt", "prompt_build.prompt")
     graph.connect("point_prompts.original_size", "prompt_build.original_size")
     connect_prompt_ports(graph)
-    graph.connect("mask_decoder.iou_predictions", "filter_masks.iou_predictions")
-    graph.connect("mask_decoder.low_res_masks", "filter_masks.low_res_masks")
+    decoders = ["mask_decoder"]
+    if config.use_m2m:
+        m2m = {"image_size": model.image_size, "multimask_output": config.multimask_output, **dynamic}
+        graph.add(MaskToMaskPrompts("m2m_prompts", m2m))
+        graph.add(decoder_node(model.package, model.options, name="m2m_decoder"))
+        graph.connect("mask_decoder.iou_predictions", "m2m_prompts.iou_predictions")
+        graph.connect("mask_decoder.low_res_masks", "m2m_prompts.low_res_masks")
+        connect_prompt_ports(graph, "m2m_prompts", "m2m_decoder")
+        graph.connect("m2m_prompts.points", "filter_masks.points")
+        graph.input("points", "point_prompts.points", "m2m_prompts.points")
+        graph.input("crop", "point_prompts.crop", "m2m_prompts.crop", "filter_masks.crop")
+        decoders.append("m2m_decoder")
+    else:
+        graph.input("points", "point_prompts.points", "filter_masks.points")
+        graph.input("crop", "point_prompts.crop", "filter_masks.crop")
+    graph.connect(f"{decoders[-1]}.iou_predictions", "filter_masks.iou_predictions")
+    graph.connect(f"{decoders[-1]}.low_res_masks", "filter_masks.low_res_masks")
     for name in FEATURES:
-        graph.input(name, f"mask_decoder.{name}")
-    graph.input("points", "point_prompts.points", "filter_masks.points")
-    graph.input("crop", "point_prompts.crop", "filter_masks.crop")
+        graph.input(name, *(f"{decoder}.{name}" for decoder in decoders))
     graph.output("candidates", "filter_masks.candidates")
     graph.validate()
     return graph
@@ -146,8 +217,7 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
     """Masks for a whole image from a grid of point prompts, filtered and de-duplicated, with a SAM
     2.x model. Arguments are the official SAM 2 generator's (see
     :class:`~samdeploy.sam.automatic.SamAutomaticMaskGenerator` for their meaning), plus
-    ``mask_threshold`` and ``multimask_output``; ``use_m2m=True`` raises
-    :class:`~samdeploy.sam.automatic.GeneratorOptionError`. Records are the official ones."""
+    ``mask_threshold``, ``use_m2m`` and ``multimask_output``. Records are the official ones."""
 
     def __init__(
         self,

@@ -47,11 +47,9 @@ def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:
     return graph
 
 
-def decoder_node(package: ModelPackage, options: BackendOptions) -> Inference:
+def decoder_node(package: ModelPackage, options: BackendOptions, name: str = "mask_decoder") -> Inference:
     """The ``mask_decoder`` node (all four mask tokens; see :mod:`samdeploy.export.sam2`)."""
-    return Inference(
-        "mask_decoder", options.params(str(package.decoder_path), list(DECODER_OUTPUTS), role=DECODER)
-    )
+    return Inference(name, options.params(str(package.decoder_path), list(DECODER_OUTPUTS), role=DECODER))
 
 
 def prompt_build(package: ModelPackage, inside_image: bool = False) -> PromptBuild:
@@ -79,10 +77,10 @@ def postprocess(package: ModelPackage) -> Postprocess:
     )
 
 
-def connect_prompt_ports(graph: Graph) -> None:
-    """Wire ``prompt_build``'s outputs into the decoder."""
+def connect_prompt_ports(graph: Graph, source: str = "prompt_build", decoder: str = "mask_decoder") -> None:
+    """Wire a prompt node's outputs into a decoder."""
     for port in PROMPT_INPUTS:
-        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+        graph.connect(f"{source}.{port}", f"{decoder}.{port}")
 
 
 def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: bool = False) -> Graph:
