@@ -105,11 +105,9 @@ def export(
     # KeyboardInterrupt, but the default SIGTERM action ends the process without unwinding.
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=True)
-    if precision != "fp32" and config is not None:
-        raise ExportError("--precision applies to SAM 1 packages; SAM 2 packages are exported in fp32")
     if precision != "fp32":
         _export_fast(
-            checkpoint, output, precision, model_type, opset, simplify, attention_rows, force, console
+            checkpoint, output, precision, model_type, opset, simplify, attention_rows, force, console, config
         )
         return
     report = export_model(
@@ -154,6 +152,7 @@ def _export_fast(
     attention_rows: int,
     force: bool,
     console: Console,
+    config: Path | None = None,
 ) -> None:
     """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
     int8-bf16 package made from it and checked against it (``optimize_package``); the scratch is removed."""
@@ -178,6 +177,7 @@ def _export_fast(
             simplify=simplify,
             attention_rows=attention_rows,
             console=console,
+            config=config,
         )
         report = optimize_package(
             fp32.output,

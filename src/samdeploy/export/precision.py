@@ -119,7 +119,7 @@ def _parity_prompts(height: int, width: int) -> dict[str, dict[str, Any]]:
 def compare_packages(
     reference: str | Path, candidate: str | Path, images: int = 2, threads: int | None = None
 ) -> dict[str, Any]:
-    """Accuracy of ``candidate`` against ``reference`` through the runtime (``SamPredictor``).
+    """Accuracy of ``candidate`` against ``reference`` through the runtime (the family's predictor).
 
     For ``images`` synthetic pictures of different shapes: embedding cosine and max abs
     difference; for every parity prompt (plus a ``mask_input`` chain from the point result), the
@@ -127,12 +127,12 @@ def compare_packages(
     figures the accuracy bar applies to.
     """
     from samdeploy.export.validate import synthetic_image
-    from samdeploy.sam.model import load_model
-    from samdeploy.sam.predictor import SamPredictor
+    from samdeploy.loading import load_model, predictor_for
 
     shapes = [(480, 640), (640, 480), (600, 600), (300, 900)][: max(1, images)]
-    ref = SamPredictor(load_model(reference, threads=threads, cache_mb=0))
-    new = SamPredictor(load_model(candidate, threads=threads, cache_mb=0))
+    # The family's predictor: SamPredictor, or SAM2ImagePredictor for a SAM 2 package.
+    ref = predictor_for(load_model(reference, threads=threads, cache_mb=0))
+    new = predictor_for(load_model(candidate, threads=threads, cache_mb=0))
     report: dict[str, Any] = {"images": [], "prompts": {}}
     agreements, score_diffs, cosines = [], [], []
     try:
@@ -284,10 +284,6 @@ def optimize_package(
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)
     package = ModelPackage.load(source, verify=True)
-    if package.is_sam2:
-        raise ExportError(
-            f"{source} is a {package.family} package: the precision options apply to SAM 1 packages"
-        )
     if package.precision != "fp32":
         raise ExportError(f"{source} is a {package.precision} package; start from the fp32 export")
     if output.resolve() == source.resolve():

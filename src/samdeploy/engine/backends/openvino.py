@@ -20,7 +20,15 @@ from samdeploy.package import TensorSpec
 def _spec(port: Any) -> TensorSpec:
     shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
     dtype = port.get_element_type().to_dtype().name if port.get_element_type().is_static() else "unknown"
-    return TensorSpec(name=port.get_any_name(), shape=shape, dtype=dtype)
+    return TensorSpec(name=_port_name(port), shape=shape, dtype=dtype)
+
+
+def _port_name(port: Any) -> str:
+    """The graph's own name of a port. A graph output computed straight by a node carries the
+    node's generated name too (``/conv_s0/Conv_output_0``), and ``get_any_name`` may return that
+    one; generated names are path-like, so the plain one is preferred."""
+    names = sorted(port.get_names(), key=lambda name: ("/" in name, len(name), name))
+    return names[0] if names else port.get_any_name()
 
 
 # Inference precisions the backend takes, as OpenVINO names them.
