@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     report = {
         "model": f"sam2.1_hiera_{args.size}",
-        "weights": "checkpoint" if args.checkpoint else "random (seed 0)",
+        "weights": args.checkpoint.name if args.checkpoint else "random (seed 0)",
         "image": list(image.shape),
         "threads": args.threads,
         "machine": {
