@@ -246,6 +246,14 @@ def trace_and_simplify(
     return current, counts
 
 
+def save_graph(current: Path, staging: Path, role: str, label: str, steps: _Steps) -> list[str]:
+    """Save the finished graph as ``<role>.onnx`` in the package folder, checked; its file names."""
+    with steps.step(f"save_{role}", f"saving the {label}"):
+        files = optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
+        onnx.checker.check_model(str(staging / f"{role}.onnx"))
+    return files
+
+
 def export_model(
     checkpoint: str | Path | Mapping[str, Any] | Sam,
     output: str | Path,
@@ -369,9 +377,7 @@ def export_model(
                     optimize.quantize_int8(current, quantized)
                 current = quantized
                 counts["quantized"] = _node_count(current)
-            with steps.step(f"save_{role}", f"saving the {label}"):
-                files += optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
-                onnx.checker.check_model(str(staging / f"{role}.onnx"))
+            files += save_graph(current, staging, role, label, steps)
             nodes[role] = counts
         shutil.rmtree(work)
 

@@ -44,7 +44,6 @@ from torch.nn import functional as F
 
 import samdeploy
 from samdeploy.errors import CheckpointError, ExportError
-from samdeploy.export import optimize
 from samdeploy.export.checkpoint import load_state_dict, normalize_state_dict
 from samdeploy.export.exporter import (
     ExportReport,
@@ -54,6 +53,7 @@ from samdeploy.export.exporter import (
     _version,
     check_output,
     move_into_place,
+    save_graph,
     trace_and_simplify,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
@@ -641,9 +641,7 @@ def export_sam2(
                 simplify,
                 steps,
             )
-            with steps.step(f"save_{role}", f"saving the {label}"):
-                files += optimize.save(onnx.load(str(current)), staging / f"{role}.onnx")
-                onnx.checker.check_model(str(staging / f"{role}.onnx"))
+            files += save_graph(current, staging, role, label, steps)
             nodes[role] = counts
         shutil.rmtree(work)
 

@@ -151,9 +151,16 @@ class SamModel:
         self.package = package
         self.options = options
         self.mode = mode
-        self.graph, self.encode_graph, self.decode_graph = sam_graph(package, options, inside_image)
+        self.graph, self.encode_graph, self.decode_graph = self.build_graphs(package, options, inside_image)
         self.executor = make_executor(mode)
         self.cache = EmbeddingCache(cache_mb)
+
+    @staticmethod
+    def build_graphs(
+        package: ModelPackage, options: BackendOptions, inside_image: bool
+    ) -> tuple[Graph, Graph, Graph]:
+        """The full graph and its encode and decode halves (the family's graphs)."""
+        return sam_graph(package, options, inside_image)
 
     @property
     def backend_summary(self) -> str:

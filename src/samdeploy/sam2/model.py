@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from samdeploy.engine import make_executor
-from samdeploy.errors import BackendError, GraphError, PackageError
+from samdeploy.engine import Graph
+from samdeploy.errors import BackendError, PackageError
 from samdeploy.package import DECODER, SAM2_DECODER_INPUTS, ModelPackage
 from samdeploy.sam.graphs import BackendOptions
 from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import (
     DEFAULT_CACHE_MB,
-    MODES,
     EmbeddingCache,
     SamModel,
     check_encoder_input,
@@ -79,18 +78,18 @@ class Sam2Model(SamModel):
         cache_mb: float = DEFAULT_CACHE_MB,
         inside_image: bool = False,
     ) -> None:
-        if mode not in MODES:
-            raise GraphError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         if not package.is_sam2:
             raise PackageError(
-                f"model package {package.root} is a SAM package, not SAM 2: use samdeploy.SamPredictor / SamAutomaticMaskGenerator"
+                f"model package {package.root} is a SAM package, not SAM 2:"
+                " use samdeploy.SamPredictor / SamAutomaticMaskGenerator"
             )
-        self.package = package
-        self.options = options
-        self.mode = mode
-        self.graph, self.encode_graph, self.decode_graph = sam2_graph(package, options, inside_image)
-        self.executor = make_executor(mode)
-        self.cache = EmbeddingCache(cache_mb)
+        super().__init__(package, options, mode, cache_mb, inside_image)
+
+    @staticmethod
+    def build_graphs(
+        package: ModelPackage, options: BackendOptions, inside_image: bool
+    ) -> tuple[Graph, Graph, Graph]:
+        return sam2_graph(package, options, inside_image)
 
     @property
     def family(self) -> str:
