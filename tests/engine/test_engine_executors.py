@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import engine_threads
-from engine_toys import HANDSHAKE_TIMEOUT_S, Gate, Identity, Lockstep, Meet, Step, Waves, chain
+from engine_toys import HANDSHAKE_TIMEOUT_S, Add, Gate, Identity, Lockstep, Meet, Step, Waves, chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +70,10 @@ def test_unknown_executor_and_bad_options() -> None:
         g.run({"x": 1}, executor="task", queue_depth=3)
     with pytest.raises(GraphError, match="queue_depth must be at least 1"):
         make_executor("pipeline", queue_depth=0)
+    with pytest.raises(GraphError, match="task executor needs at least one worker, got 0"):
+        TaskExecutor(workers=0)
+    with PipelineExecutor() as executor, pytest.raises(GraphError, match="queue_depth cannot be given"):
+        g.run({"x": 1}, executor=executor, queue_depth=2)
 
 
 def test_task_executor_runs_independent_nodes_at_once() -> None:
@@ -86,6 +90,28 @@ def test_task_executor_runs_independent_nodes_at_once() -> None:
         for i in range(5):
             assert g.run({"x": i}, executor=ex) == {"l": i, "r": i}
         assert list(engine_threads())  # the pool lives as long as the executor
+
+
+def test_task_executor_runs_the_successors_of_one_node_at_once() -> None:
+    # Why: when a node makes several nodes ready, the worker keeps one and hands the others to
+    # the pool; both branches must then be inside run() together (a barrier of two), and their
+    # results must meet again in the node that joins them.
+    barrier = threading.Barrier(2)
+    g = Graph("diamond")
+    g.add(Add("root", {"bias": 1}))
+    g.add(Meet("left", barrier))
+    g.add(Meet("right", barrier))
+    g.add(Add("join", {"n": 2}))
+    g.connect("root.out", "left.x")
+    g.connect("root.out", "right.x")
+    g.connect("left.x", "join.in0")
+    g.connect("right.x", "join.in1")
+    g.input("x", "root.in0")
+    g.output("y", "join.out")
+    with TaskExecutor(workers=2) as executor:
+        assert [g.run({"x": float(i)}, executor=executor) for i in range(3)] == [
+            {"y": 2.0 * (i + 1)} for i in range(3)
+        ]
 
 
 def test_task_executor_stops_scheduling_after_a_failure() -> None:
@@ -124,7 +150,11 @@ def test_pipeline_runs_every_node_at_once(depth: int) -> None:
     # Each wave's barrier lets its nodes through only when all of them are inside run() at once,
     # so an executor that runs nodes one at a time fails here (after one timeout), not by timing.
     g = lockstep_chain(stages=3, items=8)
-    results = list(g.stream(({"x": i} for i in range(8)), queue_depth=depth))
+    stream = g.stream(({"x": i} for i in range(8)), queue_depth=depth)
+    results = [next(stream)]
+    # One worker per node, named after it (how the leftover-thread check finds them).
+    assert sorted(t.name for t in engine_threads()) == [f"samdeploy-pipeline-s{k}" for k in range(3)]
+    results += list(stream)
     assert [(r.index, r.error, r.outputs) for r in results] == [(i, None, {"x": i + 3}) for i in range(8)]
 
 
@@ -207,7 +237,8 @@ def test_pipeline_holds_exactly_its_capacity_while_the_last_node_blocks(stages: 
         worst = max(worst, taken - done)
         assert result.error is None and result.outputs == {"x": result.index}
     assert done == capacity + 20 and overdrawn == []
-    assert capacity <= bound and worst <= bound
+    # The documented bound is this capacity plus a full output queue.
+    assert bound == capacity + depth and worst <= bound
 
 
 @settings(max_examples=25, deadline=None)
@@ -241,11 +272,39 @@ def test_pipeline_keeps_order_loses_nothing_and_isolates_failures(
         assert len(g.nodes[f"s{k}"].seen) == count - len([i for i in failing if i < count])
 
 
-def test_pipeline_bad_item_inputs_fail_alone() -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_bad_item_inputs_fail_alone(executor: str) -> None:
     g = steps_graph(2)
-    results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}]))
+    results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}], executor=executor))
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error.node == "steps" and "input 'x' is missing" in str(results[1].error)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_an_interrupt_inside_a_node_ends_the_stream(executor: str) -> None:
+    # Why: Ctrl-C (or SystemExit) inside a node is not an item's failure: the stream must stop
+    # and raise it in the consumer, with no worker left behind (checked after every test).
+    class Interrupted(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            if x == 3:
+                raise KeyboardInterrupt
+            return {"x": x}
+
+    g = Graph("g")
+    g.add(Identity("a"))
+    g.add(Interrupted("b"))
+    g.connect("a.x", "b.x")
+    g.input("x", "a.x")
+    g.output("x", "b.x")
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for result in g.stream(({"x": i} for i in itertools.count()), executor=executor):
+            seen.append(result.index)
+    # The pipeline stops at once: items already done may go unyielded, never out of order.
+    if executor == "pipeline":
+        assert seen == list(range(len(seen))) and len(seen) <= 3
+    else:
+        assert seen == [0, 1, 2]
 
 
 @pytest.mark.parametrize("depth", [1, 3])
@@ -339,6 +398,8 @@ def test_profile_counts_every_node(executor: str) -> None:
     list(g.stream([{"x": i} for i in range(25)], executor=executor, profile=profile))
     assert [(s.node, s.count) for s in profile.stats()] == [("s0", 25), ("s1", 25), ("s2", 25)]
     assert profile.items == 25 and profile.wall_s > 0
+    if executor != "pipeline":  # one node at a time: their times add up to at most the wall time
+        assert sum(s.total_ms for s in profile.stats()) <= profile.wall_s * 1e3
     table = profile.table()
     assert table.splitlines()[0].split() == [
         "node",
