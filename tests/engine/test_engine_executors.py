@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from engine_toys import HANDSHAKE_TIMEOUT_S, Add, Gate, Identity, Lockstep, Meet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samdeploy.engine import Graph, PipelineExecutor, Profile, TaskExecutor, make_executor
+from samdeploy.engine import Graph, Node, PipelineExecutor, Profile, TaskExecutor, make_executor
 from samdeploy.errors import GraphError, NodeError
 
 EXECUTORS = ["sequential", "task", "pipeline"]
@@ -60,20 +62,112 @@ def test_run_raises_node_error_with_node_name(executor: str) -> None:
     assert info.value.node == "s1" and isinstance(info.value.cause, ValueError)
 
 
+def message(error: pytest.ExceptionInfo) -> str:
+    return str(error.value)
+
+
 def test_unknown_executor_and_bad_options() -> None:
+    # Why: these are the user's mistakes; the whole sentence is checked, not a fragment.
     g = chain(1)
-    with pytest.raises(
-        GraphError, match="unknown executor 'turbo'; choose one of sequential, task, pipeline"
-    ):
+    with pytest.raises(GraphError) as info:
         g.run({"x": 1}, executor="turbo")
-    with pytest.raises(GraphError, match="bad option"):
+    assert message(info) == "unknown executor 'turbo'; choose one of sequential, task, pipeline"
+    with pytest.raises(GraphError, match=r"^executor 'task': bad option: .*'queue_depth'$"):
         g.run({"x": 1}, executor="task", queue_depth=3)
-    with pytest.raises(GraphError, match="queue_depth must be at least 1"):
+    with pytest.raises(GraphError) as info:
         make_executor("pipeline", queue_depth=0)
-    with pytest.raises(GraphError, match="task executor needs at least one worker, got 0"):
+    assert message(info) == "pipeline queue_depth must be at least 1, got 0"
+    with pytest.raises(GraphError) as info:
         TaskExecutor(workers=0)
-    with PipelineExecutor() as executor, pytest.raises(GraphError, match="queue_depth cannot be given"):
-        g.run({"x": 1}, executor=executor, queue_depth=2)
+    assert message(info) == "task executor needs at least one worker, got 0"
+    with PipelineExecutor() as executor, pytest.raises(GraphError) as info:
+        g.run({"x": 1}, executor=executor, queue_depth=2, workers=1)
+    assert message(info) == "options queue_depth, workers cannot be given with an Executor instance"
+
+
+def test_executor_defaults() -> None:
+    # Why: the documented defaults (CPUs plus four task workers; pipeline queues of 4 items).
+    assert TaskExecutor().workers == (os.cpu_count() or 1) + 4
+    assert TaskExecutor(workers=1).workers == 1
+    assert PipelineExecutor().queue_depth == 4
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_bad_node_outputs_are_named(executor: str) -> None:
+    # Why: a node that returns the wrong thing is a programming error the message must pin down.
+    class Wrong(Node):
+        inputs = {"x": Any}
+        outputs = {"a": Any, "b": Any}
+
+        def run(self, x: Any) -> Any:
+            return {"c": x, "d": x} if x else [x]
+
+    g = Graph("g")
+    g.add(Wrong("w"))
+    g.input("x", "w.x")
+    g.output("a", "w.a")
+    g.output("b", "w.b")
+    for x, got in ((1, "keys c, d"), (0, "list")):
+        with pytest.raises(NodeError) as info:
+            g.run({"x": x}, executor=executor)
+        assert info.value.node == "w" and info.value.item is None
+        assert str(info.value.cause) == f"run() must return a dict with output ports a, b; it returned {got}"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_run_tells_bad_graph_inputs_from_node_errors(executor: str) -> None:
+    # Why: run() raises GraphError for the caller's inputs and NodeError for a node that raised
+    # one itself, whichever executor runs the graph.
+    class Strict(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            raise GraphError("no")
+
+    g = Graph("g")
+    g.add(Strict("strict"))
+    g.input("x", "strict.x")
+    g.output("x", "strict.x")
+    with pytest.raises(GraphError) as info:
+        g.run({"y": 1}, executor=executor)
+    assert not isinstance(info.value, NodeError) and "input 'x' is missing" in str(info.value)
+    with pytest.raises(NodeError) as info:
+        g.run({"x": 1}, executor=executor)
+    assert info.value.node == "strict" and isinstance(info.value.cause, GraphError)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_every_node_is_set_up_once_when_some_already_were(executor: str) -> None:
+    # Why: a graph nested in another may have been run (and set up) on its own before; the outer
+    # graph must still set up the nodes around it, and not the inner ones again.
+    inner = Graph("inner")
+    inner.add(Step("a"))
+    inner.input("x", "a.x")
+    inner.output("x", "a.x")
+    assert inner.run({"x": 0}) == {"x": 1}
+    outer = Graph("outer")
+    outer.add(Step("pre"))
+    outer.add(inner)
+    outer.add(Step("post"))
+    outer.connect("pre.x", "inner.x")
+    outer.connect("inner.x", "post.x")
+    outer.input("x", "pre.x")
+    outer.output("x", "post.x")
+    assert outer.run({"x": 0}, executor=executor) == {"x": 3}
+    assert [outer.nodes["pre"].setups, inner.nodes["a"].setups, outer.nodes["post"].setups] == [1, 1, 1]
+
+
+def test_an_empty_graph_runs() -> None:
+    for executor in EXECUTORS:
+        assert Graph("empty").run({}, executor=executor) == {}
+
+
+def test_task_executor_can_be_used_again_after_close() -> None:
+    g = steps_graph(2)
+    executor = TaskExecutor(workers=1)
+    with executor:
+        assert g.run({"x": 0}, executor=executor) == {"x": 2}
+    assert engine_threads() == []
+    with executor:
+        assert g.run({"x": 5}, executor=executor) == {"x": 7}
 
 
 def test_task_executor_runs_independent_nodes_at_once() -> None:
@@ -198,13 +292,17 @@ class HoldFirst(Identity):
 OVERDRAW_GRACE_S = 0.3
 
 
-@pytest.mark.parametrize(("stages", "depth"), [(1, 1), (3, 1), (3, 2), (2, 4)])
-def test_pipeline_holds_exactly_its_capacity_while_the_last_node_blocks(stages: int, depth: int) -> None:
+@pytest.mark.parametrize(("stages", "depth"), [(1, 1), (3, 1), (3, 2), (2, None)])
+def test_pipeline_holds_exactly_its_capacity_while_the_last_node_blocks(
+    stages: int, depth: int | None
+) -> None:
     # Why: the memory bound. While the last node holds item 0, every queue in front of a node
     # fills (depth items each) and every other node holds one item: stages * (depth + 1) items
     # in all. The source is read up to exactly that (item 0 is released only then, so an executor
     # that does not read ahead fails), and not one item further while item 0 is held (a queue
     # larger than its depth fails).
+    executor = PipelineExecutor() if depth is None else PipelineExecutor(queue_depth=depth)
+    depth = executor.queue_depth  # None: the default depth, whose capacity is checked too
     capacity = stages * (depth + 1)
     filled, overdraw = threading.Event(), threading.Event()
     g = Graph("held")
@@ -230,7 +328,6 @@ def test_pipeline_holds_exactly_its_capacity_while_the_last_node_blocks(stages: 
                 filled.set()
             yield {"x": i}
 
-    executor = PipelineExecutor(queue_depth=depth)
     bound = executor.max_in_flight(stages)
     worst = 0
     for done, result in enumerate(g.stream(source(), executor=executor), start=1):
@@ -279,6 +376,43 @@ def test_bad_item_inputs_fail_alone(executor: str) -> None:
     results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}], executor=executor))
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error.node == "steps" and "input 'x' is missing" in str(results[1].error)
+
+
+class Payload:
+    """A large intermediate value, watched through a weak reference."""
+
+
+def test_pipeline_drops_a_value_once_no_later_node_needs_it() -> None:
+    # Why: the pipeline's memory promise. An item's intermediate value (an image, an embedding)
+    # is let go once the last node that reads it is done, not carried down the rest of the line
+    # with its item: when the last node sees item i, item i's payload is already gone.
+    refs: dict[int, weakref.ref] = {}
+    gone: list[bool] = []
+
+    class Make(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            payload = Payload()
+            refs[x] = weakref.ref(payload)
+            return {"x": (x, payload)}
+
+    class Use(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            return {"x": x[0]}
+
+    class Look(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            gone.append(refs[x]() is None)
+            return {"x": x}
+
+    g = Graph("g")
+    for node in (Make("make"), Use("use"), Look("look")):
+        g.add(node)
+    g.connect("make.x", "use.x")
+    g.connect("use.x", "look.x")
+    g.input("x", "make.x")
+    g.output("x", "look.x")
+    assert [r.outputs for r in g.stream({"x": i} for i in range(6))] == [{"x": i} for i in range(6)]
+    assert gone == [True] * 6
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -394,13 +528,22 @@ def test_setup_failure_is_raised_before_any_thread_starts() -> None:
 
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_profile_counts_every_node(executor: str) -> None:
+    # Why: the profile's figures must be what they say: a count per node and item, node times
+    # inside the stream's wall time, and that wall time inside the caller's own measurement.
     g = steps_graph(3)
     profile = Profile()
+    start = time.perf_counter()
     list(g.stream([{"x": i} for i in range(25)], executor=executor, profile=profile))
+    elapsed_s = time.perf_counter() - start
     assert [(s.node, s.count) for s in profile.stats()] == [("s0", 25), ("s1", 25), ("s2", 25)]
-    assert profile.items == 25 and profile.wall_s > 0
-    if executor != "pipeline":  # one node at a time: their times add up to at most the wall time
+    assert profile.items == 25 and 0 < profile.wall_s <= elapsed_s
+    # Each node runs one item at a time; without the pipeline, one node at a time.
+    assert all(s.total_ms <= profile.wall_s * 1e3 for s in profile.stats())
+    if executor != "pipeline":
         assert sum(s.total_ms for s in profile.stats()) <= profile.wall_s * 1e3
+    for _ in range(2):
+        g.run({"x": 0}, executor=executor, profile=profile)
+    assert profile.items == 27 and profile["s0"].count == 27
     table = profile.table()
     assert table.splitlines()[0].split() == [
         "node",
@@ -414,7 +557,7 @@ def test_profile_counts_every_node(executor: str) -> None:
         "p95",
         "ms",
     ]
-    assert "s2" in table and "25 item(s)" in table
+    assert "s2" in table and "27 item(s)" in table
 
 
 def test_profile_percentiles() -> None:
