@@ -14,8 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import engine_threads
-from engine_toys import HANDSHAKE_TIMEOUT_S, Add, Gate, Identity, Lockstep, Meet, Step, Waves, chain
+from engine_toys import (
+    HANDSHAKE_TIMEOUT_S,
+    Add,
+    Gate,
+    Identity,
+    Lockstep,
+    Meet,
+    Step,
+    Waves,
+    chain,
+    engine_threads,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
