@@ -316,12 +316,15 @@ def test_pipeline_mode_reads_the_next_image_while_one_is_decoded(
     # Why: `--mode pipeline` (the default) must overlap the nodes of successive images. The first
     # image's postprocess waits until the reader has started on the third image: a segment path
     # that ran the images one after another (another executor, or none) times out and fails.
+    # The three images differ, and each mask must be the API's for its own image: results given
+    # to the wrong file fail.
     from samdeploy.sam import nodes
 
-    images = []
-    for i in range(3):
-        images.append(tmp_path / f"img{i}.png")
-        shutil.copy(photo, images[-1])
+    pixels = rgb_of(photo)
+    variants = [pixels, np.ascontiguousarray(pixels[..., ::-1]), np.ascontiguousarray(pixels[:, ::-1])]
+    images = [tmp_path / f"img{i}.png" for i in range(3)]
+    for path, variant in zip(images, variants, strict=True):
+        Image.fromarray(variant).save(path)
     third_read = threading.Event()
     real_load, real_post = nodes.load_image, nodes.Postprocess.run
     first_post = threading.Lock()
@@ -340,22 +343,21 @@ def test_pipeline_mode_reads_the_next_image_while_one_is_decoded(
     monkeypatch.setattr(nodes.Postprocess, "run", postprocess)
     out = tmp_path / "out"
     code, _, err = run(
-        capsys,
-        "segment",
-        *images,
-        "-p",
-        "60,60",
-        "-m",
-        tiny_package,
-        "--mode",
-        "pipeline",
-        "--output-dir",
-        out,
-    )
+        capsys, "segment", *images, "-p", "60,60", "-m", tiny_package, "--mode", "pipeline", "--threads", "1",
+        "--output-dir", out,
+    )  # fmt: skip
     assert code == 0, err
-    masks = sorted(out.glob("*.mask.png"))
-    assert len(masks) == 3 and third_read.is_set()
-    assert masks[0].read_bytes() == masks[1].read_bytes() == masks[2].read_bytes()
+    assert third_read.is_set()
+    prompt = {
+        "point_coords": np.array([[60.0, 60.0]]),
+        "point_labels": np.array([1]),
+        "multimask_output": False,
+    }
+    expected = [api_predict(tiny_package, variant, **prompt)[0][0] for variant in variants]
+    assert not np.array_equal(expected[0], expected[1]) and not np.array_equal(expected[0], expected[2])
+    for i, mask in enumerate(expected):
+        [written] = out.glob(f"img{i}*.mask.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(written)) > 0, mask)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
