@@ -80,6 +80,22 @@ def test_symlink_leading_out_is_refused(package_copy, tmp_path, capsys) -> None:
     refused(other, "leads outside")
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_unlisted_special_files_in_the_folder_are_refused(package_copy, tmp_path, kind) -> None:
+    """An ONNX file may name external-data files the manifest does not list: none of the folder's
+    files may reach outside it or hang a reader."""
+    package = package_copy()
+    (package / "data").mkdir()
+    if kind == "symlink":
+        (tmp_path / "secret").write_text("secret")
+        (package / "data" / "weights.bin").symlink_to(tmp_path / "secret")
+        message = "data/weights.bin leads outside the package folder"
+    else:
+        os.mkfifo(package / "data" / "weights.bin")
+        message = "data/weights.bin is not a regular file"
+    assert finishes(lambda: refused(package, message)) is None
+
+
 def test_symlink_inside_the_package_is_fine(package_copy) -> None:
     package = package_copy()
     (package / "weights").mkdir()
