@@ -25,9 +25,10 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = ("python", "bash")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*(?:\((?P<reason>.*)\))?\s*-->")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
-# One block's limit. The embedded model makes a runnable block a matter of seconds; a block that
-# needs minutes (a full-size export, a benchmark) belongs behind a skip mark.
-TIMEOUT_S = 180
+# A guard against a block that hangs, not a speed bar: the embedded model makes a runnable block a
+# matter of seconds; one that needs minutes (a full-size export, a benchmark) belongs behind a skip
+# mark.
+TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
