@@ -43,6 +43,7 @@ from samdeploy.cli.notices import is_low_confidence, low_confidence_label, model
 from samdeploy.cli.options import (
     BackendOption,
     DeviceOption,
+    ImagesArgument,
     MaxPixelsOption,
     ModelOption,
     ProfileOption,
@@ -107,13 +108,7 @@ def _threshold(help_text: str, official: str) -> Any:
 
 @app.command()
 def everything(
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="IMAGE...",
-            help="image files or folders (searched recursively for JPEG, PNG, WebP, TIFF, BMP files)",
-        ),
-    ],
+    inputs: ImagesArgument,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", metavar="DIR", help="folder for each image's outputs")
     ],
@@ -168,7 +163,7 @@ def everything(
 ) -> None:
     """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
     from samdeploy.engine import Profile
-    from samdeploy.sam.automatic import SamAutomaticMaskGenerator
+    from samdeploy.sam.automatic import GENERATOR_OPTIONS, SamAutomaticMaskGenerator
     from samdeploy.sam.images import load_image
     from samdeploy.sam.model import load_model
     from samdeploy.sam.results import write_atomic
@@ -182,20 +177,11 @@ def everything(
     check_single(images)
     backend, providers = resolve_device(device, backend)
 
-    options = {
-        "points_per_side": points_per_side,
-        "points_per_batch": points_per_batch,
-        "pred_iou_thresh": pred_iou_thresh,
-        "stability_score_thresh": stability_score_thresh,
-        "stability_score_offset": stability_score_offset,
-        "box_nms_thresh": box_nms_thresh,
-        "crop_n_layers": crop_n_layers,
-        "crop_nms_thresh": crop_nms_thresh,
-        "crop_overlap_ratio": crop_overlap_ratio,
-        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-        "min_mask_region_area": min_mask_region_area,
-        "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
-    }
+    arguments = locals()  # each generator option is a parameter of the same name
+    options = {name: arguments[name] for name in GENERATOR_OPTIONS}
+    options["output_mode"] = {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[
+        output_format
+    ]
     sam = load_model(model, backend=backend, providers=providers, threads=threads, cache_mb=0)
     console = Console(stderr=True)
     failed = 0

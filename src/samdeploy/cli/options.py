@@ -48,6 +48,13 @@ ModelOption = Annotated[
         help="model package folder, or 'default': the embedded demo model",
     ),
 ]
+ImagesArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="IMAGE...",
+        help="image files or folders (searched recursively for JPEG, PNG, WebP, TIFF, BMP files)",
+    ),
+]
 BackendOption = Annotated[
     str | None,
     typer.Option(

@@ -472,15 +472,18 @@ def _outputs(results: Iterable[ItemResult]) -> Iterator[tuple[int, dict[str, Any
         yield result.index, result.outputs  # type: ignore[misc]
 
 
+#: The generator's numeric options: those a package may recommend and a caller may leave at None.
+GENERATOR_OPTIONS = tuple(field.name for field in fields(GeneratorConfig) if field.name != "output_mode")
+
+
 def recommended_settings(package: Any) -> dict[str, Any]:
     """The generator options a model package recommends (its manifest's ``generator``; {} if none).
 
-    Only options of :class:`GeneratorConfig` count; a value that is out of range fails later, in
+    Only :data:`GENERATOR_OPTIONS` count; a value that is out of range fails later, in
     :meth:`GeneratorConfig.check`, like a bad argument.
     """
-    names = {field.name for field in fields(GeneratorConfig)} - {"output_mode"}
     generator = package.manifest.get("generator") or {}
-    return {name: value for name, value in generator.items() if name in names and value is not None}
+    return {name: generator[name] for name in GENERATOR_OPTIONS if generator.get(name) is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,19 +533,8 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int | None = None,
         output_mode: str = "binary_mask",
     ) -> None:
-        given = {
-            "points_per_side": points_per_side,
-            "points_per_batch": points_per_batch,
-            "pred_iou_thresh": pred_iou_thresh,
-            "stability_score_thresh": stability_score_thresh,
-            "stability_score_offset": stability_score_offset,
-            "box_nms_thresh": box_nms_thresh,
-            "crop_n_layers": crop_n_layers,
-            "crop_nms_thresh": crop_nms_thresh,
-            "crop_overlap_ratio": crop_overlap_ratio,
-            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-            "min_mask_region_area": min_mask_region_area,
-        }
+        arguments = locals()
+        given = {name: arguments[name] for name in GENERATOR_OPTIONS}
         if point_grids is not None and points_per_side is not None:
             raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
         owned = not isinstance(model, SamModel)
