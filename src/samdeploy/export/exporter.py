@@ -371,12 +371,24 @@ def export_model(
         report = None
         if validate:
             with steps.step("validate", "validating against PyTorch"):
-                report = validate_package(
-                    sam,
-                    staging / f"{ENCODER}.onnx",
-                    staging / f"{DECODER}.onnx",
-                    staging / f"{LOW_RES_DECODER}.onnx",
-                )
+                try:
+                    report = validate_package(
+                        sam,
+                        staging / f"{ENCODER}.onnx",
+                        staging / f"{DECODER}.onnx",
+                        staging / f"{LOW_RES_DECODER}.onnx",
+                        # What the manifest will say, so a wrong constant there fails validation.
+                        pixel_mean=sam_config.pixel_mean,
+                        pixel_std=sam_config.pixel_std,
+                    )
+                except Exception as exc:
+                    # ONNX Runtime refusing to run a written graph (onnxslim at opset 16 gives a
+                    # decoder that fails on a prompt batch): a failed export, not a traceback.
+                    retry = "" if simplify == "none" else f"; retry without --simplify {simplify}"
+                    raise ExportError(
+                        f"validation could not run the exported graphs ({_one_line(exc)}){retry};"
+                        " nothing was written"
+                    ) from None
                 if name == "custom":
                     # A custom model may come from a bare ImageEncoderViT (eps 1e-5) or build_sam
                     # (1e-6); say how much that choice matters for this checkpoint.
