@@ -263,7 +263,15 @@ class SamModel:
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        return run_graph(self.decode_graph, inputs, self.executor, profile)
+        out = run_graph(self.decode_graph, inputs, self.executor, profile)
+        # Prompts are bounded so that a sound model stays finite; NaN here means broken weights,
+        # which would otherwise come out as empty masks with no word of warning.
+        if not (np.isfinite(out["scores"]).all() and np.isfinite(out["low_res_logits"]).all()):
+            raise PackageError(
+                f"model package {self.package.root} gave NaN or infinite scores or logits: its weights"
+                " are broken (export it again from a sound checkpoint)"
+            )
+        return out
 
     def segment_files(
         self,
