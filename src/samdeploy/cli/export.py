@@ -178,10 +178,11 @@ def _export_fast(
     import tempfile
 
     from samdeploy.export import export_model
-    from samdeploy.export.exporter import check_output
+    from samdeploy.export.exporter import check_checkpoint_outside, check_output
     from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
 
     check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
