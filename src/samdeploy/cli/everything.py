@@ -99,11 +99,9 @@ def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) 
     return {"image": {"file_name": path.name, "height": height, "width": width}, "annotations": annotations}
 
 
-def _threshold(help_text: str, official: str) -> Any:
-    """An option the model package may recommend a value for (see ``samdeploy inspect``)."""
-    return typer.Option(
-        metavar="X", show_default=f"the package's recommendation, else {official}", help=help_text
-    )
+def _generator_option(help_text: str, official: str, metavar: str = "X") -> Any:
+    """A generator option: left out, the package's recommendation, else the official default."""
+    return typer.Option(metavar=metavar, show_default=official, help=help_text)
 
 
 @app.command()
@@ -123,37 +121,37 @@ def everything(
     ] = "coco",
     model: ModelOption = None,
     points_per_side: Annotated[
-        int | None, typer.Option(metavar="N", show_default="32", help="grid points along each image side")
+        int | None, _generator_option("grid points along each image side", "32", "N")
     ] = None,
     points_per_batch: Annotated[
-        int | None, typer.Option(metavar="N", show_default="64", help="points answered by one decoder call")
+        int | None, _generator_option("points answered by one decoder call", "64", "N")
     ] = None,
     pred_iou_thresh: Annotated[
-        float | None, _threshold("keep masks whose predicted IoU is above this", "0.88")
+        float | None, _generator_option("keep masks whose predicted IoU is above this", "0.88")
     ] = None,
     stability_score_thresh: Annotated[
-        float | None, _threshold("keep masks at least this stable", "0.95")
+        float | None, _generator_option("keep masks at least this stable", "0.95")
     ] = None,
     stability_score_offset: Annotated[
-        float | None, _threshold("logit shift for the stability score", "1")
+        float | None, _generator_option("logit shift for the stability score", "1")
     ] = None,
-    box_nms_thresh: Annotated[float | None, _threshold("box IoU that marks duplicates", "0.7")] = None,
+    box_nms_thresh: Annotated[float | None, _generator_option("box IoU that marks duplicates", "0.7")] = None,
     crop_n_layers: Annotated[
-        int | None, typer.Option(metavar="N", show_default="0", help="layers of image crops run again")
+        int | None, _generator_option("layers of image crops run again", "0", "N")
     ] = None,
-    crop_nms_thresh: Annotated[float | None, _threshold("box IoU for duplicates across crops", "0.7")] = None,
+    crop_nms_thresh: Annotated[
+        float | None, _generator_option("box IoU for duplicates across crops", "0.7")
+    ] = None,
     crop_overlap_ratio: Annotated[
         float | None,
-        typer.Option(
-            metavar="X", show_default="512/1500 = 0.3413", help="crop overlap, fraction of the short side"
-        ),
+        _generator_option("crop overlap, fraction of the short side", "512/1500 = 0.3413"),
     ] = None,
     crop_n_points_downscale_factor: Annotated[
-        int | None, typer.Option(metavar="N", show_default="1", help="grid downscale per crop layer")
+        int | None, _generator_option("grid downscale per crop layer", "1", "N")
     ] = None,
     min_mask_region_area: Annotated[
         int | None,
-        typer.Option(metavar="N", show_default="0", help="fill holes / drop islands below this area (px)"),
+        _generator_option("fill holes / drop islands below this area (px)", "0", "N"),
     ] = None,
     device: DeviceOption = None,
     backend: BackendOption = None,
@@ -161,7 +159,11 @@ def everything(
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,
 ) -> None:
-    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
+    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay.
+
+    A generator option left out takes the value the model package recommends (samdeploy inspect
+    shows it), else the official default shown here.
+    """
     from samdeploy.engine import Profile
     from samdeploy.sam.automatic import GENERATOR_OPTIONS, SamAutomaticMaskGenerator
     from samdeploy.sam.images import load_image
