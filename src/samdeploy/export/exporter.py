@@ -1,6 +1,6 @@
 """``export_model``: checkpoint in, complete and validated model package out.
 
-The package is assembled in a hidden temporary folder beside ``output`` and renamed into place only
+The package is assembled in a hidden temporary folder beside ``output`` and moved into place only
 when every step succeeded, so a failed or interrupted export never leaves a half-written package.
 """
 
@@ -287,8 +287,11 @@ def export_model(
         console: where to show progress; ``None`` for silence.
 
     Raises:
-        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; wrong ``model_type``.
-        ExportError: bad option, unusable output folder, too little disk, tracing or validation failure.
+        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; NaN or infinite weights;
+            wrong ``model_type``.
+        ExportError: bad option, unusable output folder (not a package, or holding the input
+            checkpoint), too little disk, tracing or validation failure (non-finite outputs fail
+            at every precision).
     """
     output = Path(output)
     if model_type not in MODEL_TYPES:
