@@ -44,7 +44,15 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"pixels": pixels, "peak_growth": after - before}))
 """
 
-SUFFIX = {"1": ".png", "L": ".png", "RGB": ".png", "RGBA": ".png", "CMYK": ".tiff", "I;16": ".png", "F": ".tiff"}
+SUFFIX = {
+    "1": ".png",
+    "L": ".png",
+    "RGB": ".png",
+    "RGBA": ".png",
+    "CMYK": ".tiff",
+    "I;16": ".png",
+    "F": ".tiff",
+}
 
 
 def measure(mode: str, megapixels: float) -> dict:
@@ -72,7 +80,9 @@ def main() -> None:
         for mode in args.modes:
             result = measure(mode, megapixels)
             per_pixel = result["peak_growth"] / result["pixels"]
-            print(f"{mode:6} {result['pixels'] / 1e6:6.1f} {result['peak_growth'] / 2**20:15.1f} {per_pixel:12.2f}")
+            print(
+                f"{mode:6} {result['pixels'] / 1e6:6.1f} {result['peak_growth'] / 2**20:15.1f} {per_pixel:12.2f}"
+            )
 
 
 if __name__ == "__main__":
