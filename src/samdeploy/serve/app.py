@@ -1,7 +1,7 @@
 """The FastAPI application: :func:`create_app` builds it from :class:`ServeSettings`.
 
     lifespan start: load the model once -> Services on app.state (encoder pool, caches, jobs)
-    request:        BodyLimit -> RequestMetrics -> routes (/v1 behind the API key) -> handlers
+    request:        RequestMetrics -> BodyLimit -> routes (/v1 behind the API key) -> handlers
     lifespan end:   fail queued jobs, drain the encoder pool, close the model
 
 The web page is served from ``static/`` at ``/``; OpenAPI docs at ``/docs``.
@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from samdeploy import __version__
 from samdeploy.sam.model import EmbeddingCache, SamModel, load_model
-from samdeploy.serve.deps import Services, require_api_key
+from samdeploy.serve.deps import Services
 from samdeploy.serve.errors import install_error_handlers
 from samdeploy.serve.jobs import JobManager
 from samdeploy.serve.metrics import LiveFigures, Metrics
@@ -97,9 +97,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     metrics.watch(live)
     install_error_handlers(app)
-    for router in (images.router, segment.router, jobs.router, model.router):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_api_key)])
-    app.include_router(health.router)
+    for module in (images, segment, jobs, model, health):
+        app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees the 413s too

@@ -6,16 +6,16 @@ import io
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from samdeploy.errors import ImageError
-from samdeploy.serve.deps import ServicesDep
+from samdeploy.serve.deps import ServicesDep, require_api_key
 from samdeploy.serve.schemas import ImageOut
 from samdeploy.serve.sessions import image_id
 
-router = APIRouter(tags=["images"])
+router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
 
 # A documented request body for a route that reads raw bytes itself.
 _UPLOAD_BODY = {

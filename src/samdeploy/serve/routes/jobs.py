@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Depends
 from starlette.concurrency import run_in_threadpool
 
-from samdeploy.serve.deps import ServicesDep
+from samdeploy.serve.deps import ServicesDep, require_api_key
 from samdeploy.serve.jobs import Job
 from samdeploy.serve.schemas import EverythingIn, JobOut
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 
 def _job_out(job: Job) -> JobOut:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from samdeploy.serve.deps import ServicesDep
+from samdeploy.serve.deps import ServicesDep, require_api_key
 
-router = APIRouter(tags=["model"])
+router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Depends(require_api_key)])
 
 
 @router.get("/model")

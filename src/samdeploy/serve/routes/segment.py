@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from samdeploy.serve import answers
-from samdeploy.serve.deps import ServicesDep
+from samdeploy.serve.deps import ServicesDep, require_api_key
 from samdeploy.serve.schemas import SegmentIn, SegmentListOut, SegmentOut
 
-router = APIRouter(tags=["segment"])
+router = APIRouter(prefix="/v1", tags=["segment"], dependencies=[Depends(require_api_key)])
 
 
 @router.post(
