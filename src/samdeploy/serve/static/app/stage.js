@@ -36,7 +36,7 @@ export function createStage({ element, surface, store, events }) {
       boxAllowed: event.button === 0,
       dragging: false,
     };
-    events.emit("hover", null);
+    // The hover request in flight stays: it asks for this very point, which the click wants too.
   });
 
   element.addEventListener("pointermove", (event) => {
@@ -46,7 +46,10 @@ export function createStage({ element, surface, store, events }) {
       return;
     }
     const travel = Math.hypot(event.clientX - press.clientX, event.clientY - press.clientY);
-    if (press.boxAllowed && travel >= DRAG_THRESHOLD) press.dragging = true;
+    if (press.boxAllowed && !press.dragging && travel >= DRAG_THRESHOLD) {
+      press.dragging = true;
+      events.emit("hover", null);
+    }
     if (press.dragging) events.emit("drag", cornersToBox(press.point, imagePoint(event)));
   });
 
