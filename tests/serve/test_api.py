@@ -295,7 +295,7 @@ def test_everything_job(client: TestClient, image_id: str) -> None:
     assert started.status_code == 202, started.text
     job = started.json()
     assert job["status"] in ("queued", "running") and job["records"] is None
-    client.app.state.services.jobs._pool.submit(lambda: None).result(60)  # the one worker is done
+    client.app.state.services.jobs.join()
     done = client.get(f"/v1/jobs/{job['job_id']}").json()
     assert done["status"] == "done" and done["progress"] == 1.0 and done["error"] is None
     assert done["records"] and set(done["records"][0]) == {
@@ -333,8 +333,13 @@ def test_jobs_are_bounded(example_png: bytes) -> None:
     with make_client(max_jobs=1) as small:
         key = small.post("/v1/images", content=example_png).json()["image_id"]
         jobs = small.app.state.services.jobs
-        release = threading.Event()
-        jobs._pool.submit(release.wait, 30)  # hold the worker: the next job stays queued
+        release, real = threading.Event(), jobs._run
+
+        def held(*task):  # the first job waits: the next one stays queued
+            release.wait(30)
+            real(*task)
+
+        jobs._run = held
         try:
             first = small.post(f"/v1/images/{key}/everything", json={"points_per_side": 4})
             assert first.status_code == 202
@@ -343,7 +348,8 @@ def test_jobs_are_bounded(example_png: bytes) -> None:
             assert response.headers["Retry-After"] == "1"
         finally:
             release.set()
-        jobs._pool.submit(lambda: None).result(60)
+        jobs.join()
+        jobs._run = real
         assert small.get(f"/v1/jobs/{first.json()['job_id']}").json()["status"] == "done"
         assert small.post(f"/v1/images/{key}/everything", json={"points_per_side": 4}).status_code == 202
 
@@ -414,3 +420,24 @@ def test_static_page_docs_and_unknown_routes(client: TestClient) -> None:
     assert_error(client.get("/v1/nothing"), 404, "no such route")
     assert_error(client.delete("/v1/images"), 405, "not allowed")
     assert_error(client.get("/no-such-file.js"), 404)
+
+
+def test_shutdown_fails_queued_jobs(example_png: bytes) -> None:
+    with make_client(max_jobs=2) as small:
+        key = small.post("/v1/images", content=example_png).json()["image_id"]
+        jobs = small.app.state.services.jobs
+        release, real = threading.Event(), jobs._run
+
+        def held(*task):  # the worker waits before its first job: both stay queued
+            release.wait(30)
+            real(*task)
+
+        jobs._run = held
+        ids = [
+            small.post(f"/v1/images/{key}/everything", json={"points_per_side": 4}).json()["job_id"]
+            for _ in range(2)
+        ]
+        threading.Timer(0.2, release.set).start()
+    for job_id in ids:  # the lifespan teardown has run
+        job = jobs.get(job_id)
+        assert job.status == "failed" and "shut down" in job.error

@@ -193,7 +193,7 @@ def test_polygon_tolerance_simplifies(case: Case) -> None:
 def test_everything_job_equals_generator(case: Case) -> None:
     options = {"points_per_side": 6, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.7}
     job = case.client.post(f"/v1/images/{case.image_id}/everything", json=options).json()
-    case.client.app.state.services.jobs._pool.submit(lambda: None).result(120)
+    case.client.app.state.services.jobs.join()
     done = case.client.get(f"/v1/jobs/{job['job_id']}").json()
     assert done["status"] == "done", done["error"]
     expected = SamAutomaticMaskGenerator(case.predictor.model, output_mode="coco_rle", **options).generate(

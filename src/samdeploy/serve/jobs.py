@@ -6,15 +6,19 @@
 At most ``max_jobs`` are queued or running (beyond: :class:`Busy`, 503); the ``kept_jobs`` most
 recent finished ones stay readable, older ones are forgotten. Options are checked when the job
 is submitted, so a bad option is a 422 at once, not a failed job later.
+
+The worker is a daemon thread: at shutdown the queued jobs fail, and a running job gets the
+graceful-shutdown time to finish; after that the process exits without it (a job writes nothing,
+so nothing is left half-written).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +55,9 @@ class JobManager:
         self.settings = settings
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="samdeploy-jobs")
+        self._queue: queue.Queue[tuple[Job, SamAutomaticMaskGenerator, bytes] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="samdeploy-jobs", daemon=True)
+        self._worker.start()
         self._closed = False
 
     @property
@@ -74,13 +80,23 @@ class JobManager:
             job = Job(secrets.token_urlsafe(12), key)
             self._jobs[job.job_id] = job
             self._forget_old()
-        self._pool.submit(self._run, job, generator, entry.data)
+        self._queue.put((job, generator, entry.data))
         return job
 
     def _forget_old(self) -> None:
         finished = [job_id for job_id, job in self._jobs.items() if job.status not in ACTIVE]
         for job_id in finished[: max(0, len(finished) - self.settings.kept_jobs)]:
             del self._jobs[job_id]
+
+    def _work(self) -> None:
+        while (task := self._queue.get()) is not None:
+            self._run(*task)
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every job submitted so far has finished."""
+        self._queue.join()
 
     def _run(self, job: Job, generator: SamAutomaticMaskGenerator, data: bytes) -> None:
         with self._lock:
@@ -111,10 +127,12 @@ class JobManager:
         return job
 
     def close(self) -> None:
-        """Fail the queued jobs, wait for the running one, stop the worker."""
+        """Fail the queued jobs and stop the worker, waiting up to ``graceful_shutdown_s`` for
+        the running job."""
         with self._lock:
             self._closed = True
             for job in self._jobs.values():
                 if job.status == "queued":
                     job.status, job.error = "failed", "the server shut down before the job ran"
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queue.put(None)
+        self._worker.join(self.settings.graceful_shutdown_s)

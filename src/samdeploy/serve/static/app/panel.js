@@ -57,48 +57,59 @@ export function createPanel({ store, commands, elements: el }) {
     );
   }
 
-  let listed = null;
+  // Rows are kept per object id and updated in place, so a label being edited keeps its focus.
+  const rows = new Map();
+
+  function createRow(id) {
+    const item = document.createElement("li");
+    item.dataset.id = String(id);
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const label = document.createElement("input");
+    label.className = "label";
+    label.setAttribute("aria-label", `label of object ${id}`);
+    label.addEventListener("change", () => commands.rename(id, label.value.trim() || label.defaultValue));
+    label.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === "Escape") label.blur();
+    });
+    label.addEventListener("focus", () => commands.select(id));
+    const area = document.createElement("span");
+    area.className = "area";
+    const hide = document.createElement("button");
+    hide.type = "button";
+    hide.className = "hide";
+    hide.addEventListener("click", () => commands.toggleHidden(id));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "delete";
+    remove.textContent = "Delete";
+    remove.addEventListener("click", () => commands.deleteObject(id));
+    item.append(swatch, label, area, hide, remove);
+    item.addEventListener("click", (event) => {
+      if (event.target === item || event.target === swatch || event.target === area) commands.select(id);
+    });
+    return { item, swatch, label, area, hide };
+  }
+
   function renderObjects() {
     const { objects, selected } = store.doc;
-    if (listed && listed.objects === objects && listed.selected === selected) return;
-    listed = { objects, selected };
-    el.objects.replaceChildren(
-      ...objects.map((object) => {
-        const item = document.createElement("li");
-        item.dataset.id = String(object.id);
-        item.className = [object.id === selected ? "selected" : "", object.hidden ? "hidden" : ""].join(" ").trim();
-        const swatch = document.createElement("span");
-        swatch.className = "swatch";
-        swatch.style.background = cssColor(object.color);
-        const label = document.createElement("input");
-        label.className = "label";
-        label.value = object.label;
-        label.setAttribute("aria-label", `label of object ${object.id}`);
-        label.addEventListener("change", () => commands.rename(object.id, label.value.trim() || object.label));
-        label.addEventListener("keydown", (event) => {
-          if (event.key === "Enter" || event.key === "Escape") label.blur();
-        });
-        const hide = document.createElement("button");
-        hide.type = "button";
-        hide.className = "hide";
-        hide.textContent = object.hidden ? "Show" : "Hide";
-        hide.addEventListener("click", () => commands.toggleHidden(object.id));
-        const remove = document.createElement("button");
-        remove.type = "button";
-        remove.className = "delete";
-        remove.textContent = "Delete";
-        remove.addEventListener("click", () => commands.deleteObject(object.id));
-        const area = document.createElement("span");
-        area.className = "area";
-        area.textContent = `${object.area} px`;
-        item.append(swatch, label, area, hide, remove);
-        item.addEventListener("click", (event) => {
-          if (event.target === item || event.target === swatch || event.target === area) commands.select(object.id);
-        });
-        label.addEventListener("focus", () => commands.select(object.id));
-        return item;
-      }),
-    );
+    const ids = new Set(objects.map((o) => o.id));
+    for (const id of rows.keys()) if (!ids.has(id)) rows.delete(id);
+    for (const object of objects) {
+      if (!rows.has(object.id)) rows.set(object.id, createRow(object.id));
+      const row = rows.get(object.id);
+      row.item.className = [object.id === selected ? "selected" : "", object.hidden ? "hidden" : ""].join(" ").trim();
+      row.swatch.style.background = cssColor(object.color);
+      row.label.defaultValue = object.label;
+      if (document.activeElement !== row.label) row.label.value = object.label;
+      row.area.textContent = `${object.area} px`;
+      row.hide.textContent = object.hidden ? "Show" : "Hide";
+    }
+    const wanted = objects.map((o) => rows.get(o.id).item);
+    const current = [...el.objects.children];
+    if (wanted.length !== current.length || wanted.some((item, i) => item !== current[i])) {
+      el.objects.replaceChildren(...wanted);
+    }
   }
 
   function renderStatus() {
