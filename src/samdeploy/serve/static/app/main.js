@@ -19,6 +19,11 @@ import { createStage } from "./stage.js";
 import { createStore } from "./store.js";
 
 const JOB_POLL_MS = 400;
+const EVERYTHING_OPTIONS = [
+  ["points-per-side", "points_per_side"],
+  ["pred-iou-thresh", "pred_iou_thresh"],
+  ["stability-score-thresh", "stability_score_thresh"],
+];
 
 const $ = (id) => document.getElementById(id);
 const imageLayer = $("image-layer");
@@ -155,8 +160,10 @@ async function segmentEverything() {
   const { image, ready, job } = store.view;
   if (!image || !ready || job) return;
   const options = {};
-  const pointsPerSide = $("points-per-side").value;
-  if (pointsPerSide) options.points_per_side = Number(pointsPerSide);
+  for (const [id, name] of EVERYTHING_OPTIONS) {
+    const value = $(id).value.trim();
+    if (value) options[name] = Number(value);
+  }
   store.setView({ job: { id: null, progress: 0 }, message: null });
   try {
     let started;
@@ -301,7 +308,10 @@ document.addEventListener("paste", (event) => {
 
 document.addEventListener("keydown", (event) => {
   const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement;
-  if (typing) return;
+  if (typing) {
+    if (event.key === "Escape") event.target.blur(); // back to the page's shortcuts
+    return;
+  }
   const found = actionOf(event);
   if (!found || !(found.action in commands)) return;
   event.preventDefault();
