@@ -73,7 +73,9 @@ def serve_process(model: Path | None = None, *extra: str, ready_timeout: float =
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"samdeploy serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"samdeploy serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                     if response.status == 200:
@@ -81,7 +83,9 @@ def serve_process(model: Path | None = None, *extra: str, ready_timeout: float =
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"samdeploy serve not ready after {ready_timeout} s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"samdeploy serve not ready after {ready_timeout} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.2)
         yield url
     finally:
@@ -127,7 +131,9 @@ def open_image(page, path: Path | str) -> None:
 def page_position(page, x: float, y: float) -> tuple[float, float]:
     """Where the centre of image pixel (x, y) is in the page (CSS pixels)."""
     rect = page.locator("#prompt-layer").bounding_box()
-    width, height = page.evaluate("[document.querySelector('#prompt-layer').width, document.querySelector('#prompt-layer').height]")
+    width, height = page.evaluate(
+        "[document.querySelector('#prompt-layer').width, document.querySelector('#prompt-layer').height]"
+    )
     return rect["x"] + (x + 0.5) * rect["width"] / width, rect["y"] + (y + 0.5) * rect["height"] / height
 
 

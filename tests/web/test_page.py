@@ -7,6 +7,7 @@ for a pixel at a threshold boundary).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import statistics
@@ -112,7 +113,9 @@ def test_shift_click_is_a_negative_point(page, predictor, downloads) -> None:
     click_pixel(page, *STAR)
     page.keyboard.up("Shift")
     (annotation,) = exported_coco(page, downloads)["annotations"]
-    assert iou(decode(annotation["segmentation"]), predicted(predictor, [README_POINT, STAR], [1, 0])) >= 0.999
+    assert (
+        iou(decode(annotation["segmentation"]), predicted(predictor, [README_POINT, STAR], [1, 0])) >= 0.999
+    )
 
 
 def test_undo_and_redo_prompts_and_objects(page, predictor, downloads) -> None:
@@ -156,11 +159,18 @@ def test_two_objects_exported_with_their_labels(page, predictor, downloads) -> N
 
     # PNG masks: one per object and a label map (the later object on top), equal to the RLE masks.
     archive = zipfile.ZipFile(export(page, "#export-png", downloads))
-    assert sorted(archive.namelist()) == ["label_map.png", "masks/001_blob.png", "masks/002_star.png", "objects.json"]
+    assert sorted(archive.namelist()) == [
+        "label_map.png",
+        "masks/001_blob.png",
+        "masks/002_star.png",
+        "objects.json",
+    ]
     from PIL import Image
 
-    pngs = [Image.open(io.BytesIO(archive.read(name))) for name in ("masks/001_blob.png", "masks/002_star.png")]
-    for png, annotation in zip(pngs, coco["annotations"]):
+    pngs = [
+        Image.open(io.BytesIO(archive.read(name))) for name in ("masks/001_blob.png", "masks/002_star.png")
+    ]
+    for png, annotation in zip(pngs, coco["annotations"], strict=True):
         assert png.mode == "L" and png.size == (640, 480)
         assert np.array_equal(np.asarray(png) == 255, decode(annotation["segmentation"]))
         assert set(np.unique(np.asarray(png))) <= {0, 255}
@@ -174,7 +184,7 @@ def test_two_objects_exported_with_their_labels(page, predictor, downloads) -> N
     # Polygons: COCO polygon annotations that rasterize back to the masks (outer outlines: COCO
     # polygons have no holes, so the masks' holes are filled for the comparison).
     polygons = json.loads(export(page, "#export-polygons", downloads).read_text())
-    for annotation, mask in zip(polygons["annotations"], (blob, star)):
+    for annotation, mask in zip(polygons["annotations"], (blob, star), strict=True):
         rle = mask_utils.merge(mask_utils.frPyObjects(annotation["segmentation"], 480, 640))
         assert iou(mask_utils.decode(rle), filled(mask)) >= 0.97
 
@@ -186,11 +196,15 @@ def test_two_objects_exported_with_their_labels(page, predictor, downloads) -> N
     coco = exported_coco(page, downloads)
     assert [c["name"] for c in coco["categories"]] == ["big blob", "star"]
     page.locator("#objects li .delete").first.click()
-    assert page.locator("#objects li input.label").evaluate_all("inputs => inputs.map(i => i.value)") == ["star"]
+    assert page.locator("#objects li input.label").evaluate_all("inputs => inputs.map(i => i.value)") == [
+        "star"
+    ]
 
 
 def test_corrupt_upload_shows_an_error_and_the_page_keeps_working(page) -> None:
-    page.set_input_files("#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG not really"}])
+    page.set_input_files(
+        "#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG not really"}]
+    )
     page.wait_for_selector("#message:not([hidden])")
     assert page.get_attribute("#message", "class") == "error"
     message = page.inner_text("#message-text")
@@ -203,9 +217,8 @@ def test_corrupt_upload_shows_an_error_and_the_page_keeps_working(page) -> None:
 def test_keyboard_shortcuts(page, predictor, downloads) -> None:
     shortcuts = page.locator("#shortcuts dt").all_inner_texts()
     assert "Ctrl+Z" in shortcuts and "N / Enter" in shortcuts and "Del / Backspace" in shortcuts
-    page.keyboard.press("o")  # opens the file picker
     with page.expect_file_chooser() as chooser:
-        page.keyboard.press("o")
+        page.keyboard.press("o")  # opens the file picker
     chooser.value.set_files(str(EXAMPLE))
     page.wait_for_selector('body[data-status="ready"]')
     click_pixel(page, *README_POINT)
@@ -236,7 +249,6 @@ def test_keyboard_shortcuts(page, predictor, downloads) -> None:
     page.keyboard.press("Escape")  # clears the prompt
     assert page.locator("#candidates li").count() == 0
     (annotation,) = exported_coco(page, downloads)["annotations"]
-    masks, _, _ = predictor.predict(point_coords=np.array([STAR]), point_labels=np.array([1]))
     assert iou(decode(annotation["segmentation"]), predicted(predictor, [STAR], [1])) >= 0.999
 
 
@@ -253,7 +265,9 @@ def test_segment_everything_adds_the_generators_masks(page, example_image, downl
     page.keyboard.press("Escape")  # leaves the field; keys act on the page again
     page.locator("body").press("e")
     page.wait_for_selector("#message.info")
-    records = samdeploy.SamAutomaticMaskGenerator(samdeploy.load_model(threads=1), **options).generate(example_image)
+    records = samdeploy.SamAutomaticMaskGenerator(samdeploy.load_model(threads=1), **options).generate(
+        example_image
+    )
     assert records, "the generator finds objects in the example image"
     assert page.locator("#objects li").count() == len(records)
     coco = exported_coco(page, downloads)
@@ -265,11 +279,12 @@ def test_segment_everything_adds_the_generators_masks(page, example_image, downl
 
 
 def test_drop_and_paste_open_images(page) -> None:
-    data = list(EXAMPLE.read_bytes())
+    data = base64.b64encode(EXAMPLE.read_bytes()).decode()
     for event in ("drop", "paste"):
         page.evaluate(
             """([bytes, kind]) => {
-                const file = new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'});
+                const raw = Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0));
+                const file = new File([raw], `${kind}.png`, {type: 'image/png'});
                 const transfer = new DataTransfer();
                 transfer.items.add(file);
                 if (kind === 'drop') {
@@ -281,9 +296,10 @@ def test_drop_and_paste_open_images(page) -> None:
             }""",
             [data, event],
         )
-        page.wait_for_selector('body[data-status="ready"]')
-        assert page.inner_text("#status").startswith("dropped.png: 640x480")
-        page.evaluate("document.body.dataset.status = 'empty'")  # the next open must set it again
+        page.wait_for_function(
+            f"document.querySelector('#status').textContent.startsWith('{event}.png: 640x480')"
+        )
+        assert page.get_attribute("body", "data-status") == "ready"
 
 
 def test_hover_previews_the_mask_before_a_click(page) -> None:
@@ -335,5 +351,46 @@ def test_api_key_is_asked_for_and_sent(browser, keyed_server) -> None:
     x, y = page_position(page, *README_POINT)
     page.mouse.click(x, y)
     wait_drawn(page, before)
+    assert not page.errors
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def small_cache_server():
+    from pagedriver import serve_process
+
+    # One example image (its 512 KiB embedding and its 0.6 MB file) fits, two do not.
+    with serve_process(None, "--cache-mb", "1.5", "--threads", "1") as url:
+        yield url
+
+
+def test_an_evicted_image_is_sent_again(browser, small_cache_server, predictor, tmp_path) -> None:
+    import urllib.request
+
+    from pagedriver import open_page
+    from PIL import Image
+
+    page = open_page(browser, small_cache_server)
+    open_image(page, EXAMPLE)
+    other = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(
+        other, "PNG"
+    )
+    request = urllib.request.Request(f"{small_cache_server}/v1/images", data=other.getvalue(), method="POST")
+    with urllib.request.urlopen(request) as response:  # another client's image pushes ours out
+        assert response.status == 200
+    click_pixel(page, *README_POINT)  # 404, the page uploads the image again, then the mask
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (annotation,) = exported_coco(page, folder)["annotations"]
+    assert iou(decode(annotation["segmentation"]), predicted(predictor, [README_POINT], [1])) >= 0.999
+    with urllib.request.urlopen(f"{small_cache_server}/metrics") as response:
+        metrics = response.read().decode()
+    refused = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("samdeploy_requests_total") and 'status="404"' in line
+    ]
+    assert refused and "segment" in refused[0]  # the eviction did happen, and the page recovered from it
     assert not page.errors
     page.context.close()
