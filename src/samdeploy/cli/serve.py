@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from samdeploy.cli.app import app
-from samdeploy.cli.options import ModelOption, ThreadsOption
+from samdeploy.cli.options import ModelOption
 from samdeploy.errors import SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
@@ -30,7 +30,9 @@ def serve(
         str | None,
         typer.Option(envvar="SAMDEPLOY_API_KEY", help="require this X-API-Key on /v1 (>= 16 characters)"),
     ] = None,
-    threads: ThreadsOption = None,
+    threads: Annotated[
+        int, typer.Option(help="intra-op threads per model call (0: every core); 1 suits many clients")
+    ] = 1,
     max_body_mb: Annotated[float, typer.Option(help="largest request body, MiB (413 beyond)")] = 50.0,
     max_pixels: Annotated[
         int, typer.Option(help="largest image, width x height (413 beyond)")
@@ -56,7 +58,7 @@ def serve(
         model=model,
         host=host,
         port=port,
-        threads=threads or 0,
+        threads=threads,
         cache_mb=cache_mb,
         workers=workers,
         queue_depth=queue_depth,

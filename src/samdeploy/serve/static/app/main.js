@@ -152,7 +152,9 @@ function layout() {
   $("layers").style.height = `${size.height}px`;
   store.setView({ scale: size.scale });
 }
-new ResizeObserver(layout).observe($("stage"));
+// Laid out in the next frame, not inside the observer's callback: resizing there would notify the
+// observer again within the same frame (the browser reports that as an error).
+new ResizeObserver(() => requestAnimationFrame(layout)).observe($("stage"));
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
