@@ -101,6 +101,11 @@ def test_body_limit(example_png: bytes) -> None:
                 yield example_png[start : start + 500]
 
         assert_error(small.post("/v1/images", content=chunks()), 413, "1,000 bytes")
+        form = small.build_request("POST", "/v1/images", files={"file": ("a.png", example_png)})
+        multipart = form.read()
+        streamed = (multipart[i : i + 500] for i in range(0, len(multipart), 500))
+        headers = {"Content-Type": form.headers["Content-Type"]}
+        assert_error(small.post("/v1/images", content=streamed, headers=headers), 413, "1,000 bytes")
         padded = b'{"points": [[1, 1]], "labels": [1]' + b" " * 2000 + b"}"
         assert_error(small.post("/v1/images/x/segment", content=iter([padded])), 413, "1,000 bytes")
         ok = small.post("/v1/images", content=png_bytes(random_image(8, 8)))
@@ -111,7 +116,7 @@ def test_encoder_queue_full_is_503(client: TestClient) -> None:
     encoder = client.app.state.services.encoder
     limit = encoder.settings.max_queued_encodes
     for i in range(limit):  # occupy every slot without running anything
-        encoder._inflight[f"busy-{i}"] = asyncio.Future
+        encoder._inflight[f"busy-{i}"] = None
     try:
         response = client.post("/v1/images", content=png_bytes(random_image(10, 10, seed=99)))
         assert_error(response, 503, "queue is full")
