@@ -40,21 +40,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+from bench_everything import picture  # flat-coloured discs on a gradient
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
-
-
-def picture(height: int, width: int, seed: int) -> np.ndarray:
-    """HxWx3 uint8: flat-coloured discs and boxes on a gradient (shapes the default model knows)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width]
-    image = np.stack([xx * 200 // width, yy * 200 // height, np.full_like(xx, 60)], -1).astype(np.uint8)
-    for _ in range(8):
-        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(20, min(height, width) // 5)
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
-    return image
 
 
 class Uploads:

@@ -36,24 +36,35 @@ class LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         figures = self._read()
-        yield GaugeMetricFamily(
-            "samdeploy_cache_bytes", "Bytes held by the embedding cache", value=figures.cache_bytes
-        )
-        yield GaugeMetricFamily(
-            "samdeploy_cache_images", "Images whose embedding is cached", value=figures.cache_entries
-        )
-        yield CounterMetricFamily(
-            "samdeploy_cache_hits", "Embedding cache lookups that found the image", value=figures.cache_hits
-        )
-        yield CounterMetricFamily(
-            "samdeploy_cache_misses", "Embedding cache lookups that missed", value=figures.cache_misses
-        )
-        yield GaugeMetricFamily(
-            "samdeploy_encode_queue", "Encodes running or waiting for a worker", value=figures.encode_queue
-        )
-        yield GaugeMetricFamily(
-            "samdeploy_jobs_active", "Segment-everything jobs queued or running", value=figures.jobs_active
-        )
+        for family, name, documentation, value in (
+            (GaugeMetricFamily, "cache_bytes", "Bytes held by the embedding cache", figures.cache_bytes),
+            (GaugeMetricFamily, "cache_images", "Images whose embedding is cached", figures.cache_entries),
+            (
+                CounterMetricFamily,
+                "cache_hits",
+                "Embedding cache lookups that found the image",
+                figures.cache_hits,
+            ),
+            (
+                CounterMetricFamily,
+                "cache_misses",
+                "Embedding cache lookups that missed",
+                figures.cache_misses,
+            ),
+            (
+                GaugeMetricFamily,
+                "encode_queue",
+                "Encodes running or waiting for a worker",
+                figures.encode_queue,
+            ),
+            (
+                GaugeMetricFamily,
+                "jobs_active",
+                "Segment-everything jobs queued or running",
+                figures.jobs_active,
+            ),
+        ):
+            yield family(f"samdeploy_{name}", documentation, value=value)
 
 
 class Metrics:
