@@ -3,16 +3,20 @@ stopped with SIGTERM (clean exit 0); and the command's refusals before it binds.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from serve_helpers import EXAMPLE
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -66,7 +70,20 @@ def test_real_server_over_http_and_sigterm() -> None:
             assert bad.status_code == 422 and "error" in bad.json()
             assert "samdeploy_requests_total" in http.get("/metrics").text
             assert http.get("/").status_code == 200
-        process.send_signal(signal.SIGTERM)
+            # An upload still encoding when SIGTERM arrives is answered before the server exits.
+            big = io.BytesIO()
+            Image.fromarray(np.full((3000, 4000, 3), 90, dtype=np.uint8)).save(big, format="BMP")
+            pending: dict[str, httpx.Response] = {}
+            sender = threading.Thread(
+                target=lambda: pending.update(late=http.post("/v1/images", content=big.getvalue()))
+            )
+            sender.start()
+            while "samdeploy_encode_queue 1.0" not in http.get("/metrics").text:
+                assert sender.is_alive(), "the upload finished before it was seen encoding"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            sender.join(60)
+            assert pending["late"].status_code == 200 and pending["late"].json()["width"] == 4000
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 0, stderr
         assert "Application shutdown complete" in stderr
