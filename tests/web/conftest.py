@@ -52,12 +52,14 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, server):
-    """The web page, fresh; the test fails if the page raised a JavaScript error."""
+    """The web page, fresh; the test fails if the page raised a JavaScript error or showed one."""
     opened = open_page(browser, server)
     yield opened
     errors = list(opened.errors)
+    message = opened.inner_text("#message-text")
     opened.context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert "unexpected error" not in message, message
 
 
 @pytest.fixture

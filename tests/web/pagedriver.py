@@ -129,7 +129,8 @@ def open_image(page, path: Path | str) -> None:
 
 
 def page_position(page, x: float, y: float) -> tuple[float, float]:
-    """Where the centre of image pixel (x, y) is in the page (CSS pixels)."""
+    """Where the centre of image pixel (x, y) is in the page (CSS pixels), once the layout has settled."""
+    page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     rect = page.locator("#prompt-layer").bounding_box()
     width, height = page.evaluate(
         "[document.querySelector('#prompt-layer').width, document.querySelector('#prompt-layer').height]"
