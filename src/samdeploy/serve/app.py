@@ -70,7 +70,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         # it per call (what a single predictor does) from many threads at once made the mask
         # upscaling ~100x slower (default model, 4 concurrent clicks: 2.9 s instead of 23 ms).
         blas = threadpool_limits(limits=1, user_api="blas")
-        services = await run_in_threadpool(build_services, settings, metrics)
+        try:
+            services = await run_in_threadpool(build_services, settings, metrics)
+        except BaseException:
+            blas.restore_original_limits()
+            raise
         app.state.services = services
         log.info("model %s loaded (%s)", services.model_id, services.model.backend_summary)
         try:
