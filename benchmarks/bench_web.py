@@ -126,6 +126,7 @@ def main() -> None:
         "models": {},
     }
     with chromium() as browser:
+        results["browser"] = f"Chromium {browser.version}"
         if args.screenshot:
             screenshot(browser, args.screenshot)
         if args.clicks:

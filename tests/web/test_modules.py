@@ -65,8 +65,8 @@ def test_rle_decoding_matches_pycocotools(js) -> None:
         assert np.array_equal(decoded, mask)
 
 
-def test_rle_run_lengths_beyond_32_bits_of_shifts(js) -> None:
-    # Runs of tens of millions of pixels take six or more 5-bit groups: no 32-bit shift may wrap.
+def test_rle_long_runs(js) -> None:
+    # Runs of tens of millions of pixels (a large image's background) take six 5-bit groups each.
     counts = [40_000_000, 3, 123_456_789, 1, 5]
     size = [sum(counts), 1]
     compressed = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
