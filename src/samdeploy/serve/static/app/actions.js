@@ -1,7 +1,7 @@
 // Edits of the doc (store.js), as pure functions doc -> doc: each is one undoable step.
 
 import { colorFor } from "./colors.js";
-import { isEmptyPrompt } from "./geometry.js";
+import { isEmptyPrompt, requestKey, segmentRequest } from "./geometry.js";
 import { emptyDoc } from "./store.js";
 
 const EMPTY_PROMPT = emptyDoc().prompt;
@@ -23,6 +23,16 @@ export function clearPrompt(doc) {
 
 export function pickCandidate(doc, index) {
   return doc.choice === index ? doc : { ...doc, choice: index };
+}
+
+/**
+ * The server's answer for the prompt being edited, or null while there is none (not asked yet, on its
+ * way, or `view.answer` is for an earlier prompt).
+ */
+export function promptAnswer(doc, view) {
+  const { image, answer } = view;
+  if (!image || !answer) return null;
+  return answer.key === requestKey(image.id, segmentRequest(doc.prompt)) ? answer : null;
 }
 
 /** The mask the prompt currently stands for: the picked candidate, else the best. */

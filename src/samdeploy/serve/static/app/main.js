@@ -200,10 +200,9 @@ function exportName(suffix) {
 }
 
 async function exportAs(kind) {
-  const { image, answer } = store.view;
+  const { image } = store.view;
   if (!image) return;
-  const key = requestKey(image.id, segmentRequest(store.doc.prompt));
-  const objects = objectsToExport(store.doc, answer && answer.key === key ? answer : null, $("label").value.trim() || "object");
+  const objects = objectsToExport(store.doc, currentAnswer(), $("label").value.trim() || "object");
   if (!objects.length) return;
   try {
     if (kind === "coco") download(jsonBlob(cocoInstances(objects, image)), exportName("coco.json"));
@@ -214,10 +213,7 @@ async function exportAs(kind) {
   }
 }
 
-function currentAnswer() {
-  const { image, answer } = store.view;
-  return image && answer && answer.key === requestKey(image.id, segmentRequest(store.doc.prompt)) ? answer : null;
-}
+const currentAnswer = () => edit.promptAnswer(store.doc, store.view);
 
 const commands = {
   open: () => $("file").click(),

@@ -1,8 +1,8 @@
 // The page around the picture, drawn from the store: candidate masks, the object list, the status line,
 // progress, the message line and which buttons can be used. User actions go to `commands` (main.js).
 
+import { promptAnswer } from "./actions.js";
 import { cssColor } from "./colors.js";
-import { requestKey, segmentRequest } from "./geometry.js";
 import { overlayOf } from "./render.js";
 
 const THUMB_WIDTH = 96;
@@ -13,11 +13,7 @@ const THUMB_WIDTH = 96;
  *   newObject, undo, redo, everything, exportCoco, exportPng, exportPolygons
  */
 export function createPanel({ store, commands, elements: el }) {
-  function currentAnswer() {
-    const { image, answer } = store.view;
-    if (!image || !answer) return null;
-    return answer.key === requestKey(image.id, segmentRequest(store.doc.prompt)) ? answer : null;
-  }
+  const currentAnswer = () => promptAnswer(store.doc, store.view);
 
   function thumbnail(rle) {
     const { image } = store.view;

@@ -5,8 +5,7 @@
 // Neither canvas takes pointer events: the stage around them does (stage.js).
 
 import { colorFor, cssColor } from "./colors.js";
-import { chosenMask } from "./actions.js";
-import { requestKey, segmentRequest } from "./geometry.js";
+import { chosenMask, promptAnswer } from "./actions.js";
 import { maskBounds, maskPixels } from "./masks.js";
 import { decodeRle } from "./rle.js";
 
@@ -67,14 +66,14 @@ export function createRenderer({ store, imageLayer, promptLayer, onDrawn }) {
   }
 
   function drawPromptLayer() {
-    const { image, answer, hover, drag, scale } = store.view;
+    const { image, hover, drag, scale } = store.view;
     const { doc } = store;
     const context = promptLayer.getContext("2d");
     context.clearRect(0, 0, promptLayer.width, promptLayer.height);
     if (!image) return;
     const color = colorFor(doc.nextId);
-    const key = answer ? requestKey(image.id, segmentRequest(doc.prompt)) : null;
-    if (answer && answer.key === key) {
+    const answer = promptAnswer(doc, store.view);
+    if (answer) {
       drawOverlay(context, overlayOf(chosenMask(doc, answer).rle, color, EDITED));
     } else if (hover) {
       drawOverlay(context, overlayOf(hover.masks[hover.best].rle, color, HOVER));
@@ -96,7 +95,7 @@ export function createRenderer({ store, imageLayer, promptLayer, onDrawn }) {
       context.strokeStyle = "white";
       context.stroke();
     });
-    if (answer && answer.key === key) onDrawn(key);
+    if (answer) onDrawn(answer.key);
   }
 
   function resize() {
