@@ -394,3 +394,26 @@ def test_an_evicted_image_is_sent_again(browser, small_cache_server, predictor, 
     assert refused and "segment" in refused[0]  # the eviction did happen, and the page recovered from it
     assert not page.errors
     page.context.close()
+
+
+def test_overload_and_a_lost_server_become_messages(page) -> None:
+    open_image(page, EXAMPLE)
+    busy = {"error": "the server is busy encoding other images: try again shortly"}
+    page.route(
+        "**/v1/images/*/segment",
+        lambda route: route.fulfill(status=503, headers={"Retry-After": "3"}, json=busy),
+    )
+    x, y = page_position(page, *README_POINT)
+    page.mouse.click(x, y)
+    page.wait_for_selector("#message.error")
+    assert page.inner_text("#message-text") == f"{busy['error']} (server busy: try again in 3 s)"
+    page.unroute("**/v1/images/*/segment")
+    page.route("**/v1/images", lambda route: route.abort())
+    page.set_input_files("#file", str(EXAMPLE))
+    page.wait_for_function(
+        "document.querySelector('#message-text').textContent.startsWith('cannot reach the server')"
+    )
+    assert page.get_attribute("body", "data-status") == "ready"  # the image already open stays usable
+    page.unroute("**/v1/images")
+    page.keyboard.press("Escape")
+    click_pixel(page, *STAR)

@@ -49,9 +49,12 @@ export function decodeRle(rle) {
     const end = position + runs[i];
     if (end > height * width) throw new Error("RLE runs longer than its size");
     if (i % 2 === 1) {
+      let x = Math.floor(position / height);
+      let y = position - x * height;
       for (let k = position; k < end; k += 1) {
-        const x = Math.floor(k / height);
-        mask[(k - x * height) * width + x] = 1;
+        mask[y * width + x] = 1;
+        y += 1;
+        if (y === height) [x, y] = [x + 1, 0];
       }
     }
     position = end;
