@@ -302,20 +302,43 @@ def test_drop_and_paste_open_images(page) -> None:
         assert page.get_attribute("body", "data-status") == "ready"
 
 
-def test_hover_previews_the_mask_before_a_click(page) -> None:
-    open_image(page, EXAMPLE)
-    x, y = page_position(page, *README_POINT)
-    page.mouse.move(x, y)
-    # The preview is drawn on the prompt layer: some of its pixels become non-transparent.
-    page.wait_for_function(
+def drawn_prompt_layer(page) -> np.ndarray:
+    """HxW bool: the prompt layer's painted pixels."""
+    rgba = page.evaluate(
         """() => {
             const layer = document.querySelector('#prompt-layer');
             const pixels = layer.getContext('2d').getImageData(0, 0, layer.width, layer.height).data;
-            for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) return true;
-            return false;
+            let text = '';
+            for (let i = 0; i < pixels.length; i += 0x8000) text += String.fromCharCode(...pixels.subarray(i, i + 0x8000));
+            return btoa(text);
         }"""
     )
+    return np.frombuffer(base64.b64decode(rgba), np.uint8).reshape(480, 640, 4)[..., 3] > 0
+
+
+def test_hover_preview_follows_the_pointer_and_drops_stale_answers(page, predictor) -> None:
+    open_image(page, EXAMPLE)
+    asked = []
+    page.on("request", lambda request: asked.append(request) if request.url.endswith("/segment") else None)
+    page.mouse.move(*page_position(page, *STAR))
+    x, y = page_position(page, *README_POINT)
+    page.mouse.move(x, y, steps=30)  # 30 pointer moves, most of them while a request is in flight
+    expected = predicted(predictor, [README_POINT], [1])
+    for _ in range(100):  # the preview settles on the point where the pointer stopped
+        if np.array_equal(drawn_prompt_layer(page), expected):
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError("the hover preview never showed the mask of the point under the pointer")
+    assert len(asked) < 31  # one request in flight at a time: moves meanwhile were not all sent
     assert page.locator("#candidates li").count() == 0  # a preview, not a prompt
+    page.mouse.move(1, 1)  # off the picture: the preview goes
+    page.wait_for_function("!document.querySelector('#status').textContent.includes('Segmenting')")
+    for _ in range(50):
+        if not drawn_prompt_layer(page).any():
+            break
+        page.wait_for_timeout(100)
+    assert not drawn_prompt_layer(page).any()
 
 
 def test_click_to_mask_time(page, record_property) -> None:
