@@ -218,6 +218,8 @@ def test_keyboard_shortcuts(page, predictor, downloads) -> None:
     shortcuts = page.locator("#shortcuts dt").all_inner_texts()
     assert "Ctrl+Z" in shortcuts and "N / Enter" in shortcuts and "Del / Backspace" in shortcuts
     with page.expect_file_chooser() as chooser:
+        # A round trip first: Playwright turns on file-chooser interception without waiting for it.
+        page.evaluate("0")
         page.keyboard.press("o")  # opens the file picker
     chooser.value.set_files(str(EXAMPLE))
     page.wait_for_selector('body[data-status="ready"]')
@@ -300,6 +302,15 @@ def test_drop_and_paste_open_images(page) -> None:
             f"document.querySelector('#status').textContent.startsWith('{event}.png: 640x480')"
         )
         assert page.get_attribute("body", "data-status") == "ready"
+    page.evaluate(
+        """() => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File(['some words'], 'notes.txt', {type: 'text/plain'}));
+            document.querySelector('#stage').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }"""
+    )
+    assert page.inner_text("#message-text") == "drop an image file"
 
 
 def drawn_prompt_layer(page) -> np.ndarray:

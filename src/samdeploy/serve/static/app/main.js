@@ -47,8 +47,12 @@ const store = createStore({
 const events = createEmitter();
 const api = createApi({ apiKey: () => $("api-key").value.trim() });
 
+/** A failure the user can act on (as opposed to a bug of the page): shown as its message alone. */
+class PageError extends Error {}
+
 function showError(error) {
-  const text = error instanceof ApiError ? error.message : `unexpected error: ${error.message ?? error}`;
+  const expected = error instanceof ApiError || error instanceof PageError;
+  const text = expected ? error.message : `unexpected error: ${error.message ?? error}`;
   store.setView({ message: { kind: "error", text } });
 }
 
@@ -115,16 +119,16 @@ async function openImage(blob, name) {
     try {
       bitmap = await createImageBitmap(blob);
     } catch {
-      throw new Error("the server read the image but this browser cannot display its format: convert it to PNG or JPEG");
+      throw new PageError("the server read the image but this browser cannot display its format: convert it to PNG or JPEG");
     }
     if (bitmap.width !== info.width || bitmap.height !== info.height) {
-      throw new Error(`the browser sees ${bitmap.width}x${bitmap.height} pixels, the server ${info.width}x${info.height}`);
+      throw new PageError(`the browser sees ${bitmap.width}x${bitmap.height} pixels, the server ${info.width}x${info.height}`);
     }
     segmenter.reset();
     pendingClick = null;
     const image = { id: info.image_id, width: info.width, height: info.height, name, blob, bitmap, modelId: info.model_id };
-    store.setView({ image, ready: true, answer: null, hover: null, status: "ready", progress: null });
-    store.setView({ statusText: `${name}: ${image.width}x${image.height}. Click an object` });
+    const statusText = `${name}: ${image.width}x${image.height}. Click an object`;
+    store.setView({ image, ready: true, answer: null, hover: null, status: "ready", statusText, progress: null });
     layout();
     store.resetDoc();
   } catch (error) {
@@ -181,7 +185,7 @@ async function segmentEverything() {
       const state = await api.job(started.job_id);
       if (store.view.image !== image) return; // another image was opened meanwhile
       store.setView({ job: { id: started.job_id, progress: state.progress ?? 0 } });
-      if (state.status === "failed") throw new Error(`segment everything failed: ${state.error}`);
+      if (state.status === "failed") throw new PageError(`segment everything failed: ${state.error}`);
       if (state.status === "done") {
         store.commit((doc) => edit.addRecords(doc, state.records, $("label").value.trim() || "object"));
         showInfo(`Segment everything found ${state.records.length} objects`);
@@ -295,7 +299,7 @@ stage.addEventListener("drop", (event) => {
   stage.classList.remove("dropping");
   const file = firstImageFile(event.dataTransfer?.files);
   if (file) openImage(file, file.name);
-  else showError(new Error("drop an image file"));
+  else showError(new PageError("drop an image file"));
 });
 document.addEventListener("paste", (event) => {
   const file = firstImageFile(event.clipboardData?.files);
