@@ -1,0 +1,77 @@
+"""ASGI middleware: the request body limit and per-route request metrics.
+
+Both are plain ASGI (no ``BaseHTTPMiddleware``), so streaming bodies stay streamed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from samdeploy.serve.errors import PayloadTooLarge, error_response
+from samdeploy.serve.metrics import Metrics
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` with 413: at once from ``Content-Length``, else while
+    reading (a chunked body raises :class:`PayloadTooLarge` inside the route, answered 413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> str:
+        return f"the request body is larger than this server's limit of {self.max_bytes:,} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await error_response(413, self._message())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class RequestMetrics:
+    """Count requests by route template, method and status, and time them."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            # The template (/v1/images/{image_id}/segment), never the raw path: bounded label values.
+            label = getattr(route, "path", None) or ("static" if status < 400 else "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(label, method, str(status)).inc()
+            self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)
