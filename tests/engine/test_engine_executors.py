@@ -65,6 +65,21 @@ def test_executors_agree(executor: str) -> None:
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
+def test_stream_isolates_failing_items(executor: str) -> None:
+    # Why: every executor's stream must give a failing item its own error (naming the node and
+    # the item) and go on with the others.
+    g = steps_graph(3, fail={1: [3, 6]})  # s1 sees i + 1: items 2 and 5 fail there
+    results = list(g.stream([{"x": i} for i in range(7)], executor=executor))
+    assert [r.index for r in results] == list(range(7))
+    for r in results:
+        if r.index in (2, 5):
+            assert r.outputs is None and not r.ok
+            assert (r.error.node, r.error.item, type(r.error.cause)) == ("s1", r.index, ValueError)
+        else:
+            assert r.ok and r.outputs == {"x": r.index + 3}
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 def test_run_raises_node_error_with_node_name(executor: str) -> None:
     g = steps_graph(3, fail={1: [11]})
     with pytest.raises(NodeError, match=r"node 's1': ValueError: bad value 11") as info:
@@ -216,6 +231,37 @@ def test_task_executor_runs_the_successors_of_one_node_at_once() -> None:
         assert [g.run({"x": float(i)}, executor=executor) for i in range(3)] == [
             {"y": 2.0 * (i + 1)} for i in range(3)
         ]
+
+
+def test_task_executor_runs_at_most_its_workers_and_the_caller_at_once() -> None:
+    # Why: ``workers`` bounds the pool; with the calling thread, workers + 1 nodes run at once at
+    # most. Four independent branches each stay inside run() a moment (or until a fourth thread
+    # joins them, which must not happen with one worker).
+    lock = threading.Lock()
+    active = peak = 0
+    crowded = threading.Event()
+
+    class Crowd(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+                if active > 2:
+                    crowded.set()
+            crowded.wait(0.2)
+            with lock:
+                active -= 1
+            return {"x": x}
+
+    g = Graph("four")
+    for k in range(4):
+        g.add(Crowd(f"b{k}"))
+        g.output(f"y{k}", f"b{k}.x")
+    g.input("x", *(f"b{k}.x" for k in range(4)))
+    with TaskExecutor(workers=1) as executor:
+        assert g.run({"x": 1}, executor=executor) == {f"y{k}": 1 for k in range(4)}
+    assert peak <= 2 and not crowded.is_set()
 
 
 def test_task_executor_stops_scheduling_after_a_failure() -> None:
@@ -384,7 +430,8 @@ def test_pipeline_keeps_order_loses_nothing_and_isolates_failures(
 def test_bad_item_inputs_fail_alone(executor: str) -> None:
     g = steps_graph(2)
     results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}], executor=executor))
-    assert [r.ok for r in results] == [True, False, True]
+    assert [(r.index, r.ok) for r in results] == [(0, True), (1, False), (2, True)]
+    assert results[1].error.item == 1
     assert results[1].error.node == "steps" and "input 'x' is missing" in str(results[1].error)
 
 
@@ -551,9 +598,13 @@ def test_profile_counts_every_node(executor: str) -> None:
     assert all(s.total_ms <= profile.wall_s * 1e3 for s in profile.stats())
     if executor != "pipeline":
         assert sum(s.total_ms for s in profile.stats()) <= profile.wall_s * 1e3
+    single = Profile()
+    start = time.perf_counter()
     for _ in range(2):
         g.run({"x": 0}, executor=executor, profile=profile)
+        g.run({"x": 0}, executor=executor, profile=single)
     assert profile.items == 27 and profile["s0"].count == 27
+    assert single.items == 2 and 0 < single.wall_s <= time.perf_counter() - start
     table = profile.table()
     assert table.splitlines()[0].split() == [
         "node",
