@@ -14,9 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import make_client, png_bytes, random_image
 
+from samdeploy import limits
+from samdeploy.errors import ImageLimitError
+from samdeploy.sam.images import decode_image
 from samdeploy.serve.errors import Busy
 from samdeploy.serve.server import _Server, insecure_binding_warning
 from samdeploy.serve.settings import ServeSettings, SettingsError
+from samdeploy.serve.uploads import UPLOAD_NAME
 
 KEY = "k" * 24
 
@@ -76,8 +80,12 @@ def test_upload_multipart_without_file_field(client: TestClient) -> None:
 
 
 def test_upload_too_many_pixels(client: TestClient) -> None:
-    big = np.zeros((1500, 1500, 3), dtype=np.uint8)  # 2.25 MP > the fixture's 2 MP limit
-    assert_error(client.post("/v1/images", content=png_bytes(big)), 413, "2,250,000 pixels", "2,000,000")
+    big = png_bytes(np.zeros((1500, 1500, 3), dtype=np.uint8))  # 2.25 MP > the fixture's 2 MP limit
+    assert_error(client.post("/v1/images", content=big), 413, "2,250,000 pixels", "2,000,000")
+    # The sentence the Python API (and the command line) gives for the same file and limit.
+    with pytest.raises(ImageLimitError) as refused:
+        decode_image(big, max_pixels=2_000_000, name=UPLOAD_NAME)
+    assert client.post("/v1/images", content=big).json() == {"error": str(refused.value)}
 
 
 def _forged_png(width: int, height: int) -> bytes:
@@ -207,7 +215,10 @@ def test_segment_shapes(client: TestClient, image_id: str) -> None:
         ({"points": [[10, 10]]}, "point_labels must be supplied"),
         ({"labels": [1]}, "point_labels given without point_coords"),
         ({"points": [[10, 10], [20, 20]], "labels": [1]}, "one label per point"),
-        ({"points": [[10, 10]] * 9, "labels": [1] * 9}, "at most 8"),
+        (
+            {"points": [[10, 10]] * 9, "labels": [1] * 9},
+            "points per prompt: 9 points is over the limit of 8 points",
+        ),
         ({"points": [[700, 10]], "labels": [1]}, "outside the 640x480 image"),
         ({"points": [[-1, 10]], "labels": [1]}, "outside"),
         ({"points": [], "labels": []}, "points is empty"),
@@ -215,14 +226,14 @@ def test_segment_shapes(client: TestClient, image_id: str) -> None:
         ({"box": [0, 0, 10, 500]}, "reaches outside"),
         ({"box": [0, 0, 10, 10], "boxes": [[0, 0, 5, 5]]}, "either box or boxes"),
         ({"boxes": []}, "boxes is empty"),
-        ({"boxes": [[0, 0, 5, 5]] * 5}, "at most 4"),
+        ({"boxes": [[0, 0, 5, 5]] * 5}, "boxes: 5 prompts is over the limit of 4 prompts"),
         ({"box": [0, 0, 10]}, "body.box"),
         ({"points": [[1, "a"]], "labels": [1]}, "body.points"),
         ({"points": [[1, 1]], "labels": [1], "format": "jpeg"}, "body.format"),
         ({"points": [[1, 1]], "labels": [1], "colour": "red"}, "Extra inputs"),
         ({"points": [[1, 1]], "labels": [1], "polygon_tolerance": -1}, "polygon_tolerance"),
         ({"prompts": []}, "prompts is empty"),
-        ({"prompts": [{"box": [0, 0, 5, 5]}] * 5}, "at most 4"),
+        ({"prompts": [{"box": [0, 0, 5, 5]}] * 5}, "prompts per call: 5 prompts is over the limit of 4"),
         ({"prompts": [{"box": [0, 0, 5, 5]}], "box": [0, 0, 5, 5]}, "not both"),
         ({"prompts": [{"boxes": [[0, 0, 5, 5]]}]}, "each box as its own prompt"),
         ({"prompts": [{"box": [0, 0, 5, 5], "format": "png"}]}, "Extra inputs"),
@@ -378,6 +389,19 @@ def test_settings_refuse_insecure_or_bad_values() -> None:
         ServeSettings(workers=0)
     with pytest.raises(SettingsError, match="port"):
         ServeSettings(port=70000)
+    # The server may be stricter than samdeploy.limits, never looser.
+    for name, limit in [
+        ("max_points", limits.MAX_POINTS),
+        ("max_prompts", limits.MAX_PROMPTS),
+        ("max_boxes", limits.MAX_PROMPTS),
+        ("max_body_bytes", limits.MAX_REQUEST_BYTES),
+        ("max_pixels", limits.PIXELS_CEILING),
+    ]:
+        with pytest.raises(SettingsError, match=f"{name}: .* is over the limit of {limit.value:,}"):
+            ServeSettings(**{name: limit.value + 1})
+        ServeSettings(**{name: limit.value})
+    with pytest.raises(SettingsError, match="threads"):
+        ServeSettings(threads=limits.max_threads() + 1)
     assert insecure_binding_warning(ServeSettings(host="0.0.0.0")) is not None
     assert insecure_binding_warning(ServeSettings(host="0.0.0.0", api_key=KEY)) is None
     assert insecure_binding_warning(ServeSettings(host="::1")) is None

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from samdeploy.errors import PromptError
+from samdeploy import limits
+from samdeploy.errors import PromptError, PromptLimitError
 from samdeploy.sam.prompts import Prompt, validate_prompt
 from samdeploy.serve.deps import Services
 from samdeploy.serve.formats import Format, mask_json
@@ -47,17 +48,12 @@ def _validate(services: Services, key: str, entry: CachedImage, item: PromptIn, 
         raise PromptError("give either box or boxes, not both")
     if in_list and item.boxes is not None:
         raise PromptError("boxes inside a prompts list: give each box as its own prompt")
-    if item.points is not None and len(item.points) > settings.max_points:
-        raise PromptError(
-            f"{len(item.points)} points in one prompt; this server takes at most {settings.max_points}"
-        )
+    if item.points is not None:
+        limits.check(len(item.points), settings.points_limit, error=PromptLimitError)
     if item.boxes is not None:
         if not item.boxes:
             raise PromptError("boxes is empty: give at least one XYXY box, or leave it out")
-        if len(item.boxes) > settings.max_boxes:
-            raise PromptError(
-                f"{len(item.boxes)} boxes in one prompt; this server takes at most {settings.max_boxes}"
-            )
+        limits.check(len(item.boxes), settings.boxes_limit, "boxes", PromptLimitError)
     if item.points is not None and not item.points:
         raise PromptError("points is empty: give at least one XY point, or leave it out")
     mask_input = None if item.mask_input is None else services.logits.get(key, item.mask_input)
@@ -84,10 +80,7 @@ def parse(services: Services, key: str, entry: CachedImage, body: SegmentIn) -> 
         )
     if not body.prompts:
         raise PromptError("prompts is empty: give at least one prompt")
-    if len(body.prompts) > services.settings.max_prompts:
-        raise PromptError(
-            f"{len(body.prompts)} prompts in one request; this server takes at most {services.settings.max_prompts}"
-        )
+    limits.check(len(body.prompts), services.settings.prompts_limit, error=PromptLimitError)
     return [_validate(services, key, entry, item, in_list=True) for item in body.prompts]
 
 

@@ -110,7 +110,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     for module in (images, segment, jobs, model, health):
         app.include_router(module.router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.request_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees the 413s too
     return app
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from samdeploy.errors import ImageError, PromptError, SamDeployError
+from samdeploy.errors import ImageError, ImageLimitError, SamDeployError
 
 log = logging.getLogger("samdeploy.serve")
 
@@ -59,8 +59,18 @@ class Busy(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
-class ImageTooLarge(ImageError):
-    """An upload whose width x height exceeds the server's pixel limit (answered 413)."""
+def input_error_status(exc: SamDeployError) -> int:
+    """The status of samdeploy's own input errors, with the message the CLI and the API give.
+
+    An image over the pixel limit (:class:`ImageLimitError`): 413. Any other image error (empty,
+    corrupt, not an image): 400. Prompt errors, prompt limits (:class:`PromptLimitError`) and
+    option errors: 422, the request's content is at fault.
+    """
+    if isinstance(exc, ImageLimitError):
+        return 413
+    if isinstance(exc, ImageError):
+        return 400
+    return 422
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -86,19 +96,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, str(exc), exc.headers)
 
-    @app.exception_handler(ImageTooLarge)
-    async def _too_large(request: Request, exc: ImageTooLarge) -> JSONResponse:
-        return error_response(413, str(exc))
-
-    @app.exception_handler(PromptError)
-    async def _prompt_error(request: Request, exc: PromptError) -> JSONResponse:
-        return error_response(422, str(exc))
-
     @app.exception_handler(SamDeployError)
     async def _input_error(request: Request, exc: SamDeployError) -> JSONResponse:
-        # ImageError (not an image, corrupt) and option errors: the request is at fault.
-        status = 400 if isinstance(exc, ImageError) else 422
-        return error_response(status, str(exc))
+        return error_response(input_error_status(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

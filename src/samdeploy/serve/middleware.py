@@ -9,6 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from samdeploy.limits import Limit, check
 from samdeploy.serve.errors import PayloadTooLarge, error_response
 from samdeploy.serve.metrics import Metrics
 
@@ -17,21 +18,25 @@ class BodyLimit:
     """Refuse bodies over ``max_bytes`` with 413: at once from ``Content-Length``, else while
     reading (a chunked body raises :class:`PayloadTooLarge` inside the route, answered 413)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limit: Limit) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = limit
 
-    def _message(self) -> str:
-        return f"the request body is larger than this server's limit of {self.max_bytes:,} bytes"
+    def _check(self, size: int) -> None:
+        """:class:`PayloadTooLarge` with :func:`samdeploy.limits.check`'s sentence beyond the limit."""
+        check(size, self.limit, error=PayloadTooLarge)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await error_response(413, self._message())(scope, receive, send)
-            return
+        if length is not None and length.isdigit():
+            try:
+                self._check(int(length))
+            except PayloadTooLarge as exc:
+                await error_response(413, str(exc))(scope, receive, send)
+                return
         seen = 0
 
         async def limited() -> Message:
@@ -39,8 +44,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
+                self._check(seen)
             return message
 
         await self.app(scope, limited, send)

@@ -1,49 +1,43 @@
-"""Uploaded bytes -> the HxWx3 uint8 RGB array SAM takes, with the same conversions as
-:func:`samdeploy.sam.images.load_image` (EXIF orientation, grayscale, 16-bit, alpha dropped).
+"""What is particular to an upload: finding the image file in a request, and naming it in messages.
 
-The pixel limit is checked from the header, before any pixel is decoded: a decompression bomb
-costs a header parse, not its decoded size.
+Decoding is :func:`samdeploy.sam.images.decode_image`, the same as the command line and the
+Python API (pixel limit checked from the header before any pixel is decoded, bounded memory,
+EXIF orientation, grayscale, 16-bit, alpha dropped), so a bad file gets the same sentence
+everywhere. The body's byte limit is enforced while it is read, by
+:class:`samdeploy.serve.middleware.BodyLimit`.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 
 from samdeploy.errors import ImageError
-from samdeploy.sam.images import pil_to_rgb
-from samdeploy.serve.errors import ImageTooLarge
+from samdeploy.sam.images import decode_image
+
+#: How messages name an uploaded file.
+UPLOAD_NAME = "upload"
+
+
+async def read_upload(request: Request) -> bytes:
+    """The image file of a request: its raw body, or the multipart field ``file``.
+
+    The body arrives through the body limit, so a body over it raises 413 while it is read.
+    """
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ImageError("a multipart upload needs the image in a file field named 'file'")
+        return await upload.read()
+    return await request.body()
 
 
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode an uploaded image file; :class:`ImageError` for an empty, corrupt or non-image body,
-    :class:`ImageTooLarge` beyond ``max_pixels`` (width x height)."""
-    if not data:
-        raise ImageError("the request body is empty: send the image file's bytes")
-    try:
-        with warnings.catch_warnings():
-            # samdeploy's max_pixels replaces Pillow's own bomb check, decided below from the header.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-    except Image.DecompressionBombError as exc:
-        # Pillow refuses beyond twice its own limit before the size reaches us: a bomb either way.
-        raise ImageTooLarge(f"the image has too many pixels: {exc}") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image, or a format Pillow cannot read") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read the image (truncated or corrupt?): {exc}") from None
-    with image:
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"the image has {width}x{height} = {width * height:,} pixels, more than this server's"
-                f" limit of {max_pixels:,}; send a smaller image"
-            )
-        try:
-            image.load()
-            return pil_to_rgb(ImageOps.exif_transpose(image))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"cannot read the image (truncated or corrupt?): {exc}") from None
+    """Uploaded bytes -> HxWx3 uint8 RGB: :func:`decode_image` with the server's pixel limit.
+
+    :class:`~samdeploy.errors.ImageError` (400) for an empty, corrupt or non-image body,
+    :class:`~samdeploy.errors.ImageLimitError` (413) beyond ``max_pixels``.
+    """
+    return decode_image(data, max_pixels=max_pixels, name=UPLOAD_NAME)

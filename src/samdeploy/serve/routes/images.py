@@ -8,12 +8,11 @@ from typing import Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from samdeploy.errors import ImageError
 from samdeploy.serve.deps import ServicesDep, require_api_key
 from samdeploy.serve.schemas import ImageOut
 from samdeploy.serve.sessions import image_id
+from samdeploy.serve.uploads import read_upload
 
 router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require_api_key)])
 
@@ -35,17 +34,6 @@ _UPLOAD_BODY = {
 }
 
 
-async def _upload_bytes(request: Request) -> bytes:
-    """The image file of a request: its raw body, or the multipart field ``file``."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ImageError("a multipart upload needs the image in a file field named 'file'")
-        return await upload.read()
-    return await request.body()
-
-
 @router.post("/images", response_model=ImageOut, openapi_extra=_UPLOAD_BODY)
 async def upload_image(request: Request, services: ServicesDep) -> ImageOut:
     """Upload an image (raw bytes or multipart field ``file``) and compute its embedding, unless cached.
@@ -53,7 +41,7 @@ async def upload_image(request: Request, services: ServicesDep) -> ImageOut:
     Several uploads of the same uncached image at once share one encode. 400: not an image;
     413: body or pixels over the limit; 503 + Retry-After: the encoder queue is full.
     """
-    data = await _upload_bytes(request)
+    data = await read_upload(request)
     key = await run_in_threadpool(image_id, data)
     entry, cached = await services.encoder.embed(key, data)
     height, width = entry.size
