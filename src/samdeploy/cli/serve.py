@@ -2,6 +2,7 @@
 
 samdeploy serve                                   # embedded default model on 127.0.0.1:8000
 samdeploy serve --model models/sam_vit_b --cache-mb 2048 --workers 2
+samdeploy serve --model models/sam_vit_b --device cuda   # ONNX Runtime's CUDA provider
 SAMDEPLOY_API_KEY=... samdeploy serve --host 0.0.0.0
 """
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 
 from samdeploy.cli.app import app
-from samdeploy.cli.options import ModelOption
+from samdeploy.cli.options import DeviceOption, ModelOption, resolve_device
 from samdeploy.errors import SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
@@ -21,6 +22,7 @@ from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 @app.command()
 def serve(
     model: ModelOption = None,
+    device: DeviceOption = None,
     host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     cache_mb: Annotated[float, typer.Option(help="bound of the embedding cache, MiB")] = 1024.0,
@@ -54,8 +56,11 @@ def serve(
         ) from None
     if max_body_mb <= 0:
         raise SamDeployError(f"--max-body-mb must be positive, got {max_body_mb}")
+    backend, providers = resolve_device(device, None)  # a device not installed: one line, exit 2
     settings = ServeSettings(
         model=model,
+        backend=backend,
+        providers=None if providers is None else tuple(providers),
         host=host,
         port=port,
         threads=threads,

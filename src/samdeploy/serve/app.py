@@ -46,7 +46,13 @@ def model_id(sam: SamModel) -> str:
 def build_services(settings: ServeSettings, metrics: Metrics) -> Services:
     """Load the model and build the services around it (blocking: seconds for a large model)."""
     # The model's own cache is keyed by pixels; the server keys its cache by upload instead.
-    sam = load_model(settings.model, threads=settings.threads or None, cache_mb=0)
+    sam = load_model(
+        settings.model,
+        backend=settings.backend,
+        providers=None if settings.providers is None else list(settings.providers),
+        threads=settings.threads or None,
+        cache_mb=0,
+    )
     cache = EmbeddingCache(settings.cache_mb)
     return Services(
         settings=settings,

@@ -25,8 +25,9 @@ class SettingsError(SamDeployError):
 class ServeSettings:
     """What the server loads and how much it accepts.
 
-    model: package folder (None: the embedded default model). device: ``--device`` (cpu, cuda,
-    tensorrt, openvino or ONNX Runtime providers; None: cpu, or as the package asks). threads: intra-op threads of each
+    model: package folder (None: the embedded default model). backend / providers: where the
+    models run, as :func:`samdeploy.load_model` takes them (``samdeploy serve --device`` resolves
+    to these; None: ONNX Runtime on the CPU, or as the package asks). threads: intra-op threads of each
     model call (0: the backend's default, every core). Each request runs on its own thread, so one
     intra-op thread per call uses the cores best under concurrent clients (default model, 4 at
     once: 26 clicks/s with 1, 13 with every core, on 2 cores). cache_mb: bound of the embedding cache, in MiB (embeddings and the
@@ -45,7 +46,8 @@ class ServeSettings:
     """
 
     model: Path | None = None
-    device: str | None = None
+    backend: str | None = None
+    providers: tuple[str, ...] | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 1
