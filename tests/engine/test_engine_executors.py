@@ -280,6 +280,7 @@ def test_task_executor_lets_running_nodes_end_when_interrupted() -> None:
     class Interrupt(Identity):
         def run(self, x: Any) -> dict[str, Any]:
             caller_done.wait(HANDSHAKE_TIMEOUT_S)
+            time.sleep(0.1)  # lets the caller reach its wait (either way the outcome must be the same)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(0.2)  # still running when the caller is interrupted
             finished.set()
@@ -293,9 +294,14 @@ def test_task_executor_lets_running_nodes_end_when_interrupted() -> None:
     g.input("x", "mark.x", "interrupt.x")
     g.output("m", "mark.x")
     g.output("a", "after.x")
+    ended_before_raise = None
+    # Checked as the error leaves run(): closing the executor waits for its threads anyway.
     with TaskExecutor(workers=1) as executor, pytest.raises(KeyboardInterrupt):
-        g.run({"x": 1}, executor=executor)
-    assert finished.is_set() and after.seen == []
+        try:
+            g.run({"x": 1}, executor=executor)
+        finally:
+            ended_before_raise = finished.is_set()
+    assert ended_before_raise and after.seen == []
 
 
 def test_task_executor_stops_scheduling_after_a_failure() -> None:
