@@ -19,9 +19,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from threadpoolctl import threadpool_limits
 
 from samdeploy import __version__
+from samdeploy.sam.blas import hold_single_threaded_blas
 from samdeploy.sam.model import EmbeddingCache, SamModel, load_model
 from samdeploy.serve.deps import Services
 from samdeploy.serve.errors import install_error_handlers
@@ -72,14 +72,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests decode concurrently: numpy's BLAS on one thread for the server's life. Toggling
-        # it per call (what a single predictor does) from many threads at once made the mask
+        # Requests decode concurrently: numpy's BLAS on one thread for the server's life, taken
+        # here on the event loop's thread (the model's own hold is taken on a pool thread, which
+        # OpenBLAS may ignore). Toggling it per call from many threads at once made the mask
         # upscaling ~100x slower (default model, 4 concurrent clicks: 2.9 s instead of 23 ms).
-        blas = threadpool_limits(limits=1, user_api="blas")
+        blas = hold_single_threaded_blas()
         try:
             services = await run_in_threadpool(build_services, settings, metrics)
         except BaseException:
-            blas.restore_original_limits()
+            blas.release()
             raise
         app.state.services = services
         log.info("model %s loaded (%s)", services.model_id, services.model.backend_summary)
@@ -89,7 +90,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             app.state.draining = True
             await run_in_threadpool(_close, services)
             app.state.services = None
-            blas.restore_original_limits()
+            blas.release()
 
     app = FastAPI(
         title="samdeploy",
