@@ -53,7 +53,7 @@ from samdeploy.sam.amg import (
 )
 from samdeploy.sam.graphs import EMBEDDINGS, connect_prompt_ports, decoder_node, encode_graph
 from samdeploy.sam.images import as_rgb_array
-from samdeploy.sam.model import SamModel, load_model
+from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, postprocess_masks
@@ -615,8 +615,62 @@ class SamAutomaticMaskGenerator:
                 progress(index + 1, len(crops))
         return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
 
-    def _crop_candidates(self, embeddings: np.ndarray, crop: CropInfo) -> MaskCandidates:
-        """All filtered candidates of one crop, batch by batch in the official order."""
+    def generate_from_embedding(
+        self,
+        embedding: ImageEmbedding,
+        image: np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`generate` from the image's embedding (``model.encode(image)``, e.g. cached):
+        the records equal ``generate(image)``'s, without encoding the whole image again.
+
+        ``image`` (HxWx3 uint8 RGB, the encoded one) is needed only with crop layers, whose crops
+        are encoded from it; without them only the embedding is used. ``progress(done, total)``
+        is called after each decoder batch (``points_per_batch`` points) over all crops.
+        Raises :class:`GeneratorOptionError` when crop layers have no image, or the image is not
+        the embedding's size.
+        """
+        height, width = embedding.original_size
+        if image is not None:
+            image = as_rgb_array(image)
+            if image.shape[:2] != (height, width):
+                raise GeneratorOptionError(
+                    f"the image is {image.shape[1]}x{image.shape[0]} but the embedding is of a"
+                    f" {width}x{height} image: pass the image that was encoded"
+                )
+        elif self.config.crop_n_layers > 0:
+            raise GeneratorOptionError(
+                f"crop_n_layers={self.config.crop_n_layers} encodes crops of the image: pass the image too"
+            )
+        boxes, layers = generate_crop_boxes(
+            (height, width), self.config.crop_n_layers, self.config.crop_overlap_ratio
+        )
+        crops = [
+            CropInfo(box=tuple(box), layer=layer, image_size=(height, width))  # type: ignore[arg-type]
+            for box, layer in zip(boxes, layers, strict=True)
+        ]
+        step = self.config.points_per_batch
+        total = sum(-(-len(self.point_grids[crop.layer]) // step) for crop in crops)
+        done = 0
+
+        def on_batch() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        # The first crop is the whole image (generate_crop_boxes puts it first): its embedding is given.
+        parts = [self._crop_candidates(embedding.embeddings, crops[0], on_batch)]
+        crop_items = ({"image": image, "crop": crop} for crop in crops[1:])
+        for index, outputs in self._stream(self.crop_graph, crop_items, len(crops) > 2, queue_depth=1):
+            parts.append(self._crop_candidates(outputs[EMBEDDINGS], crops[index + 1], on_batch))
+        return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
+
+    def _crop_candidates(
+        self, embeddings: np.ndarray, crop: CropInfo, on_batch: Callable[[], None] | None = None
+    ) -> MaskCandidates:
+        """All filtered candidates of one crop, batch by batch in the official order
+        (``on_batch()`` after each decoder batch)."""
         h, w = crop.size
         points = self.point_grids[crop.layer] * np.array([[w, h]])
         step = self.config.points_per_batch
@@ -624,8 +678,12 @@ class SamAutomaticMaskGenerator:
             {EMBEDDINGS: embeddings, "points": points[start : start + step], "crop": crop}
             for start in range(0, len(points), step)
         )
-        results = self._stream(self.point_graph, items, len(points) > step, queue_depth=2)
-        return MaskCandidates.concat([out["candidates"] for _, out in results])
+        candidates = []
+        for _, out in self._stream(self.point_graph, items, len(points) > step, queue_depth=2):
+            candidates.append(out["candidates"])
+            if on_batch is not None:
+                on_batch()
+        return MaskCandidates.concat(candidates)
 
     def _stream(
         self, graph: Graph, items: Iterable[Mapping[str, Any]], pipeline: bool, queue_depth: int
