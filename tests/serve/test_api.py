@@ -16,8 +16,10 @@ from serve_helpers import make_client, png_bytes, random_image
 
 from samdeploy import limits
 from samdeploy.errors import ImageLimitError
+from samdeploy.sam.automatic import SamAutomaticMaskGenerator
 from samdeploy.sam.images import decode_image
 from samdeploy.serve.errors import Busy
+from samdeploy.serve.schemas import JobOut
 from samdeploy.serve.server import _Server, insecure_binding_warning
 from samdeploy.serve.settings import ServeSettings, SettingsError
 from samdeploy.serve.uploads import UPLOAD_NAME
@@ -324,6 +326,39 @@ def test_everything_job(client: TestClient, image_id: str) -> None:
         "crop_box",
     }
     assert done["records"][0]["segmentation"]["size"] == [480, 640]
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_everything_job_reuses_the_embedding_and_reports_each_batch(
+    client: TestClient, image_id: str, example_png: bytes, monkeypatch: pytest.MonkeyPatch, crop_n_layers: int
+) -> None:
+    services = client.app.state.services
+    options = {"points_per_side": 4, "points_per_batch": 4, "crop_n_layers": crop_n_layers}
+    seen: list[float] = []
+    generate = SamAutomaticMaskGenerator.generate_from_embedding
+
+    def watched(self, embedding, image=None, progress=None):  # records each progress the job gets
+        assert embedding is services.encoder.lookup(image_id).embedding  # the cached one
+
+        def report(done: int, total: int) -> None:
+            progress(done, total)
+            seen.append(done / total)
+
+        return generate(self, embedding, image, report)
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "generate_from_embedding", watched)
+    if not crop_n_layers:  # nothing to encode, so the upload is not even decoded
+        monkeypatch.setattr("samdeploy.serve.jobs.decode_upload", lambda *a: pytest.fail("decoded"))
+    job = client.post(f"/v1/images/{image_id}/everything", json=options).json()
+    services.jobs.join()
+    done = client.get(f"/v1/jobs/{job['job_id']}").json()
+    assert done["status"] == "done" and done["records"], done
+    batches = 4 * (1 + 4 * crop_n_layers)  # 16 points in batches of 4 per crop; layer 1: 4 crops
+    assert seen == [k / batches for k in range(1, batches + 1)]
+    monkeypatch.undo()
+    image = decode_image(example_png)
+    want = SamAutomaticMaskGenerator(services.model, output_mode="coco_rle", **options).generate(image)
+    assert done["records"] == JobOut.model_validate({**done, "records": want}).model_dump()["records"]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """Segment-everything jobs: bounded in number, run one at a time off the request threads.
 
-    POST .../everything -> Job (queued) -> worker: decode the upload, generate -> done | failed
-                                           progress = crops processed / crops
+    POST .../everything -> Job (queued) -> worker: generate from the cached embedding -> done | failed
+                                           progress = decoder batches done / batches (all crops)
+
+The image's cached embedding is reused for the whole-image crop, so a job without crop layers
+encodes nothing and never decodes the upload; crop layers decode it to encode their crops.
 
 At most ``max_jobs`` are queued or running (beyond: :class:`Busy`, 503); the ``kept_jobs`` most
 recent finished ones stay readable, older ones are forgotten. Options are checked when the job
@@ -55,7 +58,7 @@ class JobManager:
         self.settings = settings
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Job, SamAutomaticMaskGenerator, bytes] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Job, SamAutomaticMaskGenerator, CachedImage] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="samdeploy-jobs", daemon=True)
         self._worker.start()
         self._closed = False
@@ -80,7 +83,7 @@ class JobManager:
             job = Job(secrets.token_urlsafe(12), key)
             self._jobs[job.job_id] = job
             self._forget_old()
-        self._queue.put((job, generator, entry.data))
+        self._queue.put((job, generator, entry))
         return job
 
     def _forget_old(self) -> None:
@@ -98,7 +101,7 @@ class JobManager:
         """Wait until every job submitted so far has finished."""
         self._queue.join()
 
-    def _run(self, job: Job, generator: SamAutomaticMaskGenerator, data: bytes) -> None:
+    def _run(self, job: Job, generator: SamAutomaticMaskGenerator, entry: CachedImage) -> None:
         with self._lock:
             if job.status != "queued":  # failed by close() while it waited
                 return
@@ -108,7 +111,13 @@ class JobManager:
             job.progress = done / total
 
         try:
-            records = generator.generate(decode_upload(data, self.settings.max_pixels), progress)
+            # Crop layers encode crops of the image itself; the whole image's embedding is cached.
+            image = (
+                decode_upload(entry.data, self.settings.max_pixels)
+                if generator.config.crop_n_layers
+                else None
+            )
+            records = generator.generate_from_embedding(entry.embedding, image, progress)
         except SamDeployError as exc:
             job.error, job.status = str(exc), "failed"
         except Exception as exc:  # a job's failure must not take the worker down
