@@ -265,11 +265,14 @@ def test_task_executor_runs_at_most_its_workers_and_the_caller_at_once() -> None
     assert peak <= 2 and not crowded.is_set()
 
 
-def test_task_executor_lets_running_nodes_end_when_interrupted() -> None:
+def test_task_executor_lets_running_nodes_end_when_interrupted(request: pytest.FixtureRequest) -> None:
     # Why: Ctrl-C while the caller waits for the pool must not leave a node running behind the
     # caller's back, nor start the nodes after it: the running node ends, then KeyboardInterrupt.
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
+    # Python's own Ctrl-C handler, whatever this process inherited (a test runner may ignore SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     caller_done, finished = threading.Event(), threading.Event()
 
     class Mark(Identity):
