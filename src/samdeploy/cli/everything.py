@@ -38,6 +38,7 @@ from samdeploy.cli.options import (
     ModelOption,
     ProfileOption,
     ThreadsOption,
+    generator_options,
 )
 from samdeploy.errors import ImageError, SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
@@ -85,6 +86,7 @@ def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) 
 
 
 @app.command()
+@generator_options
 def everything(
     images: Annotated[list[Path], typer.Argument(help="image files (JPEG, PNG, WebP, TIFF, BMP)")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="folder for each image's outputs")],
@@ -95,22 +97,11 @@ def everything(
         ),
     ] = "coco",
     model: ModelOption = None,
-    points_per_side: Annotated[int, typer.Option(help="grid points along each image side")] = 32,
-    points_per_batch: Annotated[int, typer.Option(help="points answered by one decoder call")] = 64,
-    pred_iou_thresh: Annotated[float, typer.Option(help="keep masks with predicted IoU above this")] = 0.88,
-    stability_score_thresh: Annotated[float, typer.Option(help="keep masks at least this stable")] = 0.95,
-    stability_score_offset: Annotated[float, typer.Option(help="logit shift for the stability score")] = 1.0,
-    box_nms_thresh: Annotated[float, typer.Option(help="box IoU that marks duplicates")] = 0.7,
-    crop_n_layers: Annotated[int, typer.Option(help="layers of image crops run again (0: none)")] = 0,
-    crop_nms_thresh: Annotated[float, typer.Option(help="box IoU for duplicates across crops")] = 0.7,
-    crop_overlap_ratio: Annotated[float, typer.Option(help="crop overlap, fraction of the short side")] = 512
-    / 1500,
-    crop_n_points_downscale_factor: Annotated[int, typer.Option(help="grid downscale per crop layer")] = 1,
-    min_mask_region_area: Annotated[int, typer.Option(help="fill holes / drop islands below this area")] = 0,
     backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,
+    generator_options: dict[str, Any] | None = None,
 ) -> None:
     """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
     from samdeploy.engine import Profile
@@ -135,17 +126,7 @@ def everything(
         )
 
     options = {
-        "points_per_side": points_per_side,
-        "points_per_batch": points_per_batch,
-        "pred_iou_thresh": pred_iou_thresh,
-        "stability_score_thresh": stability_score_thresh,
-        "stability_score_offset": stability_score_offset,
-        "box_nms_thresh": box_nms_thresh,
-        "crop_n_layers": crop_n_layers,
-        "crop_nms_thresh": crop_nms_thresh,
-        "crop_overlap_ratio": crop_overlap_ratio,
-        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-        "min_mask_region_area": min_mask_region_area,
+        **(generator_options or {}),
         "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
     }
     sam = load_model(model, backend=backend, threads=threads, cache_mb=0)
@@ -159,7 +140,7 @@ def everything(
     with sam:
         generator = SamAutomaticMaskGenerator(sam, **options)
         generator.profile = Profile() if profile else None
-        crops_per_image = sum(4**layer for layer in range(crop_n_layers + 1))
+        crops_per_image = sum(4**layer for layer in range(options["crop_n_layers"] + 1))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             image_task = progress.add_task("images", total=len(images))
