@@ -48,7 +48,7 @@ def local_out(dataset, tmp_path_factory) -> Path:
     from samdeploy.batch import RunnerOptions, run_batch
 
     out = tmp_path_factory.mktemp("local") / "out"
-    summary = run_batch(dataset, out, generator=GENERATOR, runner=RunnerOptions(workers=2))
+    summary = run_batch(dataset, out, generator=GENERATOR, runner=RunnerOptions(workers=2, threads=1))
     assert (summary.done, summary.failed) == (N_IMAGES, 0)
     return out
 
@@ -73,7 +73,7 @@ def ray_cluster() -> Iterator[str]:
     ray = [str(Path(sys.executable).parent / "ray")]
     command = ray + [
         "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
         "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp,
     ]  # fmt: skip
     started = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=180)

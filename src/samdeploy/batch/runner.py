@@ -111,12 +111,20 @@ def run_batch(
         raise SamDeployError(f"--workers must be at least 1, got {runner.workers}")
     if runner.cpus_per_worker <= 0:
         raise SamDeployError(f"--cpus-per-worker must be positive, got {runner.cpus_per_worker}")
-    generator = dict(generator or {}) if mode == "everything" else {}
-    _check_generator(generator)
+    generator = _generator_options(generator) if mode == "everything" else {}
     model_info = _model_info(model)
     batch = read_input(source, mode, prompts, image_root)
     options = {"generator": generator, "multimask": multimask, "max_pixels": max_pixels, "backend": backend}
-    run_fingerprint = fingerprint({"model": model_info["sha256"], "mode": mode, **options})
+    # What decides the documents' content (not where or how fast they are made, nor size limits).
+    run_fingerprint = fingerprint(
+        {
+            "model": model_info["sha256"],
+            "mode": mode,
+            "generator": generator,
+            "multimask": multimask,
+            "backend": backend,
+        }
+    )
     config = WorkerConfig(
         mode=mode,
         fingerprint=run_fingerprint,
@@ -185,13 +193,17 @@ def _settle(
         on_outcome(outcome)
 
 
-def _check_generator(generator: dict[str, Any]) -> None:
+def _generator_options(generator: dict[str, Any] | None) -> dict[str, Any]:
+    """All the generator's options (defaults filled in, so a run's fingerprint does not depend on
+    how they were spelt), checked."""
     from samdeploy.sam.automatic import GeneratorConfig
 
     try:
-        GeneratorConfig(**generator).check()
+        config = GeneratorConfig(**(generator or {}))
     except TypeError as exc:
         raise SamDeployError(f"unknown generator option: {exc}") from None
+    config.check()
+    return {k: v for k, v in asdict(config).items() if k != "output_mode"}
 
 
 def _model_info(model: str | Path | None) -> dict[str, Any]:
