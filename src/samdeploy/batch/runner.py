@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -54,6 +55,7 @@ class BatchSummary:
     done: int = 0
     failed: int = 0
     seconds: float = 0.0
+    worker_seconds: float = 0.0  # summed over images: what the workers spent on them
     merged_images: int = 0
     merged_annotations: int = 0
     status: str = "running"
@@ -189,6 +191,7 @@ def _settle(
     else:
         out.record_failure(item, outcome.error or "no result")
         summary.failed += 1
+    summary.worker_seconds += outcome.seconds
     if on_outcome is not None:
         on_outcome(outcome)
 
@@ -257,6 +260,7 @@ def _manifest(
             "started": started_at.isoformat(timespec="seconds"),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(summary.seconds, 3),
+            "worker_seconds": round(summary.worker_seconds, 3),
             "images_per_second": round(summary.images_per_second, 4),
         },
         "files": {"failures": FAILURES},
@@ -347,13 +351,16 @@ def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions)
             ray.init(
                 address=runner.ray_address,
                 include_dashboard=False,
-                logging_level="WARNING",
+                logging_level="ERROR",
                 log_to_driver=False,
                 configure_logging=True,
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = runner.ray_address or "a local Ray"
             raise SamDeployError(f"cannot start or join Ray at {where}: {exc}") from None
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    data_logger.setLevel(logging.ERROR)  # its per-run notices would break through the progress bar
     try:
         context = DataContext.get_current()
         context.enable_progress_bars = False
@@ -378,7 +385,9 @@ def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions)
                 str(row["key"]),
                 bytes(row["document"]) or None,
                 str(row["error"]) or None,
+                float(row["seconds"]),
             )
     finally:
+        data_logger.setLevel(saved_level)
         if started:
             ray.shutdown()

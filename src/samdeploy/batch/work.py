@@ -12,6 +12,7 @@ file, so the driver writes it in one piece; a problem with one image comes back 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +45,13 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one item: its output ``document`` (bytes) or its one-line ``error``."""
+    """What became of one item: its output ``document`` (bytes) or its one-line ``error``, and the
+    ``seconds`` its worker spent on it (reading and segmenting)."""
 
     key: str
     document: bytes | None = None
     error: str | None = None
+    seconds: float = 0.0
 
 
 def describe_error(exc: BaseException) -> str:
@@ -82,11 +85,12 @@ class Segmenter:
         """Read and segment ``item``; every per-image problem becomes the outcome's error."""
         if item.error is not None:
             return Outcome(item.key, error=item.error)
+        start = time.perf_counter()
         try:
             image = read_image(item, self.config.max_pixels)
-            return Outcome(item.key, self.segment(item, image))
+            return Outcome(item.key, self.segment(item, image), seconds=time.perf_counter() - start)
         except Exception as exc:  # one image's failure must not stop the others
-            return Outcome(item.key, error=describe_error(exc))
+            return Outcome(item.key, error=describe_error(exc), seconds=time.perf_counter() - start)
 
     def segment(self, item: WorkItem, image: np.ndarray) -> bytes:
         """The output document of ``item`` for its decoded HxWx3 ``image``."""
@@ -153,10 +157,11 @@ class Segmenter:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         """A batch of decoded rows (``key``, ``path``, ``task`` JSON, ``image`` or ``error``) ->
-        ``key``, ``document`` (bytes, empty on failure) and ``error`` (str, empty on success)."""
-        out: dict[str, list[Any]] = {"key": [], "document": [], "error": []}
+        ``key``, ``document`` (bytes, empty on failure), ``error`` (str, empty on success) and
+        ``seconds`` (segmenting; the decoding stage's time is not seen here)."""
+        out: dict[str, list[Any]] = {"key": [], "document": [], "error": [], "seconds": []}
         for row in _rows(batch):
-            item = row_item(row)
+            item, start = row_item(row), time.perf_counter()
             if row["error"]:
                 outcome = Outcome(item.key, error=str(row["error"]))
             else:
@@ -167,6 +172,7 @@ class Segmenter:
             out["key"].append(outcome.key)
             out["document"].append(outcome.document or b"")
             out["error"].append(outcome.error or "")
+            out["seconds"].append(time.perf_counter() - start)
         return out
 
 
