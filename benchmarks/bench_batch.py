@@ -4,10 +4,12 @@ Segments the same generated images (everything mode) once per configuration, eac
 output folder, and reports per configuration:
 
 - wall: the whole run, start-up included (worker processes or Ray, model loads, the merge);
-- steady images/s: from the first image's result to the last one's (start-up excluded), and per
-  worker (the per-actor rate a cluster multiplies);
-- driver CPU per image: what the driver itself spends (reading results, writing files, Ray's
-  client side), the cost that does not shrink when workers are added.
+- images/s from the first result to the last (start-up excluded; Ray hands results back in
+  bursts, so this needs many images to mean much);
+- worker seconds per image (measured inside the workers), so images/s per worker: the per-actor
+  rate a cluster multiplies;
+- driver CPU per image between the first and last result: what the driver itself spends (reading
+  results, writing files, Ray's client side), the cost that does not shrink as workers are added.
 
     .venv/bin/python benchmarks/bench_batch.py                       # default model, 24 images
     .venv/bin/python benchmarks/bench_batch.py --images 48 --points-per-side 16 --configs local:1,ray:2
