@@ -139,3 +139,47 @@ def chain(length: int, node: type[Node] = Identity, name: str = "chain") -> Any:
     graph.input("x", "n0.x")
     graph.output("x", f"n{length - 1}.x")
     return graph
+
+
+HANDSHAKE_TIMEOUT_S = 10.0  # a handshake that cannot happen fails the test after this, never hangs
+
+
+class Waves:
+    """Barriers numbered by wave, each for a fixed number of parties; one broken breaks them all.
+
+    A wait that times out (its partners never came: they run one after another, not at once)
+    aborts every barrier, so a test on a sequential executor fails in one timeout, not one per wave.
+    """
+
+    def __init__(self, parties: dict[int, int], timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+        self.barriers = {wave: threading.Barrier(n, timeout=timeout) for wave, n in parties.items()}
+
+    def meet(self, wave: int) -> None:
+        try:
+            self.barriers[wave].wait()
+        except threading.BrokenBarrierError:
+            for barrier in self.barriers.values():
+                barrier.abort()
+            raise
+
+
+class Lockstep(Node):
+    """x -> x + 1 after meeting at barrier ``x`` of ``waves``; fails (after meeting) on ``fail_on``.
+
+    In a chain of these, node k sees x = i + k for item i, so wave w gathers node 0 on item w,
+    node 1 on item w - 1, ...: every node of the chain inside run() at once, each on its own item.
+    """
+
+    inputs = {"x": int}
+    outputs = {"x": int}
+
+    def __init__(self, name: str, waves: Waves, fail_on: frozenset[int] = frozenset()) -> None:
+        super().__init__(name)
+        self.waves = waves
+        self.fail_on = fail_on
+
+    def run(self, x: int) -> dict[str, Any]:
+        self.waves.meet(x)
+        if x in self.fail_on:
+            raise ValueError(f"bad value {x}")
+        return {"x": x + 1}

@@ -7,12 +7,13 @@ import contextlib
 import itertools
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import engine_threads
-from engine_toys import Gate, Identity, Meet, Step, chain
+from engine_toys import HANDSHAKE_TIMEOUT_S, Gate, Identity, Lockstep, Meet, Step, Waves, chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,25 +95,119 @@ def test_task_executor_stops_scheduling_after_a_failure() -> None:
     assert g.nodes["s1"].seen == []
 
 
-def test_pipeline_overlaps_nodes() -> None:
-    # Item 1 can enter n0 while item 0 is held in n1 only if the two nodes work at once.
-    g = Graph("two")
-    first = g.add(Gate("n0"))
-    second = g.add(Gate("n1"))
-    g.connect("n0.x", "n1.x")
-    g.input("x", "n0.x")
-    g.output("x", "n1.x")
-    first.release.set()
-    results = g.stream(({"x": i} for i in range(3)), queue_depth=1)
-    waiter = threading.Thread(target=lambda: (second_entered(second), second.release.set()))
-    waiter.start()
-    assert [r.outputs["x"] for r in results] == [0, 1, 2]
-    waiter.join()
+def lockstep_chain(stages: int, items: int, failing: tuple[int, int] | None = None) -> Graph:
+    """A chain of :class:`Lockstep` nodes for ``items`` items; ``failing`` = (item, stage) fails there.
+
+    Each wave's barrier waits for exactly the nodes that hold an item of that wave: a failed item
+    is not run by the nodes after the one where it failed.
+    """
+    parties: Counter[int] = Counter()
+    for k in range(stages):
+        for i in range(items):
+            if failing is None or not (i == failing[0] and k > failing[1]):
+                parties[i + k] += 1
+    waves = Waves(dict(parties))
+    g = Graph("lockstep")
+    for k in range(stages):
+        fail = frozenset({failing[0] + k}) if failing is not None and failing[1] == k else frozenset()
+        g.add(Lockstep(f"s{k}", waves, fail))
+        if k:
+            g.connect(f"s{k - 1}.x", f"s{k}.x")
+    g.input("x", "s0.x")
+    g.output("x", f"s{stages - 1}.x")
+    return g
 
 
-def second_entered(gate: Gate) -> None:
-    while gate.entered == 0:
-        time.sleep(0.001)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_pipeline_runs_every_node_at_once(depth: int) -> None:
+    # Why: the pipeline's point is that node k works on item i while node k+1 works on item i-1.
+    # Each wave's barrier lets its nodes through only when all of them are inside run() at once,
+    # so an executor that runs nodes one at a time fails here (after one timeout), not by timing.
+    g = lockstep_chain(stages=3, items=8)
+    results = list(g.stream(({"x": i} for i in range(8)), queue_depth=depth))
+    assert [(r.index, r.error, r.outputs) for r in results] == [(i, None, {"x": i + 3}) for i in range(8)]
+
+
+def test_pipeline_isolates_a_failure_among_items_in_flight() -> None:
+    # Why: a failing item must fail alone while its neighbours are being worked on in the other
+    # nodes at that very moment (the lockstep proves they are), and must not reach later nodes.
+    g = lockstep_chain(stages=3, items=8, failing=(3, 1))
+    results = list(g.stream({"x": i} for i in range(8)))
+    assert [r.index for r in results] == list(range(8))
+    for r in results:
+        if r.index == 3:
+            assert r.outputs is None and r.error.node == "s1" and r.error.item == 3
+            assert isinstance(r.error.cause, ValueError) and "bad value 4" in str(r.error)
+        else:
+            assert r.error is None and r.outputs == {"x": r.index + 3}
+
+
+class HoldFirst(Identity):
+    """Holds item 0 until ``filled`` is set (by the source), then a moment longer unless
+    ``overdrawn`` is set, then lets everything through."""
+
+    def __init__(self, name: str, filled: threading.Event, overdrawn: threading.Event) -> None:
+        super().__init__(name)
+        self.filled = filled
+        self.overdrawn = overdrawn
+        self.holding = True
+
+    def run(self, x: Any) -> dict[str, Any]:
+        if x == 0:
+            try:
+                if not self.filled.wait(HANDSHAKE_TIMEOUT_S):
+                    raise TimeoutError("the pipeline never read ahead while item 0 was held")
+                # Room for a pipeline that holds more than it should to show it. Not a timing
+                # assertion: a correct pipeline never overdraws, however long it is left.
+                self.overdrawn.wait(OVERDRAW_GRACE_S)
+            finally:
+                self.holding = False
+        return {"x": x}
+
+
+OVERDRAW_GRACE_S = 0.3
+
+
+@pytest.mark.parametrize(("stages", "depth"), [(1, 1), (3, 1), (3, 2), (2, 4)])
+def test_pipeline_holds_exactly_its_capacity_while_the_last_node_blocks(stages: int, depth: int) -> None:
+    # Why: the memory bound. While the last node holds item 0, every queue in front of a node
+    # fills (depth items each) and every other node holds one item: stages * (depth + 1) items
+    # in all. The source is read up to exactly that (item 0 is released only then, so an executor
+    # that does not read ahead fails), and not one item further while item 0 is held (a queue
+    # larger than its depth fails).
+    capacity = stages * (depth + 1)
+    filled, overdraw = threading.Event(), threading.Event()
+    g = Graph("held")
+    for k in range(stages - 1):
+        g.add(Identity(f"n{k}"))
+    hold = g.add(HoldFirst("hold", filled, overdraw))
+    names = [*g.nodes]
+    for before, after in itertools.pairwise(names):
+        g.connect(f"{before}.x", f"{after}.x")
+    g.input("x", f"{names[0]}.x")
+    g.output("x", "hold.x")
+    taken = 0
+    overdrawn: list[int] = []
+
+    def source() -> Iterator[dict[str, Any]]:
+        nonlocal taken
+        for i in range(capacity + 20):
+            taken += 1
+            if taken > capacity and hold.holding:
+                overdrawn.append(i)
+                overdraw.set()
+            if taken == capacity:
+                filled.set()
+            yield {"x": i}
+
+    executor = PipelineExecutor(queue_depth=depth)
+    bound = executor.max_in_flight(stages)
+    worst = 0
+    for done, result in enumerate(g.stream(source(), executor=executor), start=1):
+        worst = max(worst, taken - done)
+        assert result.error is None and result.outputs == {"x": result.index}
+    assert done == capacity + 20 and overdrawn == []
+    assert capacity <= bound and worst <= bound
 
 
 @settings(max_examples=25, deadline=None)
@@ -172,29 +267,6 @@ def test_pipeline_memory_is_bounded_with_a_slow_consumer(depth: int) -> None:
             time.sleep(0.005)  # a slow consumer: the pipeline must wait, not pile items up
     assert last == 9_999
     assert worst <= bound
-
-
-def test_pipeline_stops_reading_when_a_node_blocks() -> None:
-    taken = itertools.count()
-    g = Graph("blocked")
-    gate = g.add(Gate("gate"))
-    g.input("x", "gate.x")
-    g.output("x", "gate.x")
-
-    def endless() -> Iterator[dict[str, Any]]:
-        for i in taken:
-            yield {"x": i}
-
-    executor = PipelineExecutor(queue_depth=2)
-    results = g.stream(endless(), executor=executor)
-    releaser = threading.Timer(0.3, gate.release.set)  # lets the pipeline fill up while blocked
-    releaser.start()
-    first = next(results)
-    assert first.index == 0
-    # Items taken from the endless source when the first result came out: bounded.
-    assert next(taken) <= executor.max_in_flight(1) + 1
-    results.close()
-    releaser.join()
 
 
 @pytest.mark.parametrize("how", ["close", "break", "consumer raises", "source raises", "KeyboardInterrupt"])

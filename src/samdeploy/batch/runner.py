@@ -35,6 +35,7 @@ from samdeploy.batch.inputs import BatchInput, WorkItem, read_input
 from samdeploy.batch.outputs import FAILURES, MANIFEST, OutputFolder, fingerprint
 from samdeploy.batch.work import Outcome, Segmenter, WorkerConfig, decode_row, item_row
 from samdeploy.errors import SamDeployError
+from samdeploy.limits import available_cpus
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
 #: An image in flight when its worker died this many times is given up (it may be what kills it).
@@ -91,6 +92,7 @@ def run_batch(
     image_root: str | Path | None = None,
     model: str | Path | None = None,
     backend: str | None = None,
+    providers: list[str] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     generator: dict[str, Any] | None = None,
     multimask: bool = False,
@@ -100,6 +102,7 @@ def run_batch(
 ) -> BatchSummary:
     """Segment every image of ``source`` into ``output_dir``; resumes what an earlier run began.
 
+    ``backend`` / ``providers``: as :func:`~samdeploy.load_model` takes them, in every worker.
     ``mode``: ``everything`` (``generator``: ``SamAutomaticMaskGenerator`` options), ``boxes``
     (a COCO input's bboxes) or ``prompts`` (the JSON Lines file ``prompts``). ``on_start(total,
     skipped)`` is called once the work is known, ``on_outcome`` after each image.
@@ -113,10 +116,17 @@ def run_batch(
         raise SamDeployError(f"--workers must be at least 1, got {runner.workers}")
     if runner.cpus_per_worker <= 0:
         raise SamDeployError(f"--cpus-per-worker must be positive, got {runner.cpus_per_worker}")
-    generator = _generator_options(generator) if mode == "everything" else {}
-    model_info = _model_info(model)
+    package = _package(model)
+    model_info = _model_info(package, model)
+    generator = _generator_options(generator, package) if mode == "everything" else {}
     batch = read_input(source, mode, prompts, image_root)
-    options = {"generator": generator, "multimask": multimask, "max_pixels": max_pixels, "backend": backend}
+    options = {
+        "generator": generator,
+        "multimask": multimask,
+        "max_pixels": max_pixels,
+        "backend": backend,
+        "providers": providers,
+    }
     # What decides the documents' content (not where or how fast they are made, nor size limits).
     run_fingerprint = fingerprint(
         {
@@ -132,6 +142,7 @@ def run_batch(
         fingerprint=run_fingerprint,
         model=None if model is None else str(model),
         backend=backend,
+        providers=providers,
         threads=runner.threads,
         max_pixels=max_pixels,
         generator=generator,
@@ -196,26 +207,31 @@ def _settle(
         on_outcome(outcome)
 
 
-def _generator_options(generator: dict[str, Any] | None) -> dict[str, Any]:
-    """All the generator's options (defaults filled in, so a run's fingerprint does not depend on
-    how they were spelt), checked."""
-    from samdeploy.sam.automatic import GeneratorConfig
+def _generator_options(generator: dict[str, Any] | None, package: Any) -> dict[str, Any]:
+    """Every generator option as the generator will use it (None or left out: the package's
+    recommendation, else the official default), checked. Spelt out in full, so the run's
+    fingerprint does not depend on how the options were given."""
+    from samdeploy.sam.automatic import GeneratorConfig, recommended_settings
 
+    given = {name: value for name, value in (generator or {}).items() if value is not None}
     try:
-        config = GeneratorConfig(**(generator or {}))
+        config = GeneratorConfig(**{**recommended_settings(package), **given})
     except TypeError as exc:
         raise SamDeployError(f"unknown generator option: {exc}") from None
     config.check()
     return {k: v for k, v in asdict(config).items() if k != "output_mode"}
 
 
-def _model_info(model: str | Path | None) -> dict[str, Any]:
-    """The model's identity for the manifest and the fingerprint: path, type and a hash of its files
-    (from the package manifest's sha256 of each file: reading GBs of weights is not needed)."""
+def _package(model: str | Path | None) -> Any:
     from samdeploy.package import ModelPackage
     from samdeploy.sam.model import DEFAULT_MODEL
 
-    package = ModelPackage.load(model if model is not None else DEFAULT_MODEL)
+    return ModelPackage.load(model if model is not None else DEFAULT_MODEL)
+
+
+def _model_info(package: Any, model: str | Path | None) -> dict[str, Any]:
+    """The model's identity for the manifest and the fingerprint: path, type and a hash of its files
+    (from the package manifest's sha256 of each file: reading GBs of weights is not needed)."""
     files = {name: info.get("sha256") for name, info in sorted(package.manifest["files"].items())}
     return {
         "path": "(embedded default)" if model is None else str(model),
@@ -302,7 +318,7 @@ def _run_local(items: list[WorkItem], config: WorkerConfig, runner: RunnerOption
     (``BrokenProcessPool``): a new pool starts and the images in flight are resubmitted; one that
     was in flight at :data:`MAX_ATTEMPTS` deaths fails."""
     workers = min(runner.workers, len(items))
-    threads = runner.threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = runner.threads or max(1, available_cpus() // workers)
     config = WorkerConfig(**{**asdict(config), "threads": threads})
     queue, attempts = deque(items), {item.key: 0 for item in items}
     context = multiprocessing.get_context("spawn")  # no fork of a threaded driver

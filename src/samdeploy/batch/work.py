@@ -37,6 +37,7 @@ class WorkerConfig:
     fingerprint: str
     model: str | None = None
     backend: str | None = None
+    providers: list[str] | None = None
     threads: int | None = None
     max_pixels: int | None = None
     generator: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +76,13 @@ class Segmenter:
 
         self.config = config
         # No embedding cache: every image is new, and the generator encodes through its own graph.
-        self.model = load_model(config.model, backend=config.backend, threads=config.threads, cache_mb=0)
+        self.model = load_model(
+            config.model,
+            backend=config.backend,
+            providers=config.providers,
+            threads=config.threads,
+            cache_mb=0,
+        )
         if config.mode == "everything":
             self.generator = SamAutomaticMaskGenerator(self.model, **config.generator, output_mode="coco_rle")
         else:

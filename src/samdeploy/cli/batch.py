@@ -33,6 +33,7 @@ from rich.text import Text
 from samdeploy.cli.app import app
 from samdeploy.cli.options import (
     BackendOption,
+    DeviceOption,
     MaxPixelsOption,
     ModelOption,
     ThreadsOption,
@@ -59,32 +60,45 @@ def batch(
     source: Annotated[
         str, typer.Argument(metavar="INPUT", help="folder, glob, list file (one path a line) or COCO JSON")
     ],
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="folder for all outputs")],
-    mode: Annotated[str, typer.Option(help="everything, boxes (COCO bboxes) or prompts (--prompts)")] = (
-        "everything"
-    ),
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", metavar="DIR", help="folder for all outputs")
+    ],
+    mode: Annotated[
+        str, typer.Option(metavar="everything|boxes|prompts", help="what to ask the model for each image")
+    ] = ("everything"),
     prompts: Annotated[
-        Path | None, typer.Option(help="JSON Lines: one image a line with its points/boxes (--mode prompts)")
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="JSON Lines: one image a line with its points/boxes (--mode prompts)"
+        ),
     ] = None,
     image_root: Annotated[
-        Path | None, typer.Option(help="folder a COCO file's file_name entries are in (default: its own)")
+        Path | None,
+        typer.Option(metavar="DIR", help="folder a COCO file's file_name entries are in (default: its own)"),
     ] = None,
     multimask: Annotated[
-        bool, typer.Option(help="prompts mode: three masks per prompt, the best-scoring kept")
+        bool, typer.Option("--multimask", help="prompts mode: three masks per prompt, the best-scoring kept")
     ] = False,
     model: ModelOption = None,
-    workers: Annotated[int, typer.Option(help="worker processes (or Ray actors), each loads the model")] = 1,
+    workers: Annotated[
+        int, typer.Option(metavar="N", help="worker processes (or Ray actors), each loads the model")
+    ] = 1,
     ray: Annotated[
         bool, typer.Option("--ray", help="run on Ray Data (a local Ray unless --ray-address)")
     ] = False,
     ray_address: Annotated[
         str | None,
-        typer.Option(help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --ray)"),
+        typer.Option(
+            metavar="ADDRESS", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --ray)"
+        ),
     ] = None,
-    cpus_per_worker: Annotated[float, typer.Option(help="Ray: CPUs each actor reserves")] = 1.0,
+    cpus_per_worker: Annotated[
+        float, typer.Option(metavar="X", help="Ray: CPUs each actor reserves (and its default threads)")
+    ] = 1.0,
     memory_per_worker: Annotated[
-        float | None, typer.Option(help="Ray: memory each actor reserves, MiB (default: none)")
+        float | None, typer.Option(metavar="MIB", help="Ray: memory each actor reserves (default: none)")
     ] = None,
+    device: DeviceOption = None,
     backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
@@ -92,9 +106,11 @@ def batch(
 ) -> None:
     """Segment every image of a folder, glob, list or COCO file; resumable, locally or on Ray."""
     from samdeploy.batch import RunnerOptions, run_batch
+    from samdeploy.cli.options import resolve_device
 
     if max_pixels < 0:
         raise SamDeployError("--max-pixels must be positive, or 0 for no limit")
+    backend, providers = resolve_device(device, backend)
     runner = RunnerOptions(
         workers=workers,
         ray=ray or ray_address is not None,
@@ -136,6 +152,7 @@ def batch(
             image_root=image_root,
             model=model,
             backend=backend,
+            providers=providers,
             max_pixels=max_pixels or None,
             generator=generator_options,
             multimask=multimask,

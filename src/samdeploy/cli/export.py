@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from samdeploy.cli.app import app
+from samdeploy.cli.options import parse_model
 from samdeploy.errors import ExportError
 from samdeploy.package import ModelPackage
 
@@ -201,9 +202,21 @@ def _export_fast(
 
 
 @app.command()
-def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) -> None:
+def inspect(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DIR",
+            parser=parse_model,
+            help="model package folder, or 'default': the embedded demo model",
+        ),
+    ] = None,
+) -> None:
     """Print what a model package holds and verify the checksum of every file."""
-    package = ModelPackage.load(path, verify=True)
+    from samdeploy.sam.automatic import recommended_settings
+    from samdeploy.sam.model import DEFAULT_MODEL
+
+    package = ModelPackage.load(path or DEFAULT_MODEL, verify=True)
     manifest = package.manifest
     out = Console()
     architecture = manifest.get("architecture", {})
@@ -239,6 +252,17 @@ def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) 
     for name, info in manifest["files"].items():
         files.add_row(name, _size(info["bytes"]), info["sha256"][:16] + "...")
     out.print(files)
+    recommended = recommended_settings(package)
+    out.print(
+        "segment everything: "
+        + (
+            "the package recommends " + ", ".join(f"{k} {v:g}" for k, v in recommended.items())
+            if recommended
+            else "the official defaults (no recommendation in the package)"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
     validation = package.export_report.get("validation")
     if validation:
         out.print(_validation_table(validation))

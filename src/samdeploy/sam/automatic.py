@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -454,6 +454,17 @@ def _outputs(results: Iterable[ItemResult]) -> Iterator[tuple[int, dict[str, Any
         yield result.index, result.outputs  # type: ignore[misc]
 
 
+def recommended_settings(package: Any) -> dict[str, Any]:
+    """The generator options a model package recommends (its manifest's ``generator``; {} if none).
+
+    Only options of :class:`GeneratorConfig` count; a value that is out of range fails later, in
+    :meth:`GeneratorConfig.check`, like a bad argument.
+    """
+    names = {field.name for field in fields(GeneratorConfig)} - {"output_mode"}
+    generator = package.manifest.get("generator") or {}
+    return {name: value for name, value in generator.items() if name in names and value is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 # The generator
 # ---------------------------------------------------------------------------------------------
@@ -463,9 +474,12 @@ class SamAutomaticMaskGenerator:
     """Generates masks for a whole image from a grid of point prompts, then filters and de-duplicates.
 
     ``model`` is a :class:`~samdeploy.sam.model.SamModel` (or a package path, loaded with defaults).
-    Every other argument is the official generator's, with its default and meaning:
+    Every other argument is the official generator's, with its meaning. An option left at None takes
+    the value the model package recommends (its manifest's ``generator``, measured to fit that
+    model; see :attr:`recommended`), else the official default (:class:`GeneratorConfig`): the
+    official checkpoints carry no recommendation, so they run exactly as ``segment_anything`` does.
 
-    points_per_side: points sampled along each side (``points_per_side**2`` in all), or None when
+    points_per_side: points sampled along each side (``points_per_side**2`` in all); not used when
       ``point_grids`` gives them. points_per_batch: points answered by one decoder call.
     pred_iou_thresh / stability_score_thresh: keep masks above these quality scores (<= 0: no filter).
     stability_score_offset: shift of the cut-off used for the stability score.
@@ -484,37 +498,54 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: SamModel | str | Path,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
+        points_per_side: int | None = None,
+        points_per_batch: int | None = None,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        stability_score_offset: float | None = None,
+        box_nms_thresh: float | None = None,
+        crop_n_layers: int | None = None,
+        crop_nms_thresh: float | None = None,
+        crop_overlap_ratio: float | None = None,
+        crop_n_points_downscale_factor: int | None = None,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
+        min_mask_region_area: int | None = None,
         output_mode: str = "binary_mask",
     ) -> None:
-        self.config = GeneratorConfig(
-            points_per_side=points_per_side,
-            points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers,
-            crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area,
-            output_mode=output_mode,
-        )
-        self.config.check()
-        self.point_grids = self._point_grids(point_grids)
-        self.model = model if isinstance(model, SamModel) else load_model(model)
+        given = {
+            "points_per_side": points_per_side,
+            "points_per_batch": points_per_batch,
+            "pred_iou_thresh": pred_iou_thresh,
+            "stability_score_thresh": stability_score_thresh,
+            "stability_score_offset": stability_score_offset,
+            "box_nms_thresh": box_nms_thresh,
+            "crop_n_layers": crop_n_layers,
+            "crop_nms_thresh": crop_nms_thresh,
+            "crop_overlap_ratio": crop_overlap_ratio,
+            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
+            "min_mask_region_area": min_mask_region_area,
+        }
+        if point_grids is not None and points_per_side is not None:
+            raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
+        owned = not isinstance(model, SamModel)
+        self.model = load_model(model) if owned else model
+        #: The settings taken from the package's recommendation (the options left at None).
+        self.recommended = {
+            name: value
+            for name, value in recommended_settings(self.model.package).items()
+            if given.get(name, 0) is None and not (name == "points_per_side" and point_grids is not None)
+        }
+        settings = {name: value for name, value in given.items() if value is not None}
+        if point_grids is not None:
+            settings["points_per_side"] = None
+        try:
+            self.config = GeneratorConfig(**{**self.recommended, **settings}, output_mode=output_mode)
+            self.config.check()
+            self.point_grids = self._point_grids(point_grids)
+        except BaseException:
+            if owned:
+                self.model.close()
+            raise
         self.crop_graph = crop_graph(self.model)
         self.point_graph = point_graph(self.model, self.config)
         self.merge_graph = merge_graph(self.config)
@@ -522,8 +553,6 @@ class SamAutomaticMaskGenerator:
 
     def _point_grids(self, point_grids: list[np.ndarray] | None) -> list[np.ndarray]:
         config = self.config
-        if (config.points_per_side is None) == (point_grids is None):
-            raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
         if point_grids is None:
             assert config.points_per_side is not None
             factor = config.crop_n_points_downscale_factor
