@@ -84,7 +84,7 @@ def batch(
         int, typer.Option(metavar="N", help="worker processes (or Ray actors), each loads the model")
     ] = 1,
     ray: Annotated[
-        bool, typer.Option("--ray", help="run on Ray Data (a local Ray unless --ray-address)")
+        bool, typer.Option("--ray", help="run on Ray Data, on a local Ray started for the run")
     ] = False,
     ray_address: Annotated[
         str | None,
