@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 
+import pytest
 from batch_helpers import (
     GENERATOR,
     GENERATOR_ARGS,
@@ -22,6 +23,7 @@ from batch_helpers import (
 )
 
 from samdeploy.batch import RunnerOptions, run_batch
+from samdeploy.errors import SamDeployError
 
 
 def assert_same_outputs(out, reference) -> None:
@@ -68,3 +70,8 @@ def test_killed_actor_has_its_images_redone(dataset, local_out, ray_cluster, tmp
     assert run.returncode == 0, stderr
     assert f"{N_IMAGES} done" in stdout
     assert_same_outputs(out, local_out)
+
+
+def test_more_workers_than_this_ray_has_cpus_is_refused(dataset, ray_local, tmp_path) -> None:
+    with pytest.raises(SamDeployError, match=r"this Ray has 2 CPUs; 3 workers x --cpus-per-worker 1 need 3"):
+        run_batch(dataset, tmp_path / "out", generator=GENERATOR, runner=RunnerOptions(workers=3, ray=True))

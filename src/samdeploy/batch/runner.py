@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -295,6 +296,7 @@ def _start_worker(config: WorkerConfig, parent: int) -> None:
     """Process-pool initializer: die with the driver, then load the model once. A failure is kept
     and reported by the first task (an initializer that raises would read as a crashed worker)."""
     global _SEGMENTER, _START_ERROR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops the pool
     if sys.platform.startswith("linux"):
         # A driver killed with SIGKILL cannot stop its workers; the kernel does it for us.
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -361,19 +363,30 @@ def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions)
         from ray.data import ActorPoolStrategy, DataContext
     except ImportError:
         raise SamDeployError("--ray needs Ray: pip install 'samdeploy[ray]'") from None
+    needed = runner.workers * runner.cpus_per_worker
     started = not ray.is_initialized()
     if started:
+        # A local Ray gets the CPUs the actors ask for, even more than this machine has (they share).
+        local = {} if runner.ray_address else {"num_cpus": max(available_cpus(), math.ceil(needed))}
         try:
             ray.init(
                 address=runner.ray_address,
                 include_dashboard=False,
                 logging_level="ERROR",
                 log_to_driver=False,
-                configure_logging=True,
+                **local,
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = runner.ray_address or "a local Ray"
             raise SamDeployError(f"cannot start or join Ray at {where}: {exc}") from None
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if runner.ray_address is None and cpus < needed:  # the pool would wait for CPUs that never come
+        if started:
+            ray.shutdown()
+        raise SamDeployError(
+            f"this Ray has {cpus:g} CPUs; {runner.workers} workers x --cpus-per-worker"
+            f" {runner.cpus_per_worker:g} need {needed:g}: use fewer workers or fewer CPUs per worker"
+        )
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level
     data_logger.setLevel(logging.ERROR)  # its per-run notices would break through the progress bar
