@@ -8,6 +8,7 @@ processes it started, by pid.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -44,12 +45,21 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_out(dataset, tmp_path_factory) -> Path:
-    """The reference: the dataset run locally with two worker processes."""
+    """The reference: the dataset run locally with two worker processes. Made once per test run,
+    shared by xdist workers (its files name images by key only, so any worker's dataset fits)."""
+    from filelock import FileLock
+
     from samdeploy.batch import RunnerOptions, run_batch
 
-    out = tmp_path_factory.mktemp("local") / "out"
-    summary = run_batch(dataset, out, generator=GENERATOR, runner=RunnerOptions(workers=2, threads=1))
-    assert (summary.done, summary.failed) == (N_IMAGES, 0)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "batch-local-out"
+    with FileLock(str(shared / "batch-local-out.lock")):
+        if not (out / "complete").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            summary = run_batch(dataset, out, generator=GENERATOR, runner=RunnerOptions(workers=2, threads=1))
+            assert (summary.done, summary.failed) == (N_IMAGES, 0)
+            (out / "complete").touch()
     return out
 
 
