@@ -15,7 +15,8 @@ output folder, and reports per configuration:
     .venv/bin/python benchmarks/bench_batch.py --images 48 --points-per-side 16 --configs local:1,ray:2
 
 ``--everything-package PKG --everything-checkpoint PTH`` also runs ``bench_everything.py`` (vit_b
-random weights against the official generator, per image) and folds its result into the output.
+random weights against the official generator, per image; ``--everything-preload`` to give both
+sides tcmalloc, the official one's best set-up) and folds its result into the output.
 Results go to ``benchmarks/results/batch.json``.
 """
 
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument("--everything-package", type=Path, help="vit_b random package for bench_everything")
     parser.add_argument("--everything-checkpoint", type=Path, help="its checkpoint")
     parser.add_argument("--everything-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--everything-preload", help="a malloc to LD_PRELOAD for both generators (libtcmalloc_minimal.so.4)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "batch.json")
     args = parser.parse_args()
 
@@ -154,8 +158,12 @@ def main() -> None:
             "--package", str(args.everything_package), "--checkpoint", str(args.everything_checkpoint),
             "--threads", str(args.everything_threads), "--output", str(everything),
         ]  # fmt: skip
-        subprocess.run(command, check=True)
+        env = dict(os.environ)
+        if args.everything_preload:
+            env["LD_PRELOAD"] = args.everything_preload
+        subprocess.run(command, check=True, env=env)
         result["everything_vit_b"] = json.loads(everything.read_text())
+        result["everything_vit_b"]["preload"] = args.everything_preload
     print(json.dumps(result["scaling"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
