@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from batch_helpers import N_IMAGES, keys
+from batch_helpers import N_IMAGES, environment, keys
 
 from samdeploy.batch import BatchInputError, read_input
 from samdeploy.cli import main
@@ -83,3 +85,11 @@ def test_command_line_usage_errors_exit_2_with_one_line(dataset, tmp_path, capsy
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not out.exists()  # nothing written for a refused run
+
+
+def test_ray_is_imported_only_on_the_ray_path() -> None:
+    code = (
+        "import sys, samdeploy.batch, samdeploy.cli; samdeploy.cli._register(); print('ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=environment(), capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
