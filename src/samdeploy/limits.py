@@ -105,7 +105,7 @@ def check(
     label = name or (limit.name if isinstance(limit, Limit) else "value")
     if value > bound:
         unit = f" {limit.unit}" if isinstance(limit, Limit) and limit.unit else ""
-        raise error(f"{label} is {value:,}{unit}, over the limit of {bound:,}{unit}")
+        raise error(f"{label}: {value:,}{unit} is over the limit of {bound:,}{unit}")
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:

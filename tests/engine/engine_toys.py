@@ -1,15 +1,19 @@
-"""Small node types for the engine tests (importable by name, for ``run-graph --import``)."""
+"""Small node types for the engine tests (importable by name, for ``run-graph --import``), a tiny
+ONNX model and the leftover-thread check. A module of its own: every test folder has a ``conftest``,
+so ``from conftest import ...`` finds whichever was imported first."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from samdeploy.engine import Node, register_node
+from samdeploy.engine.executors import THREAD_PREFIX
 
 
 @register_node("toy.Add")
@@ -183,3 +187,30 @@ class Lockstep(Node):
         if x in self.fail_on:
             raise ValueError(f"bad value {x}")
         return {"x": x + 1}
+
+
+def build_tiny_model(path: Path, ir_version: int | None = None) -> Path:
+    """x[batch,3] float32 -> y = x * w, sum = reduce_sum(y, axis 1) [batch,1]; w = [1, 2, 3]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    total = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 1])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["y"]),
+        helper.make_node("ReduceSum", ["y"], ["sum"], keepdims=1, axes=[1]),
+    ]
+    inputs = [x]
+    if ir_version is not None and ir_version < 4:  # old models list their weights as inputs too
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3]))
+    graph = helper.make_graph(nodes, "tiny", inputs, [y, total], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = ir_version or 7
+    onnx.save(model, path)
+    return path
+
+
+def engine_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]

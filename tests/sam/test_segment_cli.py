@@ -316,12 +316,15 @@ def test_pipeline_mode_reads_the_next_image_while_one_is_decoded(
     # Why: `--mode pipeline` (the default) must overlap the nodes of successive images. The first
     # image's postprocess waits until the reader has started on the third image: a segment path
     # that ran the images one after another (another executor, or none) times out and fails.
+    # The three images differ, and each mask must be the API's for its own image: results given
+    # to the wrong file fail.
     from samdeploy.sam import nodes
 
-    images = []
-    for i in range(3):
-        images.append(tmp_path / f"img{i}.png")
-        shutil.copy(photo, images[-1])
+    pixels = rgb_of(photo)
+    variants = [pixels, np.ascontiguousarray(pixels[..., ::-1]), np.ascontiguousarray(pixels[:, ::-1])]
+    images = [tmp_path / f"img{i}.png" for i in range(3)]
+    for path, variant in zip(images, variants, strict=True):
+        Image.fromarray(variant).save(path)
     third_read = threading.Event()
     real_load, real_post = nodes.load_image, nodes.Postprocess.run
     first_post = threading.Lock()
@@ -340,22 +343,21 @@ def test_pipeline_mode_reads_the_next_image_while_one_is_decoded(
     monkeypatch.setattr(nodes.Postprocess, "run", postprocess)
     out = tmp_path / "out"
     code, _, err = run(
-        capsys,
-        "segment",
-        *images,
-        "-p",
-        "60,60",
-        "-m",
-        tiny_package,
-        "--mode",
-        "pipeline",
-        "--output-dir",
-        out,
-    )
+        capsys, "segment", *images, "-p", "60,60", "-m", tiny_package, "--mode", "pipeline", "--threads", "1",
+        "--output-dir", out,
+    )  # fmt: skip
     assert code == 0, err
-    masks = sorted(out.glob("*.mask.png"))
-    assert len(masks) == 3 and third_read.is_set()
-    assert masks[0].read_bytes() == masks[1].read_bytes() == masks[2].read_bytes()
+    assert third_read.is_set()
+    prompt = {
+        "point_coords": np.array([[60.0, 60.0]]),
+        "point_labels": np.array([1]),
+        "multimask_output": False,
+    }
+    expected = [api_predict(tiny_package, variant, **prompt)[0][0] for variant in variants]
+    assert not np.array_equal(expected[0], expected[1]) and not np.array_equal(expected[0], expected[2])
+    for i, mask in enumerate(expected):
+        [written] = out.glob(f"img{i}*.mask.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(written)) > 0, mask)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -392,3 +394,39 @@ def test_unknown_backend_and_bad_threads_are_one_line(capsys, tmp_path, photo, t
         assert code == 2 and message in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["-p", "1;2"],
+            "malformed --point '1;2': use X,Y or X,Y,LABEL (LABEL 1 = foreground, 0 = background)",
+        ),
+        (["-p", "x,1"], "malformed --point 'x,1': X and Y must be numbers"),
+        (["-p", "1,2,5"], "unknown label '5' in --point '1,2,5': use 1 (foreground) or 0 (background)"),
+        (["-p", "nan,3"], "--point 'nan,3' is not a finite position"),
+        (["-b", "1,2,3"], "malformed --box '1,2,3': use X0,Y0,X1,Y1 (four numbers, pixels)"),
+        (["-b", "a,b,c,d"], "malformed --box 'a,b,c,d': use X0,Y0,X1,Y1 (four numbers, pixels)"),
+        (["-b", "1,2,inf,4"], "--box '1,2,inf,4' is not finite"),
+        ([], "no prompt: give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1"),
+        (["-p", "5,5", "--mode", "fast"], "unknown --mode 'fast'; choose one of sequential, task, pipeline"),
+        (["-p", "5,5", "--max-pixels", "-1"], "--max-pixels must be positive, or 0 for no limit"),
+    ],
+)
+def test_segment_option_errors_are_whole_sentences(capsys, tmp_path, photo, args, line) -> None:
+    # Why: segment's own checks of its options, compared as whole lines (a fragment would let a
+    # garbled or truncated message through). Nothing is loaded or written before they pass.
+    code, _, err = run(capsys, "segment", photo, *args, "-m", tmp_path / "none", "-o", tmp_path / "m.png")
+    assert code == 2 and err == f"error: {line}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_point_and_box_parsing() -> None:
+    # Why: the values a prompt is made of; spaces are allowed, the label defaults to foreground.
+    from samdeploy.cli.segment import parse_box, parse_point
+
+    assert parse_point("3,4") == (3.0, 4.0, 1)
+    assert parse_point(" 1.5 , 2 , 0 ") == (1.5, 2.0, 0)
+    assert parse_point("7,8,1") == (7.0, 8.0, 1)
+    assert parse_box("1,2.5,30,40") == (1.0, 2.5, 30.0, 40.0)

@@ -54,9 +54,9 @@ ModelOption = Annotated[
 BackendOption = Annotated[
     str | None,
     typer.Option(
-        metavar="onnxruntime|openvino",
-        help="inference backend (default: onnxruntime, or what the package asks for: a bf16 package"
-        " runs on OpenVINO at bf16)",
+        metavar="NAME",
+        help="inference backend: onnxruntime or openvino (default: onnxruntime, or what the package"
+        " asks for: a bf16 package runs on OpenVINO at bf16)",
     ),
 ]
 DeviceOption = Annotated[

@@ -147,7 +147,7 @@ def segment(
         typer.Option(metavar="DIR", help="folder for <name>.mask.png, <name>.overlay.png, <name>.json"),
     ] = None,
     mode: Annotated[
-        str, typer.Option(metavar="sequential|task|pipeline", help="how the graph's nodes run")
+        str, typer.Option(metavar="MODE", help="executor: sequential, task or pipeline")
     ] = "pipeline",
     device: DeviceOption = None,
     backend: BackendOption = None,

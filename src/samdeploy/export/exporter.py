@@ -6,7 +6,9 @@ when every step succeeded, so a failed or interrupted export never leaves a half
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import math
 import shutil
 import time
 import uuid
@@ -43,7 +45,7 @@ from samdeploy.export.models import (
     low_res_decoder_specs,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
-from samdeploy.export.validate import failures, validate_package
+from samdeploy.export.validate import failures, non_finite, norm_eps_sensitivity, validate_package
 from samdeploy.package import (
     DECODER,
     ENCODER,
@@ -125,7 +127,31 @@ def _config_of_module(sam: Sam) -> SamConfig:
     config = detect_config(sam.state_dict(), decoder_num_heads=heads)
     mean = tuple(float(v) for v in sam.pixel_mean.flatten())
     std = tuple(float(v) for v in sam.pixel_std.flatten())
-    return SamConfig.from_json({**config.to_json(), "pixel_mean": mean, "pixel_std": std})
+    eps = {
+        float(module.eps)
+        for block in sam.image_encoder.blocks
+        for module in (block.norm1, block.norm2)
+        if isinstance(module, torch.nn.LayerNorm)
+    }
+    if len(eps) > 1:
+        raise ExportError(f"the image encoder's LayerNorms use different eps values {sorted(eps)}: not a SAM")
+    values = {**config.to_json(), "pixel_mean": mean, "pixel_std": std}
+    if eps:
+        values["encoder_norm_eps"] = eps.pop()
+    return SamConfig.from_json(values)
+
+
+def check_finite_weights(sam: Sam) -> None:
+    """Refuse weights holding NaN or infinities: every output would be NaN, and no comparison with
+    NaN exceeds a limit, so validation alone would let such a model through."""
+    bad = [
+        name
+        for name, tensor in sam.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"checkpoint holds NaN or infinite weights in {', '.join(bad[:3])}{more}")
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -175,13 +201,21 @@ def _version(dist: str) -> str | None:
 
 
 def _load(
-    checkpoint: str | Path | Mapping[str, Any] | Sam, model_type: str, config: SamConfig | None
+    checkpoint: str | Path | Mapping[str, Any] | Sam,
+    model_type: str,
+    config: SamConfig | None,
+    encoder_norm_eps: float | None = None,
 ) -> tuple[Sam, SamConfig, dict[str, Any]]:
     """The torch model, its config, and provenance for the report."""
     if isinstance(checkpoint, Sam):
         resolved = config or _config_of_module(checkpoint)
         if model_type != "auto":
             resolve_config(checkpoint.state_dict(), model_type)
+        if encoder_norm_eps is not None and encoder_norm_eps != resolved.encoder_norm_eps:
+            raise ExportError(
+                f"the module's encoder LayerNorms use eps {resolved.encoder_norm_eps:g}, not the"
+                f" {encoder_norm_eps:g} asked for: the module is exported as it is"
+            )
         return checkpoint.eval(), resolved, {"source": "torch module"}
     if isinstance(checkpoint, Mapping):
         state = normalize_state_dict(checkpoint, source="state dict")
@@ -194,6 +228,8 @@ def _load(
     # the weights into it (strict) still checks every shape.
     detected = resolve_config(state, model_type) if config is None or model_type != "auto" else None
     resolved = config or detected
+    if encoder_norm_eps is not None:
+        resolved = dataclasses.replace(resolved, encoder_norm_eps=encoder_norm_eps)
     return load_sam(state, resolved), resolved, source
 
 
@@ -207,6 +243,7 @@ def export_model(
     simplify: str = DEFAULT_SIMPLIFIER,
     quantize: str = "none",
     attention_rows: int | None = DEFAULT_ATTENTION_ROWS,
+    encoder_norm_eps: float | None = None,
     validate: bool = True,
     force: bool = False,
     console: Console | None = None,
@@ -224,6 +261,9 @@ def export_model(
         attention_rows: rewrite the encoder's global attention over large grids (the official
             64x64) to run on bands of this many query rows (:mod:`samdeploy.export.attention`):
             same numbers, GBs less memory, faster; ``None`` or 0 keeps the attention as traced.
+        encoder_norm_eps: epsilon of the image encoder's LayerNorms, which no checkpoint records:
+            ``None`` takes ``config``'s (the official 1e-6 by default, or a ``Sam`` module's own);
+            pass 1e-5 for a model built with ``ImageEncoderViT``'s default norm layer.
         validate: compare ONNX Runtime with PyTorch after writing; fp32 exports fail beyond
             :data:`samdeploy.export.validate.TOLERANCES`, int8 ones record their differences.
         force: replace an existing package at ``output``.
@@ -244,13 +284,16 @@ def export_model(
         raise ExportError(
             f"attention_rows must be positive (or 0 to keep the traced attention), got {attention_rows}"
         )
+    if encoder_norm_eps is not None and not (math.isfinite(encoder_norm_eps) and encoder_norm_eps > 0):
+        raise ExportError(f"encoder_norm_eps must be a positive number, got {encoder_norm_eps}")
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
     check_output(output, force)
 
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
-        sam, sam_config, source = _load(checkpoint, model_type, config)
+        sam, sam_config, source = _load(checkpoint, model_type, config, encoder_norm_eps)
+    check_finite_weights(sam)
     weight_bytes = sum(t.numel() * t.element_size() for t in sam.state_dict().values())
     _check_disk(output, weight_bytes)
     name = preset_name(sam_config)
@@ -334,9 +377,15 @@ def export_model(
                     staging / f"{DECODER}.onnx",
                     staging / f"{LOW_RES_DECODER}.onnx",
                 )
+                if name == "custom":
+                    # A custom model may come from a bare ImageEncoderViT (eps 1e-5) or build_sam
+                    # (1e-6); say how much that choice matters for this checkpoint.
+                    report["encoder_norm_eps_sensitivity"] = norm_eps_sensitivity(sam)
             problems = failures(report)
             report["passed"] = not problems
-            if problems and precision == "fp32":
+            # Non-finite outputs fail at every precision: such a package computes nothing usable,
+            # and its figures (NaN) would never exceed a limit.
+            if problems and (precision == "fp32" or non_finite(report)):
                 raise ExportError(
                     f"validation against PyTorch failed: {'; '.join(problems)}; nothing was written"
                 )
@@ -407,6 +456,10 @@ def export_model(
                 "validation": report,
             },
         }
+        if bad := non_finite(manifest):
+            raise ExportError(
+                f"the manifest would hold non-finite values at {', '.join(bad)}; nothing was written"
+            )
         write_manifest(staging, manifest)
         move_into_place(staging, output)
     except OSError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from samdeploy import limits
 from samdeploy.engine import Graph, ItemResult, Node, Profile, register_node
 from samdeploy.errors import NodeError, SamDeployError
 from samdeploy.sam.amg import (
@@ -355,6 +356,15 @@ class GeneratorConfig:
         for name, (value, low) in at_least.items():
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise GeneratorOptionError(f"{name} must be an integer >= {low}, got {value!r}")
+        at_most = {"points_per_batch": limits.MAX_POINTS_PER_BATCH, "crop_n_layers": limits.MAX_CROP_LAYERS}
+        if self.points_per_side is not None:
+            at_most["points_per_side"] = limits.MAX_POINTS_PER_SIDE
+        for name, limit in at_most.items():
+            limits.check(getattr(self, name), limit, error=GeneratorOptionError)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not np.isfinite(value):
+                raise GeneratorOptionError(f"{item.name} must be a finite number, got {value!r}")
         for name in ("box_nms_thresh", "crop_nms_thresh", "crop_overlap_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -367,6 +377,14 @@ class GeneratorConfig:
             raise GeneratorOptionError(
                 f"min_mask_region_area must be >= 0, got {self.min_mask_region_area!r}"
             )
+
+
+def _bounded(grids: list[np.ndarray]) -> list[np.ndarray]:
+    """``grids`` (one per crop layer), unless the points of all crops of an image exceed
+    ``limits.MAX_GENERATOR_POINTS`` (layer i has (2**i)**2 crops, each prompted with its grid)."""
+    total = sum(len(grid) * 4**layer for layer, grid in enumerate(grids))
+    limits.check(total, limits.MAX_GENERATOR_POINTS, error=GeneratorOptionError)
+    return grids
 
 
 def crop_graph(model: SamModel) -> Graph:
@@ -562,7 +580,7 @@ class SamAutomaticMaskGenerator:
                         f"crop layer {layer} would get no points: points_per_side {config.points_per_side}"
                         f" / crop_n_points_downscale_factor {factor}**{layer} < 1"
                     )
-            return build_all_layer_point_grids(config.points_per_side, config.crop_n_layers, factor)
+            return _bounded(build_all_layer_point_grids(config.points_per_side, config.crop_n_layers, factor))
         grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
         if len(grids) < config.crop_n_layers + 1:
             raise GeneratorOptionError(
@@ -574,7 +592,7 @@ class SamAutomaticMaskGenerator:
                 raise GeneratorOptionError(
                     f"point_grids[{i}] must be a non-empty Nx2 array of finite [0, 1] XY, got shape {grid.shape}"
                 )
-        return grids
+        return _bounded(grids[: config.crop_n_layers + 1]) + grids[config.crop_n_layers + 1 :]
 
     @property
     def graphs(self) -> tuple[Graph, Graph, Graph]:

@@ -34,8 +34,8 @@ from samdeploy.errors import ImageError, ImageLimitError
 DEFAULT_MAX_PIXELS = limits.MAX_PIXELS.value
 
 #: Pixels converted at once: a strip of rows this large is the only temporary besides the
-#: decoded image and the output, so conversions add a bounded amount (~16 MB) whatever the size.
-STRIP_PIXELS = 1 << 22
+#: decoded image and the output, so conversions add a bounded amount (~6 MB) whatever the size.
+STRIP_PIXELS = 1 << 20
 
 # Pillow has its own process-wide bomb check; samdeploy replaces it with ``max_pixels``, which
 # means switching Pillow's off while a header is parsed. The lock keeps that switch local.

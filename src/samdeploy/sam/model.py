@@ -252,7 +252,8 @@ class SamModel:
         limits.check(
             pixels,
             limits.MAX_MASK_PIXELS,
-            f"{prompt.batch} prompt(s) x {3 if multimask_output else 1} mask(s) of {width}x{height}",
+            f"mask pixels per call ({prompt.batch} prompt(s) x {3 if multimask_output else 1} mask(s)"
+            f" of {width}x{height})",
             PromptLimitError,
         )
         inputs = {
