@@ -65,7 +65,7 @@ def batch(
     ],
     mode: Annotated[
         str, typer.Option(metavar="everything|boxes|prompts", help="what to ask the model for each image")
-    ] = ("everything"),
+    ] = "everything",
     prompts: Annotated[
         Path | None,
         typer.Option(
