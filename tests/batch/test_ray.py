@@ -39,7 +39,8 @@ def test_local_ray_gives_the_same_outputs(dataset, local_out, ray_local, tmp_pat
     assert_same_outputs(out, local_out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["runner"] == {
-        "kind": "ray", "workers": 2, "address": "local", "cpus_per_worker": 1.0, "memory_per_worker_mb": None,
+        "kind": "ray", "workers": 2, "address": "local", "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
+        "memory_per_worker_mb": None,
     }  # fmt: skip
 
 

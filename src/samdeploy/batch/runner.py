@@ -73,13 +73,15 @@ class RunnerOptions:
 
     ``ray``: use Ray (a local one unless ``ray_address`` names a cluster, or ``auto`` for the one
     this machine belongs to); ``cpus_per_worker`` / ``memory_per_worker_mb``: what each actor
-    reserves (also its intra-op threads by default); ``threads``: intra-op threads per worker.
+    reserves (also its intra-op threads by default), ``gpus_per_worker`` the GPUs (for ``--device
+    cuda``; a fraction shares one); ``threads``: intra-op threads per worker.
     """
 
     workers: int = 1
     ray: bool = False
     ray_address: str | None = None
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
     memory_per_worker_mb: float | None = None
     threads: int | None = None
 
@@ -117,6 +119,8 @@ def run_batch(
         raise SamDeployError(f"--workers must be at least 1, got {runner.workers}")
     if runner.cpus_per_worker <= 0:
         raise SamDeployError(f"--cpus-per-worker must be positive, got {runner.cpus_per_worker}")
+    if runner.gpus_per_worker < 0:
+        raise SamDeployError(f"--gpus-per-worker must be 0 or more, got {runner.gpus_per_worker}")
     package = _package(model)
     model_info = _model_info(package, model)
     generator = _generator_options(generator, package) if mode == "everything" else {}
@@ -255,6 +259,7 @@ def _manifest(
     where: dict[str, Any] = {"kind": "ray" if runner.ray else "local", "workers": runner.workers}
     if runner.ray:
         where |= {"address": runner.ray_address or "local", "cpus_per_worker": runner.cpus_per_worker}
+        where["gpus_per_worker"] = runner.gpus_per_worker
         where["memory_per_worker_mb"] = runner.memory_per_worker_mb
     return {
         "samdeploy": samdeploy.__version__,
@@ -379,14 +384,17 @@ def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = runner.ray_address or "a local Ray"
             raise SamDeployError(f"cannot start or join Ray at {where}: {exc}") from None
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if runner.ray_address is None and cpus < needed:  # the pool would wait for CPUs that never come
-        if started:
-            ray.shutdown()
-        raise SamDeployError(
-            f"this Ray has {cpus:g} CPUs; {runner.workers} workers x --cpus-per-worker"
-            f" {runner.cpus_per_worker:g} need {needed:g}: use fewer workers or fewer CPUs per worker"
-        )
+    if runner.ray_address is None:  # a pool this Ray cannot place would wait for ever
+        have = ray.cluster_resources()
+        for kind, each in (("CPU", runner.cpus_per_worker), ("GPU", runner.gpus_per_worker)):
+            if have.get(kind, 0) < runner.workers * each:
+                if started:
+                    ray.shutdown()
+                raise SamDeployError(
+                    f"this Ray has {have.get(kind, 0):g} {kind}s; {runner.workers} workers x"
+                    f" --{kind.lower()}s-per-worker {each:g} need {runner.workers * each:g}: use fewer"
+                    f" workers or fewer {kind}s per worker"
+                )
     data_logger = logging.getLogger("ray.data")
     saved_level = data_logger.level
     data_logger.setLevel(logging.ERROR)  # its per-run notices would break through the progress bar
@@ -397,6 +405,8 @@ def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions)
         threads = runner.threads or max(1, int(runner.cpus_per_worker))
         config = WorkerConfig(**{**asdict(config), "threads": threads})
         actor: dict[str, Any] = {"num_cpus": runner.cpus_per_worker}
+        if runner.gpus_per_worker:
+            actor["num_gpus"] = runner.gpus_per_worker
         if runner.memory_per_worker_mb:
             actor["memory"] = runner.memory_per_worker_mb * 2**20
         dataset = ray.data.from_items([item_row(item) for item in items])

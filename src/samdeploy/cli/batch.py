@@ -95,6 +95,9 @@ def batch(
     cpus_per_worker: Annotated[
         float, typer.Option(metavar="X", help="Ray: CPUs each actor reserves (and its default threads)")
     ] = 1.0,
+    gpus_per_worker: Annotated[
+        float, typer.Option(metavar="X", help="Ray: GPUs each actor reserves (with --device cuda)")
+    ] = 0.0,
     memory_per_worker: Annotated[
         float | None, typer.Option(metavar="MIB", help="Ray: memory each actor reserves (default: none)")
     ] = None,
@@ -116,6 +119,7 @@ def batch(
         ray=ray or ray_address is not None,
         ray_address=ray_address,
         cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
         memory_per_worker_mb=memory_per_worker,
         threads=threads,
     )
