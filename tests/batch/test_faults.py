@@ -40,6 +40,7 @@ def test_killed_worker_process_has_its_images_redone(dataset, local_out, tmp_pat
         pool = workers(run.pid)
         assert len(pool) == 2 and run.poll() is None
         os.kill(pool[0], signal.SIGKILL)
+        assert len(results(out)) < N_IMAGES  # killed mid-run: images were still to do
         stdout, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
     assert f"{N_IMAGES} done" in stdout

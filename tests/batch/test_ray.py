@@ -66,6 +66,7 @@ def test_killed_actor_has_its_images_redone(dataset, local_out, ray_cluster, tmp
         actors = raylet_workers(ray_cluster)
         assert actors and run.poll() is None, "the run ended before an actor could be killed"
         os.kill(actors[0], signal.SIGKILL)
+        assert len(results(out)) < N_IMAGES  # killed mid-run: images were still to do
         wait_for(lambda: not alive(actors[0]), what="the actor to die")
         stdout, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
