@@ -15,6 +15,7 @@ so torch and ONNX always hold identical weights. Tests must not modify them.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,11 @@ import pytest
 
 TINY_SEED = 0
 VIT_B_SEED = 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the package checksum cache of this run (and of the commands it starts) out of the user's own."""
+    os.environ.setdefault("SAMDEPLOY_CACHE_DIR", tempfile.mkdtemp(prefix="samdeploy-test-cache-"))
 
 
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -84,7 +84,9 @@ def main() -> None:
     for scene in [example, *scenes]:
         pools.append((scene, candidates(generator, scene.image), scene.promptable_objects()))
     pools[0] = (example, pools[0][1], list(range(example.num_objects)))  # all six, small ones too
-    print(f"{len(scenes)} scenes, {sum(len(objects) for _, _, objects in pools[1:])} objects (>= 1% of the image)")
+    print(
+        f"{len(scenes)} scenes, {sum(len(objects) for _, _, objects in pools[1:])} objects (>= 1% of the image)"
+    )
     print("pred_iou stability | recall precision F1 | masks/scene | example found")
     rows = []
     for pred_iou, stability in itertools.product(IOU_GRID, STABILITY_GRID):

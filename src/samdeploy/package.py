@@ -276,6 +276,42 @@ def _inside(root: Path, name: str, what: str) -> Path:
     return resolved
 
 
+#: Entries a package folder may hold (files and folders, at any depth): a package has a handful.
+MAX_FOLDER_ENTRIES = 10_000
+
+
+def _check_folder(given: Path, root: Path) -> None:
+    """Refuse a package folder holding anything but regular files, folders and symlinks that stay
+    inside it. An ONNX file can name external-data files the manifest does not list; ONNX Runtime
+    keeps those names inside the model's folder, and this keeps the folder itself from reaching
+    out (a symlink to another file) or hanging a reader (a FIFO, a device)."""
+    seen = 0
+    for folder, folders, files in os.walk(root):
+        for name in folders + files:
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                raise PackageError(f"model package {given} holds more than {MAX_FOLDER_ENTRIES:,} files")
+            path = Path(folder) / name
+            info = path.lstat()
+            relative = path.relative_to(root)
+            if stat.S_ISLNK(info.st_mode):
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    raise PackageError(
+                        f"model package {given}: {relative} is a broken or looping symlink"
+                    ) from None
+                if not target.is_relative_to(root):
+                    raise PackageError(
+                        f"model package {given}: {relative} leads outside the package folder (a symlink to"
+                        f" {target}); a package may use only its own files"
+                    )
+            elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                raise PackageError(
+                    f"model package {given}: {relative} is not a regular file (a FIFO, device or socket)"
+                )
+
+
 def _read_manifest(given: Path, root: Path) -> tuple[str, Path]:
     """The text of ``model.json`` of the package at ``given`` (resolved: ``root``): a regular file
     inside the folder, of bounded size."""
@@ -312,7 +348,8 @@ class ModelPackage:
         Checks: the manifest against its schema (:mod:`samdeploy.manifest`); every file it names
         is listed in ``files`` with its sha256, resolves inside the package folder (no absolute
         path, no ``..``, no symlink leading out), is a regular file (never a FIFO or device) and
-        has the listed size. With ``verify=True`` also recompute every file's sha256 now
+        has the listed size; the folder holds nothing but regular files, folders and symlinks
+        that stay inside it (an ONNX file may name external-data files of its own). With ``verify=True`` also recompute every file's sha256 now
         (:meth:`verify`; slow for big models). Raises :class:`PackageError` with a one-line
         message on any problem.
         """
@@ -333,6 +370,7 @@ class ModelPackage:
                 " upgrade samdeploy"
             )
         validate_manifest(text, str(manifest_path))
+        _check_folder(given, root)
         paths = {}
         for name, info in manifest["files"].items():
             resolved = _inside(root, name, "file")

@@ -57,16 +57,23 @@ def test_the_manifest_checksums_cover_the_model_files_not_the_manifest() -> None
     assert set(package.manifest["files"]) == {entry["file"] for entry in package.manifest["models"].values()}
 
 
-def test_bench_defaults_to_the_embedded_model(capsys, tmp_path) -> None:
-    report = tmp_path / "bench.json"
-    code, _, err = run(
-        capsys, "bench", "--repeat", "1", "--stream-images", "1", "--everything-points", "0",
-        "--threads", "1", "--json", report,
-    )  # fmt: skip
-    assert code == 0, err
-    measured = json.loads(report.read_text())
-    assert Path(measured["package"]).resolve() == DEFAULT_MODEL.resolve()
-    assert measured["latency"]["encoder (set_image)"]["runs"] == 1
+def test_bench_defaults_to_the_embedded_model(capsys, monkeypatch) -> None:
+    """The wiring only (tests/bench measures): the package and device bench_package is given."""
+    from samdeploy.cli import bench as bench_cli
+    from samdeploy.errors import SamDeployError
+
+    given: dict = {}
+
+    def fake_bench(package, **options):
+        given.update(options, package=package)
+        raise SamDeployError("measured nothing")
+
+    monkeypatch.setattr(bench_cli, "bench_package", fake_bench)
+    for args in ([], ["--model", "default"]):
+        code, _, err = run(capsys, "bench", *args, "--device", "cpu")
+        assert code == 2 and "measured nothing" in err
+        assert Path(given["package"]).resolve() == DEFAULT_MODEL.resolve()
+        assert given["backend"] == "onnxruntime" and given["providers"] == ["CPUExecutionProvider"]
 
 
 # ----------------------------------------------------------------------------- generator settings

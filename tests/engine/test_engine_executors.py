@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import threading
 import time
 import weakref
@@ -62,6 +63,21 @@ def test_executors_agree(executor: str) -> None:
     assert g.run({"x": 3}, executor=executor) == {"x": 7}
     results = list(g.stream([{"x": i} for i in range(20)], executor=executor))
     assert [(r.index, r.outputs, r.error) for r in results] == [(i, {"x": i + 4}, None) for i in range(20)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_stream_isolates_failing_items(executor: str) -> None:
+    # Why: every executor's stream must give a failing item its own error (naming the node and
+    # the item) and go on with the others.
+    g = steps_graph(3, fail={1: [3, 6]})  # s1 sees i + 1: items 2 and 5 fail there
+    results = list(g.stream([{"x": i} for i in range(7)], executor=executor))
+    assert [r.index for r in results] == list(range(7))
+    for r in results:
+        if r.index in (2, 5):
+            assert r.outputs is None and not r.ok
+            assert (r.error.node, r.error.item, type(r.error.cause)) == ("s1", r.index, ValueError)
+        else:
+            assert r.ok and r.outputs == {"x": r.index + 3}
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -216,6 +232,76 @@ def test_task_executor_runs_the_successors_of_one_node_at_once() -> None:
         assert [g.run({"x": float(i)}, executor=executor) for i in range(3)] == [
             {"y": 2.0 * (i + 1)} for i in range(3)
         ]
+
+
+def test_task_executor_runs_at_most_its_workers_and_the_caller_at_once() -> None:
+    # Why: ``workers`` bounds the pool; with the calling thread, workers + 1 nodes run at once at
+    # most. Four independent branches each stay inside run() a moment (or until a fourth thread
+    # joins them, which must not happen with one worker).
+    lock = threading.Lock()
+    active = peak = 0
+    crowded = threading.Event()
+
+    class Crowd(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+                if active > 2:
+                    crowded.set()
+            crowded.wait(0.2)
+            with lock:
+                active -= 1
+            return {"x": x}
+
+    g = Graph("four")
+    for k in range(4):
+        g.add(Crowd(f"b{k}"))
+        g.output(f"y{k}", f"b{k}.x")
+    g.input("x", *(f"b{k}.x" for k in range(4)))
+    with TaskExecutor(workers=1) as executor:
+        assert g.run({"x": 1}, executor=executor) == {f"y{k}": 1 for k in range(4)}
+    assert peak <= 2 and not crowded.is_set()
+
+
+def test_task_executor_lets_running_nodes_end_when_interrupted() -> None:
+    # Why: Ctrl-C while the caller waits for the pool must not leave a node running behind the
+    # caller's back, nor start the nodes after it: the running node ends, then KeyboardInterrupt.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    caller_done, finished = threading.Event(), threading.Event()
+
+    class Mark(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            caller_done.set()
+            return {"x": x}
+
+    class Interrupt(Identity):
+        def run(self, x: Any) -> dict[str, Any]:
+            caller_done.wait(HANDSHAKE_TIMEOUT_S)
+            time.sleep(0.1)  # lets the caller reach its wait (either way the outcome must be the same)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.2)  # still running when the caller is interrupted
+            finished.set()
+            return {"x": x}
+
+    g = Graph("g")
+    g.add(Mark("mark"))
+    g.add(Interrupt("interrupt"))
+    after = g.add(Step("after"))
+    g.connect("interrupt.x", "after.x")
+    g.input("x", "mark.x", "interrupt.x")
+    g.output("m", "mark.x")
+    g.output("a", "after.x")
+    ended_before_raise = None
+    # Checked as the error leaves run(): closing the executor waits for its threads anyway.
+    with TaskExecutor(workers=1) as executor, pytest.raises(KeyboardInterrupt):
+        try:
+            g.run({"x": 1}, executor=executor)
+        finally:
+            ended_before_raise = finished.is_set()
+    assert ended_before_raise and after.seen == []
 
 
 def test_task_executor_stops_scheduling_after_a_failure() -> None:
@@ -384,7 +470,8 @@ def test_pipeline_keeps_order_loses_nothing_and_isolates_failures(
 def test_bad_item_inputs_fail_alone(executor: str) -> None:
     g = steps_graph(2)
     results = list(g.stream([{"x": 0}, {"y": 1}, {"x": 2}], executor=executor))
-    assert [r.ok for r in results] == [True, False, True]
+    assert [(r.index, r.ok) for r in results] == [(0, True), (1, False), (2, True)]
+    assert results[1].error.item == 1
     assert results[1].error.node == "steps" and "input 'x' is missing" in str(results[1].error)
 
 
@@ -551,9 +638,13 @@ def test_profile_counts_every_node(executor: str) -> None:
     assert all(s.total_ms <= profile.wall_s * 1e3 for s in profile.stats())
     if executor != "pipeline":
         assert sum(s.total_ms for s in profile.stats()) <= profile.wall_s * 1e3
+    single = Profile()
+    start = time.perf_counter()
     for _ in range(2):
         g.run({"x": 0}, executor=executor, profile=profile)
+        g.run({"x": 0}, executor=executor, profile=single)
     assert profile.items == 27 and profile["s0"].count == 27
+    assert single.items == 2 and 0 < single.wall_s <= time.perf_counter() - start
     table = profile.table()
     assert table.splitlines()[0].split() == [
         "node",

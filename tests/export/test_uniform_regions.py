@@ -25,8 +25,10 @@ from samdeploy.export import export_model, load_sam, load_state_dict, resolve_co
 from samdeploy.export.validate import _encoder_input, encoder_images, synthetic_image
 
 # A trained 256 px SAM (4-block ViT) whose embeddings are eps-sensitive on uniform areas. It is not
-# in the repository (22 MB); point SAMDEPLOY_DRIFT_CHECKPOINT at it, the cases skip without it.
-DRIFT_CHECKPOINT = Path(os.environ.get("SAMDEPLOY_DRIFT_CHECKPOINT", "/work/shared/models/drift_sam256.pth"))
+# in the repository (22 MB) but in the shared folder beside it; SAMDEPLOY_DRIFT_CHECKPOINT points
+# elsewhere, and the cases skip visibly without it.
+_SHARED_DRIFT = Path(__file__).resolve().parents[3] / "shared" / "models" / "drift_sam256.pth"
+DRIFT_CHECKPOINT = Path(os.environ.get("SAMDEPLOY_DRIFT_CHECKPOINT", _SHARED_DRIFT))
 # The shipped default model's checkpoint: trained, in the repository, even more eps-sensitive.
 DEFAULT_CHECKPOINT = Path(__file__).parents[2] / "src" / "samdeploy" / "models" / "default" / "checkpoint.pth"
 

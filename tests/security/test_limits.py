@@ -46,6 +46,16 @@ def test_no_pixel_limit_means_the_ceiling(tmp_path, max_pixels) -> None:
         decode_image(png_header(side, side), max_pixels=max_pixels)
 
 
+def test_images_in_memory_decode_like_files(tmp_path) -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(decode_image((tmp_path / "a.png").read_bytes()), rgb)
+    with pytest.raises(ImageError, match="upload is empty"):
+        decode_image(b"", name="upload")
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image(b"hello", name="upload")
+
+
 def test_pixel_limit_values(tmp_path) -> None:
     Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
     with pytest.raises(OptionError, match="max_pixels must be a positive integer"):

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import samdeploy.package as package_module
@@ -78,6 +79,22 @@ def test_symlink_leading_out_is_refused(package_copy, tmp_path, capsys) -> None:
     point_encoder_at(manifest, f"sub/{ENCODER_FILE}")
     (other / "model.json").write_text(json.dumps(manifest))
     refused(other, "leads outside")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_unlisted_special_files_in_the_folder_are_refused(package_copy, tmp_path, kind) -> None:
+    """An ONNX file may name external-data files the manifest does not list: none of the folder's
+    files may reach outside it or hang a reader."""
+    package = package_copy()
+    (package / "data").mkdir()
+    if kind == "symlink":
+        (tmp_path / "secret").write_text("secret")
+        (package / "data" / "weights.bin").symlink_to(tmp_path / "secret")
+        message = "data/weights.bin leads outside the package folder"
+    else:
+        os.mkfifo(package / "data" / "weights.bin")
+        message = "data/weights.bin is not a regular file"
+    assert finishes(lambda: refused(package, message)) is None
 
 
 def test_symlink_inside_the_package_is_fine(package_copy) -> None:
@@ -285,3 +302,31 @@ def test_every_shipped_manifest_field_is_accepted() -> None:
     assert package.family == "sam" and package.paths
     assert all(path.is_relative_to(DEFAULT_MODEL.resolve()) for path in package.paths.values())
     assert sha256_file(package.encoder_path) == package.manifest["files"][ENCODER_FILE]["sha256"]
+
+
+def test_a_package_of_nan_weights_is_refused_at_the_first_prediction(package_copy) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from samdeploy import SamPredictor
+    from samdeploy.package import describe_files, write_manifest
+
+    package = package_copy()
+    manifest = json.loads((package / "model.json").read_text())
+    for role in ("mask_decoder", "mask_decoder_low_res"):
+        path = package / manifest["models"][role]["file"]
+        model = onnx.load(str(path))
+        for tensor in model.graph.initializer:
+            array = numpy_helper.to_array(tensor)
+            if array.dtype.kind == "f" and array.size > 1000:
+                tensor.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), tensor.name))
+        onnx.save(model, str(path))
+    manifest["files"] = describe_files(package, list(manifest["files"]))  # checksums of the NaN files
+    write_manifest(package, manifest)
+    with load_model(package) as model:
+        predictor = SamPredictor(model)
+        predictor.set_image(np.full((20, 30, 3), 90, np.uint8))
+        with pytest.raises(
+            PackageError, match="gave NaN or infinite scores or logits: its weights are broken"
+        ):
+            predictor.predict(np.array([[5.0, 5.0]]), np.array([1]))

@@ -43,6 +43,7 @@ from samdeploy.cli.notices import is_low_confidence, low_confidence_label, model
 from samdeploy.cli.options import (
     BackendOption,
     DeviceOption,
+    ImagesArgument,
     MaxPixelsOption,
     ModelOption,
     ProfileOption,
@@ -102,13 +103,7 @@ def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) 
 @app.command()
 @generator_options
 def everything(
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="IMAGE...",
-            help="image files or folders (searched recursively for JPEG, PNG, WebP, TIFF, BMP files)",
-        ),
-    ],
+    inputs: ImagesArgument,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", metavar="DIR", help="folder for each image's outputs")
     ],
@@ -129,7 +124,11 @@ def everything(
     profile: ProfileOption = False,
     generator_options: dict[str, Any] | None = None,
 ) -> None:
-    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
+    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay.
+
+    A generator option left out takes the value the model package recommends (samdeploy inspect
+    shows it), else the official default shown here.
+    """
     from samdeploy.engine import Profile
     from samdeploy.sam.automatic import SamAutomaticMaskGenerator
     from samdeploy.sam.images import load_image

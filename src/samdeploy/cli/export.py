@@ -175,17 +175,18 @@ def _export_fast(
     """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
     int8-bf16 package made from it and checked against it (``optimize_package``); the scratch is removed."""
     import shutil
-    import tempfile
 
     from samdeploy.export import export_model
-    from samdeploy.export.exporter import check_output
+    from samdeploy.export.exporter import check_checkpoint_outside, check_output, new_staging
     from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
 
     check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.fp32-", dir=output.parent))
+    # A partial folder of the target (owner recorded): a SIGKILLed run's is removed by the next one.
+    scratch = new_staging(output, console)
     try:
         fp32 = export_model(
             checkpoint,

@@ -51,6 +51,13 @@ ModelOption = Annotated[
         help="model package folder, or 'default': the embedded demo model",
     ),
 ]
+ImagesArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="IMAGE...",
+        help="image files or folders (searched recursively for JPEG, PNG, WebP, TIFF, BMP files)",
+    ),
+]
 BackendOption = Annotated[
     str | None,
     typer.Option(
@@ -78,39 +85,42 @@ MaxPixelsOption = Annotated[
 ProfileOption = Annotated[bool, typer.Option("--profile", help="print per-node timings")]
 
 
-def _count(help_text: str, official: str) -> Any:
-    return typer.Option(metavar="N", show_default=official, help=help_text)
-
-
-def _threshold(help_text: str, official: str) -> Any:
-    """An option the model package may recommend a value for (see ``samdeploy inspect``)."""
-    return typer.Option(
-        metavar="X", show_default=f"the package's recommendation, else {official}", help=help_text
-    )
+def _generator_option(help_text: str, official: str, metavar: str = "X") -> Any:
+    """A generator option: left out, the package's recommendation, else the official default."""
+    return typer.Option(metavar=metavar, show_default=official, help=help_text)
 
 
 #: The automatic mask generator's options, as every command that runs it takes them. Left out
-#: (None), an option takes the package's recommendation, else the official default.
+#: (None), an option takes the package's recommendation, else the official default (shown).
 GENERATOR_OPTIONS: dict[str, Any] = {
-    "points_per_side": Annotated[int | None, _count("grid points along each image side", "32")],
-    "points_per_batch": Annotated[int | None, _count("points answered by one decoder call", "64")],
+    "points_per_side": Annotated[
+        int | None, _generator_option("grid points along each image side", "32", "N")
+    ],
+    "points_per_batch": Annotated[
+        int | None, _generator_option("points answered by one decoder call", "64", "N")
+    ],
     "pred_iou_thresh": Annotated[
-        float | None, _threshold("keep masks whose predicted IoU is above this", "0.88")
+        float | None, _generator_option("keep masks whose predicted IoU is above this", "0.88")
     ],
-    "stability_score_thresh": Annotated[float | None, _threshold("keep masks at least this stable", "0.95")],
-    "stability_score_offset": Annotated[float | None, _threshold("logit shift for the stability score", "1")],
-    "box_nms_thresh": Annotated[float | None, _threshold("box IoU that marks duplicates", "0.7")],
-    "crop_n_layers": Annotated[int | None, _count("layers of image crops run again", "0")],
-    "crop_nms_thresh": Annotated[float | None, _threshold("box IoU for duplicates across crops", "0.7")],
+    "stability_score_thresh": Annotated[
+        float | None, _generator_option("keep masks at least this stable", "0.95")
+    ],
+    "stability_score_offset": Annotated[
+        float | None, _generator_option("logit shift for the stability score", "1")
+    ],
+    "box_nms_thresh": Annotated[float | None, _generator_option("box IoU that marks duplicates", "0.7")],
+    "crop_n_layers": Annotated[int | None, _generator_option("layers of image crops run again", "0", "N")],
+    "crop_nms_thresh": Annotated[
+        float | None, _generator_option("box IoU for duplicates across crops", "0.7")
+    ],
     "crop_overlap_ratio": Annotated[
-        float | None,
-        typer.Option(
-            metavar="X", show_default="512/1500 = 0.3413", help="crop overlap, fraction of the short side"
-        ),
+        float | None, _generator_option("crop overlap, fraction of the short side", "512/1500 = 0.3413")
     ],
-    "crop_n_points_downscale_factor": Annotated[int | None, _count("grid downscale per crop layer", "1")],
+    "crop_n_points_downscale_factor": Annotated[
+        int | None, _generator_option("grid downscale per crop layer", "1", "N")
+    ],
     "min_mask_region_area": Annotated[
-        int | None, _count("fill holes / drop islands below this area (px)", "0")
+        int | None, _generator_option("fill holes / drop islands below this area (px)", "0", "N")
     ],
 }
 

@@ -29,6 +29,7 @@ from samdeploy.cli.notices import is_low_confidence, low_confidence_label, model
 from samdeploy.cli.options import (
     BackendOption,
     DeviceOption,
+    ImagesArgument,
     MaxPixelsOption,
     ModelOption,
     ProfileOption,
@@ -108,13 +109,7 @@ def _outputs(
 
 @app.command()
 def segment(
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="IMAGE...",
-            help="image files or folders (searched recursively for JPEG, PNG, WebP, TIFF, BMP files)",
-        ),
-    ],
+    inputs: ImagesArgument,
     point: Annotated[
         list[str] | None,
         typer.Option(

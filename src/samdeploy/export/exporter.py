@@ -1,6 +1,6 @@
 """``export_model``: checkpoint in, complete and validated model package out.
 
-The package is assembled in a hidden temporary folder beside ``output`` and renamed into place only
+The package is assembled in a hidden temporary folder beside ``output`` and moved into place only
 when every step succeeded, so a failed or interrupted export never leaves a half-written package.
 """
 
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
+import logging
 import math
+import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -52,6 +56,7 @@ from samdeploy.package import (
     FORMAT,
     FORMAT_VERSION,
     LOW_RES_DECODER,
+    MANIFEST,
     ModelPackage,
     describe_files,
     sha256_file,
@@ -62,6 +67,8 @@ from samdeploy.package import (
 # plus the int8 copy when quantizing; with a margin for the graph structure.
 _DISK_FACTOR = 2.5
 _DISK_MARGIN = 64 * 2**20
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,6 +181,16 @@ def check_output(output: Path, force: bool) -> None:
         )
 
 
+def check_checkpoint_outside(checkpoint: object, output: Path) -> None:
+    """Refuse an ``output`` folder that holds the input checkpoint file (the default package keeps
+    its ``checkpoint.pth`` beside the model files): export never writes where it reads."""
+    if isinstance(checkpoint, (str, Path)) and Path(checkpoint).resolve().is_relative_to(output.resolve()):
+        raise ExportError(
+            f"output folder {output} holds the input checkpoint {checkpoint}: export to another folder"
+            " (or move the checkpoint out first)"
+        )
+
+
 def _check_disk(output: Path, weight_bytes: int) -> None:
     needed = int(weight_bytes * _DISK_FACTOR) + _DISK_MARGIN
     free = free_disk_bytes(output.parent)
@@ -270,8 +287,11 @@ def export_model(
         console: where to show progress; ``None`` for silence.
 
     Raises:
-        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; wrong ``model_type``.
-        ExportError: bad option, unusable output folder, too little disk, tracing or validation failure.
+        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; NaN or infinite weights;
+            wrong ``model_type``.
+        ExportError: bad option, unusable output folder (not a package, or holding the input
+            checkpoint), too little disk, tracing or validation failure (non-finite outputs fail
+            at every precision).
     """
     output = Path(output)
     if model_type not in MODEL_TYPES:
@@ -289,6 +309,7 @@ def export_model(
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
     check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
 
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
@@ -299,10 +320,10 @@ def export_model(
     name = preset_name(sam_config)
     precision = "int8" if quantize == "int8" else "fp32"
 
-    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    work = staging / ".work"
     try:
-        work.mkdir(parents=True)
+        staging = new_staging(output, console)
+        work = staging / ".work"
+        work.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
     try:
@@ -371,12 +392,24 @@ def export_model(
         report = None
         if validate:
             with steps.step("validate", "validating against PyTorch"):
-                report = validate_package(
-                    sam,
-                    staging / f"{ENCODER}.onnx",
-                    staging / f"{DECODER}.onnx",
-                    staging / f"{LOW_RES_DECODER}.onnx",
-                )
+                try:
+                    report = validate_package(
+                        sam,
+                        staging / f"{ENCODER}.onnx",
+                        staging / f"{DECODER}.onnx",
+                        staging / f"{LOW_RES_DECODER}.onnx",
+                        # What the manifest will say, so a wrong constant there fails validation.
+                        pixel_mean=sam_config.pixel_mean,
+                        pixel_std=sam_config.pixel_std,
+                    )
+                except Exception as exc:
+                    # ONNX Runtime refusing to run a written graph (onnxslim at opset 16 gives a
+                    # decoder that fails on a prompt batch): a failed export, not a traceback.
+                    retry = "" if simplify == "none" else f"; retry without --simplify {simplify}"
+                    raise ExportError(
+                        f"validation could not run the exported graphs ({_one_line(exc)}){retry};"
+                        " nothing was written"
+                    ) from None
                 if name == "custom":
                     # A custom model may come from a bare ImageEncoderViT (eps 1e-5) or build_sam
                     # (1e-6); say how much that choice matters for this checkpoint.
@@ -481,12 +514,90 @@ def export_model(
     )
 
 
+_OWNER = ".owner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(output: Path) -> list[tuple[Path, int]]:
+    """Remove the hidden ``.NAME.partial-*`` folders of ``output`` left by exports that died
+    without cleaning up (SIGKILL, power loss); returns each removed folder with its size in bytes.
+
+    A partial folder records the process writing it (``.owner``: host and pid); one whose process
+    still runs on this host, or that another host writes, is left alone. A folder without that
+    record comes from an older samdeploy and is stale.
+    """
+    removed = []
+    host = socket.gethostname()
+    for folder in sorted(output.parent.glob(f".{output.name}.partial-*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            owner_host, pid = (folder / _OWNER).read_text().split()
+            if owner_host != host or _alive(int(pid)):
+                continue
+        except (OSError, ValueError):
+            pass  # no (readable) record: written by a version without one
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append((folder, size))
+    return removed
+
+
+def new_staging(output: Path, console: Console | None = None) -> Path:
+    """Create the hidden staging folder beside ``output`` (stale ones of the same target are removed
+    first, and said so) and record this process as its owner."""
+    for folder, size in remove_stale_partials(output):
+        message = f"removed {folder.name} ({size / 2**20:.1f} MiB), left by an interrupted export of {output}"
+        logger.warning(message)
+        if console is not None:
+            console.print(f"[yellow]note[/]: {message}", highlight=False, soft_wrap=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    (staging / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return staging
+
+
+def _package_files(folder: Path) -> set[str]:
+    """Names of the files a package's manifest says are its own, plus ``model.json``: only plain
+    names of regular files directly in ``folder`` (a manifest naming ``../x`` or a link names nothing
+    that replacing the package may delete)."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text()).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        listed = set()
+    own = set()
+    for name in listed | {MANIFEST}:
+        path = folder / name
+        if Path(name).name == name and name not in (".", "..") and path.is_file() and not path.is_symlink():
+            own.add(name)
+    return own
+
+
 def move_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished package to ``output``; an old package there is removed only afterwards."""
-    if output.exists():
-        retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        output.rename(retired)
+    """Put the finished package at ``output``.
+
+    A new folder is one rename. An existing package is replaced file by file: each new file renamed
+    over its old version, the old package's files that the new one no longer has removed, and
+    ``model.json`` renamed last; anything else in the folder (notes, a checkpoint) stays.
+    """
+    (staging / _OWNER).unlink(missing_ok=True)
+    if not output.exists():
         staging.rename(output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output)
+        return
+    old = _package_files(output)
+    new = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST)
+    for name in new:
+        os.replace(staging / name, output / name)
+    for name in sorted(old - set(new) - {MANIFEST}):
+        (output / name).unlink(missing_ok=True)
+    os.replace(staging / MANIFEST, output / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,7 @@ weights give logits from ~1 (vit_b) to ~100 (tiny models), and float32 error gro
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,8 +273,27 @@ def norm_eps_sensitivity(sam: Sam, other_eps: float | None = None) -> dict[str, 
     return {"eps": eps, "other_eps": other, "max_rel": _max_rel(moved, reference)}
 
 
+def manifest_encoder_input(
+    image: np.ndarray, size: int, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+) -> np.ndarray:
+    """``1x3xSxS`` float32 encoder input made as a package says: resize the longest side to ``size``
+    (``ResizeLongestSide``), normalize with the manifest's ``pixel_mean``/``pixel_std`` (RGB), then
+    zero-pad bottom and right. Validation feeds this, not PyTorch's input, to the ONNX encoder, so a
+    wrong constant in the manifest shows as an embedding difference."""
+    resized = ResizeLongestSide(size).apply_image(image).astype(np.float32)
+    normalized = (resized - np.asarray(pixel_mean, np.float32)) / np.asarray(pixel_std, np.float32)
+    padded = np.zeros((size, size, 3), np.float32)
+    padded[: normalized.shape[0], : normalized.shape[1]] = normalized
+    return np.ascontiguousarray(padded.transpose(2, 0, 1)[None])
+
+
 def validate_package(
-    sam: Sam, encoder_path: Path, decoder_path: Path, low_res_decoder_path: Path | None = None
+    sam: Sam,
+    encoder_path: Path,
+    decoder_path: Path,
+    low_res_decoder_path: Path | None = None,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Compare the ONNX files with ``sam``; returns the figures recorded in ``model.json``.
 
@@ -283,6 +302,10 @@ def validate_package(
     also the low-res decoder's logits max_rel and iou_predictions max_abs), ``end_to_end`` (mask
     agreement with the ONNX embedding), ``worst`` (the figures the tolerances apply to) and
     ``tolerances``. The caller decides whether to fail (see :func:`failures`).
+
+    ``pixel_mean``/``pixel_std``: the manifest's pre-processing constants; the ONNX encoder then gets
+    pictures normalized with them (:func:`manifest_encoder_input`) while PyTorch normalizes with the
+    model's own. Without them both get PyTorch's input.
     """
     encoder = _session(encoder_path)
     inputs: dict[str, dict[str, float]] = {}
@@ -290,7 +313,12 @@ def validate_package(
         x = _encoder_input(sam, picture)
         with torch.no_grad():
             output = sam.image_encoder(x)
-        got = encoder.run(None, {"image": x.numpy()})[0]
+        feed = (
+            x.numpy()
+            if pixel_mean is None or pixel_std is None
+            else manifest_encoder_input(picture, sam.image_encoder.img_size, pixel_mean, pixel_std)
+        )
+        got = encoder.run(None, {"image": feed})[0]
         want = output.numpy()
         inputs[name] = _compare_embeddings(got, want) | {
             "height": picture.shape[0],

@@ -53,7 +53,7 @@ from samdeploy.sam.amg import (
 )
 from samdeploy.sam.graphs import EMBEDDINGS, connect_prompt_ports, decoder_node, encode_graph
 from samdeploy.sam.images import as_rgb_array
-from samdeploy.sam.model import SamModel, load_model
+from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, postprocess_masks
@@ -472,15 +472,18 @@ def _outputs(results: Iterable[ItemResult]) -> Iterator[tuple[int, dict[str, Any
         yield result.index, result.outputs  # type: ignore[misc]
 
 
+#: The generator's numeric options: those a package may recommend and a caller may leave at None.
+GENERATOR_OPTIONS = tuple(field.name for field in fields(GeneratorConfig) if field.name != "output_mode")
+
+
 def recommended_settings(package: Any) -> dict[str, Any]:
     """The generator options a model package recommends (its manifest's ``generator``; {} if none).
 
-    Only options of :class:`GeneratorConfig` count; a value that is out of range fails later, in
+    Only :data:`GENERATOR_OPTIONS` count; a value that is out of range fails later, in
     :meth:`GeneratorConfig.check`, like a bad argument.
     """
-    names = {field.name for field in fields(GeneratorConfig)} - {"output_mode"}
     generator = package.manifest.get("generator") or {}
-    return {name: value for name, value in generator.items() if name in names and value is not None}
+    return {name: generator[name] for name in GENERATOR_OPTIONS if generator.get(name) is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,19 +533,8 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int | None = None,
         output_mode: str = "binary_mask",
     ) -> None:
-        given = {
-            "points_per_side": points_per_side,
-            "points_per_batch": points_per_batch,
-            "pred_iou_thresh": pred_iou_thresh,
-            "stability_score_thresh": stability_score_thresh,
-            "stability_score_offset": stability_score_offset,
-            "box_nms_thresh": box_nms_thresh,
-            "crop_n_layers": crop_n_layers,
-            "crop_nms_thresh": crop_nms_thresh,
-            "crop_overlap_ratio": crop_overlap_ratio,
-            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-            "min_mask_region_area": min_mask_region_area,
-        }
+        arguments = locals()
+        given = {name: arguments[name] for name in GENERATOR_OPTIONS}
         if point_grids is not None and points_per_side is not None:
             raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
         owned = not isinstance(model, SamModel)
@@ -623,8 +615,62 @@ class SamAutomaticMaskGenerator:
                 progress(index + 1, len(crops))
         return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
 
-    def _crop_candidates(self, embeddings: np.ndarray, crop: CropInfo) -> MaskCandidates:
-        """All filtered candidates of one crop, batch by batch in the official order."""
+    def generate_from_embedding(
+        self,
+        embedding: ImageEmbedding,
+        image: np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`generate` from the image's embedding (``model.encode(image)``, e.g. cached):
+        the records equal ``generate(image)``'s, without encoding the whole image again.
+
+        ``image`` (HxWx3 uint8 RGB, the encoded one) is needed only with crop layers, whose crops
+        are encoded from it; without them only the embedding is used. ``progress(done, total)``
+        is called after each decoder batch (``points_per_batch`` points) over all crops.
+        Raises :class:`GeneratorOptionError` when crop layers have no image, or the image is not
+        the embedding's size.
+        """
+        height, width = embedding.original_size
+        if image is not None:
+            image = as_rgb_array(image)
+            if image.shape[:2] != (height, width):
+                raise GeneratorOptionError(
+                    f"the image is {image.shape[1]}x{image.shape[0]} but the embedding is of a"
+                    f" {width}x{height} image: pass the image that was encoded"
+                )
+        elif self.config.crop_n_layers > 0:
+            raise GeneratorOptionError(
+                f"crop_n_layers={self.config.crop_n_layers} encodes crops of the image: pass the image too"
+            )
+        boxes, layers = generate_crop_boxes(
+            (height, width), self.config.crop_n_layers, self.config.crop_overlap_ratio
+        )
+        crops = [
+            CropInfo(box=tuple(box), layer=layer, image_size=(height, width))  # type: ignore[arg-type]
+            for box, layer in zip(boxes, layers, strict=True)
+        ]
+        step = self.config.points_per_batch
+        total = sum(-(-len(self.point_grids[crop.layer]) // step) for crop in crops)
+        done = 0
+
+        def on_batch() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        # The first crop is the whole image (generate_crop_boxes puts it first): its embedding is given.
+        parts = [self._crop_candidates(embedding.embeddings, crops[0], on_batch)]
+        crop_items = ({"image": image, "crop": crop} for crop in crops[1:])
+        for index, outputs in self._stream(self.crop_graph, crop_items, len(crops) > 2, queue_depth=1):
+            parts.append(self._crop_candidates(outputs[EMBEDDINGS], crops[index + 1], on_batch))
+        return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
+
+    def _crop_candidates(
+        self, embeddings: np.ndarray, crop: CropInfo, on_batch: Callable[[], None] | None = None
+    ) -> MaskCandidates:
+        """All filtered candidates of one crop, batch by batch in the official order
+        (``on_batch()`` after each decoder batch)."""
         h, w = crop.size
         points = self.point_grids[crop.layer] * np.array([[w, h]])
         step = self.config.points_per_batch
@@ -632,8 +678,12 @@ class SamAutomaticMaskGenerator:
             {EMBEDDINGS: embeddings, "points": points[start : start + step], "crop": crop}
             for start in range(0, len(points), step)
         )
-        results = self._stream(self.point_graph, items, len(points) > step, queue_depth=2)
-        return MaskCandidates.concat([out["candidates"] for _, out in results])
+        candidates = []
+        for _, out in self._stream(self.point_graph, items, len(points) > step, queue_depth=2):
+            candidates.append(out["candidates"])
+            if on_batch is not None:
+                on_batch()
+        return MaskCandidates.concat(candidates)
 
     def _stream(
         self, graph: Graph, items: Iterable[Mapping[str, Any]], pipeline: bool, queue_depth: int

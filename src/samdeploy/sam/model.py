@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from samdeploy.errors import (
     SamDeployError,
 )
 from samdeploy.package import ENCODER, FAMILY, ModelPackage
+from samdeploy.sam.blas import hold_single_threaded_blas
 from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, RoleRuntime, sam_graph, segment_files_graph
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
@@ -185,6 +187,10 @@ class SamModel:
         self.graph, self.encode_graph, self.decode_graph = sam_graph(package, options, inside_image)
         self.executor = make_executor(mode)
         self.cache = EmbeddingCache(cache_mb)
+        # numpy's BLAS on one thread for the model's life, set once on the loading thread:
+        # switching it per call from several predicting threads cost ~40x (see sam/blas.py).
+        self._blas = hold_single_threaded_blas()
+        weakref.finalize(self, self._blas.release)
 
     @property
     def backend_summary(self) -> str:
@@ -263,7 +269,15 @@ class SamModel:
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        return run_graph(self.decode_graph, inputs, self.executor, profile)
+        out = run_graph(self.decode_graph, inputs, self.executor, profile)
+        # Prompts are bounded so that a sound model stays finite; NaN here means broken weights,
+        # which would otherwise come out as empty masks with no word of warning.
+        if not (np.isfinite(out["scores"]).all() and np.isfinite(out["low_res_logits"]).all()):
+            raise PackageError(
+                f"model package {self.package.root} gave NaN or infinite scores or logits: its weights"
+                " are broken (export it again from a sound checkpoint)"
+            )
+        return out
 
     def segment_files(
         self,
@@ -298,6 +312,7 @@ class SamModel:
         """Release the inference sessions and executor threads."""
         self.executor.close()
         self.graph.close()
+        self._blas.release()
 
     def __enter__(self) -> SamModel:
         return self

@@ -78,7 +78,9 @@ def _float_array(value: object, name: str, bound: float = limits.MAX_COORDINATE.
     if not np.all(np.isfinite(array)):
         raise PromptError(f"{name} contains NaN or infinity")
     if array.size and np.abs(array).max() > bound:
-        raise PromptError(f"{name} has a value of {np.abs(array).max():g}, beyond the limit of +-{bound:,.0f}")
+        raise PromptError(
+            f"{name} has a value of {np.abs(array).max():g}, beyond the limit of +-{bound:,.0f}"
+        )
     return array
 
 
