@@ -48,6 +48,7 @@ from samdeploy.cli.options import (
     ModelOption,
     ProfileOption,
     ThreadsOption,
+    generator_options,
     resolve_device,
 )
 from samdeploy.errors import SamDeployError
@@ -99,12 +100,8 @@ def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) 
     return {"image": {"file_name": path.name, "height": height, "width": width}, "annotations": annotations}
 
 
-def _generator_option(help_text: str, official: str, metavar: str = "X") -> Any:
-    """A generator option: left out, the package's recommendation, else the official default."""
-    return typer.Option(metavar=metavar, show_default=official, help=help_text)
-
-
 @app.command()
+@generator_options
 def everything(
     inputs: ImagesArgument,
     output_dir: Annotated[
@@ -120,44 +117,12 @@ def everything(
         ),
     ] = "coco",
     model: ModelOption = None,
-    points_per_side: Annotated[
-        int | None, _generator_option("grid points along each image side", "32", "N")
-    ] = None,
-    points_per_batch: Annotated[
-        int | None, _generator_option("points answered by one decoder call", "64", "N")
-    ] = None,
-    pred_iou_thresh: Annotated[
-        float | None, _generator_option("keep masks whose predicted IoU is above this", "0.88")
-    ] = None,
-    stability_score_thresh: Annotated[
-        float | None, _generator_option("keep masks at least this stable", "0.95")
-    ] = None,
-    stability_score_offset: Annotated[
-        float | None, _generator_option("logit shift for the stability score", "1")
-    ] = None,
-    box_nms_thresh: Annotated[float | None, _generator_option("box IoU that marks duplicates", "0.7")] = None,
-    crop_n_layers: Annotated[
-        int | None, _generator_option("layers of image crops run again", "0", "N")
-    ] = None,
-    crop_nms_thresh: Annotated[
-        float | None, _generator_option("box IoU for duplicates across crops", "0.7")
-    ] = None,
-    crop_overlap_ratio: Annotated[
-        float | None,
-        _generator_option("crop overlap, fraction of the short side", "512/1500 = 0.3413"),
-    ] = None,
-    crop_n_points_downscale_factor: Annotated[
-        int | None, _generator_option("grid downscale per crop layer", "1", "N")
-    ] = None,
-    min_mask_region_area: Annotated[
-        int | None,
-        _generator_option("fill holes / drop islands below this area (px)", "0", "N"),
-    ] = None,
     device: DeviceOption = None,
     backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,
+    generator_options: dict[str, Any] | None = None,
 ) -> None:
     """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay.
 
@@ -165,7 +130,7 @@ def everything(
     shows it), else the official default shown here.
     """
     from samdeploy.engine import Profile
-    from samdeploy.sam.automatic import GENERATOR_OPTIONS, SamAutomaticMaskGenerator
+    from samdeploy.sam.automatic import SamAutomaticMaskGenerator
     from samdeploy.sam.images import load_image
     from samdeploy.sam.model import load_model
     from samdeploy.sam.results import write_atomic
@@ -179,11 +144,10 @@ def everything(
     check_single(images)
     backend, providers = resolve_device(device, backend)
 
-    arguments = locals()  # each generator option is a parameter of the same name
-    options = {name: arguments[name] for name in GENERATOR_OPTIONS}
-    options["output_mode"] = {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[
-        output_format
-    ]
+    options = {
+        **(generator_options or {}),
+        "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
+    }
     sam = load_model(model, backend=backend, providers=providers, threads=threads, cache_mb=0)
     console = Console(stderr=True)
     failed = 0

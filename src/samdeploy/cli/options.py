@@ -13,8 +13,11 @@ A choice this machine does not have fails at once with one line that lists what 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,6 +83,72 @@ MaxPixelsOption = Annotated[
     typer.Option(metavar="N", help="refuse images with more pixels (decompression-bomb guard); 0: no limit"),
 ]
 ProfileOption = Annotated[bool, typer.Option("--profile", help="print per-node timings")]
+
+
+def _generator_option(help_text: str, official: str, metavar: str = "X") -> Any:
+    """A generator option: left out, the package's recommendation, else the official default."""
+    return typer.Option(metavar=metavar, show_default=official, help=help_text)
+
+
+#: The automatic mask generator's options, as every command that runs it takes them. Left out
+#: (None), an option takes the package's recommendation, else the official default (shown).
+GENERATOR_OPTIONS: dict[str, Any] = {
+    "points_per_side": Annotated[
+        int | None, _generator_option("grid points along each image side", "32", "N")
+    ],
+    "points_per_batch": Annotated[
+        int | None, _generator_option("points answered by one decoder call", "64", "N")
+    ],
+    "pred_iou_thresh": Annotated[
+        float | None, _generator_option("keep masks whose predicted IoU is above this", "0.88")
+    ],
+    "stability_score_thresh": Annotated[
+        float | None, _generator_option("keep masks at least this stable", "0.95")
+    ],
+    "stability_score_offset": Annotated[
+        float | None, _generator_option("logit shift for the stability score", "1")
+    ],
+    "box_nms_thresh": Annotated[float | None, _generator_option("box IoU that marks duplicates", "0.7")],
+    "crop_n_layers": Annotated[int | None, _generator_option("layers of image crops run again", "0", "N")],
+    "crop_nms_thresh": Annotated[
+        float | None, _generator_option("box IoU for duplicates across crops", "0.7")
+    ],
+    "crop_overlap_ratio": Annotated[
+        float | None, _generator_option("crop overlap, fraction of the short side", "512/1500 = 0.3413")
+    ],
+    "crop_n_points_downscale_factor": Annotated[
+        int | None, _generator_option("grid downscale per crop layer", "1", "N")
+    ],
+    "min_mask_region_area": Annotated[
+        int | None, _generator_option("fill holes / drop islands below this area (px)", "0", "N")
+    ],
+}
+
+
+def generator_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a typer command the generator's options (``--points-per-side``, ...).
+
+    The command declares a ``generator_options`` parameter and receives them in it as one dict,
+    keyed by the generator's argument names (None: not given). Declared once here, so every command
+    that runs the generator spells, documents and defaults them alike.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "generator_options"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in GENERATOR_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in GENERATOR_OPTIONS}
+        return command(*args, generator_options=options, **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    del wrapper.__wrapped__  # typer must read the new signature, not the command's own
+    return wrapper
 
 
 def installed_devices() -> dict[str, str]:
