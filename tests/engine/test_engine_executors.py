@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 import threading
 import time
 import weakref
@@ -263,48 +262,6 @@ def test_task_executor_runs_at_most_its_workers_and_the_caller_at_once() -> None
     with TaskExecutor(workers=1) as executor:
         assert g.run({"x": 1}, executor=executor) == {f"y{k}": 1 for k in range(4)}
     assert peak <= 2 and not crowded.is_set()
-
-
-def test_task_executor_lets_running_nodes_end_when_interrupted(request: pytest.FixtureRequest) -> None:
-    # Why: Ctrl-C while the caller waits for the pool must not leave a node running behind the
-    # caller's back, nor start the nodes after it: the running node ends, then KeyboardInterrupt.
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach the main thread only")
-    # Python's own Ctrl-C handler, whatever this process inherited (a test runner may ignore SIGINT).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
-    caller_done, finished = threading.Event(), threading.Event()
-
-    class Mark(Identity):
-        def run(self, x: Any) -> dict[str, Any]:
-            caller_done.set()
-            return {"x": x}
-
-    class Interrupt(Identity):
-        def run(self, x: Any) -> dict[str, Any]:
-            caller_done.wait(HANDSHAKE_TIMEOUT_S)
-            time.sleep(0.1)  # lets the caller reach its wait (either way the outcome must be the same)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.2)  # still running when the caller is interrupted
-            finished.set()
-            return {"x": x}
-
-    g = Graph("g")
-    g.add(Mark("mark"))
-    g.add(Interrupt("interrupt"))
-    after = g.add(Step("after"))
-    g.connect("interrupt.x", "after.x")
-    g.input("x", "mark.x", "interrupt.x")
-    g.output("m", "mark.x")
-    g.output("a", "after.x")
-    ended_before_raise = None
-    # Checked as the error leaves run(): closing the executor waits for its threads anyway.
-    with TaskExecutor(workers=1) as executor, pytest.raises(KeyboardInterrupt):
-        try:
-            g.run({"x": 1}, executor=executor)
-        finally:
-            ended_before_raise = finished.is_set()
-    assert ended_before_raise and after.seen == []
 
 
 def test_task_executor_stops_scheduling_after_a_failure() -> None:
