@@ -15,6 +15,7 @@ so torch and ONNX always hold identical weights. Tests must not modify them.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +25,22 @@ TINY_SEED = 0
 VIT_B_SEED = 1
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the package checksum cache of this run (and of the commands it starts) out of the user's own."""
+    os.environ.setdefault("SAMDEPLOY_CACHE_DIR", tempfile.mkdtemp(prefix="samdeploy-test-cache-"))
+
+
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder shared by all xdist workers of this run (the run's own temp folder otherwise)."""
+    """A folder shared by all xdist workers of this run (the run's own temp folder otherwise).
+
+    ``SAMDEPLOY_TEST_FIXTURES=DIR`` keeps the exported models in DIR across runs instead: for tools
+    that start one pytest session per try (mutation testing). Delete DIR after changing export code.
+    """
+    kept = os.environ.get("SAMDEPLOY_TEST_FIXTURES")
+    if kept:
+        shared = Path(kept)
+        shared.mkdir(parents=True, exist_ok=True)
+        return shared
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     shared = root / "samdeploy-fixtures"

@@ -34,6 +34,26 @@ class PromptError(SamDeployError):
     """Points, labels, boxes or a mask input are malformed or inconsistent with the image."""
 
 
+class OptionError(SamDeployError, ValueError):
+    """An option is out of its range: ``threads``, ``cache_mb``, ``max_pixels`` and the like."""
+
+
+class LimitError(SamDeployError):
+    """Input over one of the limits of :mod:`samdeploy.limits` (too many pixels, points, prompts).
+
+    Raised as :class:`ImageLimitError` or :class:`PromptLimitError`, so it is also an
+    :class:`ImageError` or a :class:`PromptError`; a server can answer it with "too large".
+    """
+
+
+class ImageLimitError(ImageError, LimitError):
+    """An image is larger than the pixel limit."""
+
+
+class PromptLimitError(PromptError, LimitError):
+    """A prompt has more points, prompts or mask pixels than the limits allow."""
+
+
 class GraphError(SamDeployError):
     """A graph is malformed (cycle, unfed or doubly fed port, type mismatch, duplicate name)."""
 

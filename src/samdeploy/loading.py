@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from samdeploy.package import ModelPackage
 from samdeploy.sam.model import DEFAULT_CACHE_MB, SamModel
 from samdeploy.sam.model import load_model as load_sam_model
 
@@ -24,6 +23,7 @@ def load_model(
     threads: int | None = None,
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
+    verify: bool = True,
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy) as the
     model of its family: a ``SamModel`` for SAM packages, a ``Sam2Model`` (a ``SamModel`` with
@@ -37,11 +37,9 @@ def load_model(
         threads=threads,
         cache_mb=cache_mb,
         inside_image=inside_image,
+        verify=verify,
     )
-    if path is not None and ModelPackage.load(path).is_sam2:
-        from samdeploy.sam2.model import load_sam2_model
-
-        return load_sam2_model(path, **options)  # type: ignore[arg-type]
+    # samdeploy.sam.model.load_model reads the manifest once and dispatches on its family.
     return load_sam_model(path, **options)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,7 @@ Layout of ``model.json`` (format version 1)::
     {
       "format": "samdeploy-model",
       "format_version": 1,
-      "family": "sam" | "sam2.1" | "sam2",   # optional: absent means SAM 1
+      "family": "sam" | "sam2.1" | "sam2",   # optional, "sam" by default; other families do not run here
       "model_type": "vit_b" | "vit_l" | "vit_h" | "sam2.1_hiera_tiny" | ... | "custom",
       "architecture": {...},            # the SAM config, enough to rebuild the torch model
       "image_size": 1024,               # S: the encoder takes 1x3xSxS
@@ -27,6 +27,7 @@ Layout of ``model.json`` (format version 1)::
       },
       "runtime": {"image_encoder": {"backend": "openvino", "precision": "bf16"}, ...},   # optional
       "files": {"image_encoder.onnx": {"sha256": "...", "bytes": 123}, ...},
+      "generator": {"points_per_side": 32, ...},   # optional: recommended automatic-mask settings
       "export": {...}                   # export report: versions, timings, simplification, validation
     }
 
@@ -46,24 +47,41 @@ graphs in float32 (see :func:`samdeploy.sam.model.package_runtime`). Keys beside
 
 A TensorSpec is ``{"name": str, "shape": [int | str, ...], "dtype": "float32"}``; a string in a
 shape names a dynamic axis.
+
+A package is untrusted input. :meth:`ModelPackage.load` validates the manifest against the schema
+of :mod:`samdeploy.manifest` and refuses a file name that leaves the folder (absolute, ``..``, a
+symlink out), a file that is not regular (a FIFO would hang a reader) or not listed in ``files``
+with its sha256 and size. :func:`samdeploy.load_model` then verifies every sha256 (cached by file
+identity, see :class:`ChecksumCache`; ``verify=False`` skips it for trusted hot paths).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samdeploy import limits
 from samdeploy.errors import PackageError
+from samdeploy.manifest import (
+    DECODER,
+    ENCODER,
+    FAMILY,
+    FORMAT,
+    FORMAT_VERSION,
+    SAM2_FAMILIES,
+    parse_json,
+    validate_manifest,
+)
 
-FORMAT = "samdeploy-model"
-FORMAT_VERSION = 1
 MANIFEST = "model.json"
-ENCODER = "image_encoder"
-DECODER = "mask_decoder"
 LOW_RES_DECODER = "mask_decoder_low_res"
 # The official ONNX decoder contract (segment_anything's scripts/export_onnx_model.py), kept exactly.
 DECODER_INPUTS = (
@@ -79,8 +97,7 @@ LOW_RES_DECODER_INPUTS = DECODER_INPUTS[:-1]
 LOW_RES_DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 # SAM 2.x packages (family "sam2.1" or "sam2"): the encoder's three feature maps, and samdeploy's SAM 2
 # decoder contract (see samdeploy.export.sam2).
-SAM_FAMILY = "sam"
-SAM2_FAMILIES = ("sam2.1", "sam2")
+SAM_FAMILY = FAMILY
 # The order matters to consumers that read tensors by position (X-AnyLabeling's SAM 2 models).
 SAM2_ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
 SAM2_DECODER_INPUTS = (
@@ -94,16 +111,15 @@ SAM2_DECODER_INPUTS = (
 )
 SAM2_DECODER_OUTPUTS = ("low_res_masks", "iou_predictions", "object_score_logits")
 
-_REQUIRED_KEYS = (
-    "format",
-    "format_version",
-    "model_type",
-    "image_size",
-    "pixel_mean",
-    "pixel_std",
-    "models",
-    "files",
-)
+__all__ = [
+    "DECODER",
+    "ENCODER",
+    "FAMILY",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelPackage",
+    "TensorSpec",
+]
 
 
 @dataclass(frozen=True)
@@ -131,13 +147,36 @@ class ModelEntry:
     outputs: tuple[TensorSpec, ...]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB weights do not fill memory."""
+def open_regular(path: Path) -> int:
+    """Open ``path`` for reading and return the descriptor, refusing anything but a regular file.
+
+    Opened non-blocking, so a FIFO or a device fails the check instead of hanging the reader.
+    Raises :class:`PackageError`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise PackageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackageError(f"{path} is not a regular file (a FIFO, device or folder)")
+    return fd
+
+
+def _sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    while block := os.read(fd, chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a regular file, read in chunks so multi-GB weights do not fill memory."""
+    fd = open_regular(Path(path))
+    try:
+        return _sha256_fd(fd, chunk)
+    finally:
+        os.close(fd)
 
 
 def describe_files(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -154,70 +193,254 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """samdeploy's per-user cache folder: ``$SAMDEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/samdeploy``,
+    else ``~/.cache/samdeploy``."""
+    if explicit := os.environ.get("SAMDEPLOY_CACHE_DIR"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "samdeploy"
+
+
+class ChecksumCache:
+    """The sha256 of files already hashed, keyed by their identity on disk, so a package is hashed
+    once, not at every load.
+
+    The key is the resolved path with size, mtime_ns, ctime_ns, inode and device: rewriting a
+    file changes its ctime (which no ordinary tool can set back), so a modified file is hashed
+    again even when its size and mtime are restored. Entries live in memory and in
+    ``checksums.json`` under :func:`cache_dir` (the newest :attr:`MAX_ENTRIES`); a cache folder
+    that cannot be written leaves the memory one. The cache holds digests this process computed
+    itself, never a manifest's claim.
+    """
+
+    MAX_ENTRIES = 512
+    FILE = "checksums.json"
+
+    def __init__(self) -> None:
+        self._memory: dict[str, str] = {}
+        self._loaded_from: Path | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: Path, info: os.stat_result) -> str:
+        return f"{path}|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}|{info.st_ino}|{info.st_dev}"
+
+    def _file(self) -> Path:
+        return cache_dir() / self.FILE
+
+    def _load(self) -> None:
+        """Merge the on-disk entries into memory (once per cache folder)."""
+        path = self._file()
+        if self._loaded_from == path:
+            return
+        self._loaded_from = path
+        try:
+            with open(path, "rb") as handle:
+                stored = json.loads(handle.read(4 * 2**20))
+        except (OSError, ValueError):
+            return
+        if isinstance(stored, dict):
+            for key, digest in stored.items():
+                if isinstance(key, str) and isinstance(digest, str) and len(digest) == 64:
+                    self._memory.setdefault(key, digest)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            self._load()
+            return self._memory.get(key)
+
+    def put(self, key: str, digest: str) -> None:
+        with self._lock:
+            self._load()
+            self._memory.pop(key, None)
+            self._memory[key] = digest
+            while len(self._memory) > self.MAX_ENTRIES:
+                self._memory.pop(next(iter(self._memory)))
+            path = self._file()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, staging = tempfile.mkstemp(dir=path.parent, prefix=".checksums-", suffix=".json")
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(self._memory, handle)
+                os.replace(staging, path)  # atomic: another process reads the old or the new file
+            except OSError:
+                pass  # a read-only cache folder: the memory cache still saves the work
+
+    def clear(self) -> None:
+        """Forget every entry, in memory and on disk."""
+        with self._lock:
+            self._memory.clear()
+            self._loaded_from = None
+            self._file().unlink(missing_ok=True)
+
+
+#: The process-wide checksum cache used by :meth:`ModelPackage.verify`.
+CHECKSUMS = ChecksumCache()
+
+
+def _inside(root: Path, name: str, what: str) -> Path:
+    """The resolved path of file ``name`` of the package at (resolved) ``root``: it must exist,
+    stay inside ``root`` after following every symlink, and be a regular file."""
+    candidate = root / name
+    try:
+        resolved = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise PackageError(f"model package {root} is missing {name}") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a permission problem
+        raise PackageError(f"model package {root}: cannot resolve {name}: {exc}") from None
+    if not resolved.is_relative_to(root):
+        raise PackageError(
+            f"model package {root}: {what} {name} leads outside the package folder (to {resolved});"
+            " a package may use only its own files"
+        )
+    mode = resolved.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise PackageError(f"model package {root}: {what} {name} is not a regular file")
+    return resolved
+
+
+#: Entries a package folder may hold (files and folders, at any depth): a package has a handful.
+MAX_FOLDER_ENTRIES = 10_000
+
+
+def _check_folder(given: Path, root: Path) -> None:
+    """Refuse a package folder holding anything but regular files, folders and symlinks that stay
+    inside it. An ONNX file can name external-data files the manifest does not list; ONNX Runtime
+    keeps those names inside the model's folder, and this keeps the folder itself from reaching
+    out (a symlink to another file) or hanging a reader (a FIFO, a device)."""
+    seen = 0
+    for folder, folders, files in os.walk(root):
+        for name in folders + files:
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                raise PackageError(f"model package {given} holds more than {MAX_FOLDER_ENTRIES:,} files")
+            path = Path(folder) / name
+            info = path.lstat()
+            relative = path.relative_to(root)
+            if stat.S_ISLNK(info.st_mode):
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    raise PackageError(
+                        f"model package {given}: {relative} is a broken or looping symlink"
+                    ) from None
+                if not target.is_relative_to(root):
+                    raise PackageError(
+                        f"model package {given}: {relative} leads outside the package folder (a symlink to"
+                        f" {target}); a package may use only its own files"
+                    )
+            elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                raise PackageError(
+                    f"model package {given}: {relative} is not a regular file (a FIFO, device or socket)"
+                )
+
+
+def _read_manifest(given: Path, root: Path) -> tuple[str, Path]:
+    """The text of ``model.json`` of the package at ``given`` (resolved: ``root``): a regular file
+    inside the folder, of bounded size."""
+    manifest_path = given / MANIFEST
+    if not os.path.lexists(manifest_path):
+        raise PackageError(f"not a samdeploy model package (no {MANIFEST}): {root}")
+    resolved = _inside(root, MANIFEST, "the manifest")
+    fd = open_regular(resolved)
+    try:
+        size = os.fstat(fd).st_size
+        limits.check(size, limits.MAX_MANIFEST_BYTES, f"{manifest_path} size", PackageError)
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8"), manifest_path
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"corrupt {manifest_path}: {exc}") from None
+
+
 @dataclass
 class ModelPackage:
     """A loaded (and checked) model package. Use :meth:`load`; it never imports torch."""
 
     root: Path
     manifest: dict[str, Any] = field(repr=False)
+    #: Resolved path of every file of ``files``, each checked to be a regular file inside ``root``.
+    paths: dict[str, Path] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = False) -> ModelPackage:
-        """Read ``model.json`` from a package folder and check it is complete.
+        """Read ``model.json`` from a package folder and check it before anything trusts it.
 
-        With ``verify=True`` also recompute every file's sha256 (slow for big models).
-        Raises :class:`PackageError` with a one-line message on any problem.
+        Checks: the manifest against its schema (:mod:`samdeploy.manifest`); every file it names
+        is listed in ``files`` with its sha256, resolves inside the package folder (no absolute
+        path, no ``..``, no symlink leading out), is a regular file (never a FIFO or device) and
+        has the listed size; the folder holds nothing but regular files, folders and symlinks
+        that stay inside it (an ONNX file may name external-data files of its own). With ``verify=True`` also recompute every file's sha256 now
+        (:meth:`verify`; slow for big models). Raises :class:`PackageError` with a one-line
+        message on any problem.
         """
-        root = Path(path)
-        if not root.exists():
-            raise PackageError(f"model package not found: {root}")
-        if not root.is_dir():
-            raise PackageError(f"model package must be a folder with {MANIFEST}: {root}")
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise PackageError(f"not a samdeploy model package (no {MANIFEST}): {root}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PackageError(f"corrupt {manifest_path}: {exc}") from None
+        given = Path(path)
+        if not given.exists():
+            raise PackageError(f"model package not found: {given}")
+        if not given.is_dir():
+            raise PackageError(f"model package must be a folder with {MANIFEST}: {given}")
+        root = given.resolve()
+        text, manifest_path = _read_manifest(given, root)
+        manifest = parse_json(text, str(manifest_path))
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise PackageError(f"not a samdeploy model package ({manifest_path} has no format '{FORMAT}')")
-        missing = [key for key in _REQUIRED_KEYS if key not in manifest]
-        if missing:
-            raise PackageError(f"incomplete {manifest_path}: missing {', '.join(missing)}")
-        version = manifest["format_version"]
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise PackageError(
                 f"{manifest_path} has format version {version}; this samdeploy reads up to {FORMAT_VERSION}:"
                 " upgrade samdeploy"
             )
-        package = cls(root=root, manifest=manifest)
-        for role in (ENCODER, DECODER):
-            entry = manifest["models"].get(role)
-            if entry is None:
-                raise PackageError(f"incomplete {manifest_path}: no '{role}' model")
-        for name in manifest["files"]:
-            if not (root / name).is_file():
-                raise PackageError(f"model package {root} is missing {name}")
+        validate_manifest(text, str(manifest_path))
+        _check_folder(given, root)
+        paths = {}
+        for name, info in manifest["files"].items():
+            resolved = _inside(root, name, "file")
+            size = resolved.stat().st_size
+            if size != info["bytes"]:
+                raise PackageError(
+                    f"model package {root}: {name} has {size} bytes, the manifest says {info['bytes']}"
+                    " (corrupt or replaced file; export the package again)"
+                )
+            paths[name] = resolved
+        package = cls(root=given, manifest=manifest, paths=paths)
         if verify:
             package.verify()
         return package
 
-    def verify(self) -> dict[str, str]:
+    def verify(self, cache: bool = False) -> dict[str, str]:
         """Recompute each file's sha256; raise :class:`PackageError` on the first mismatch.
 
+        ``cache=True`` reuses digests of :data:`CHECKSUMS` for files unchanged on disk since they
+        were hashed (what :func:`samdeploy.load_model` does); ``False`` hashes every byte now.
+        Each file is opened once, checked to be a regular file and hashed from that descriptor.
         Returns ``{file name: sha256}`` of the verified files.
         """
         verified = {}
         for name, info in self.manifest["files"].items():
-            path = self.root / name
-            if not path.is_file():
-                raise PackageError(f"model package {self.root} is missing {name}")
-            if path.stat().st_size != info["bytes"]:
-                raise PackageError(f"{path} has {path.stat().st_size} bytes, manifest says {info['bytes']}")
-            digest = sha256_file(path)
+            path = self.paths.get(name) or _inside(self.root.resolve(), name, "file")
+            fd = open_regular(path)
+            try:
+                identity = os.fstat(fd)
+                if identity.st_size != info["bytes"]:
+                    raise PackageError(
+                        f"{path} has {identity.st_size} bytes, the manifest says {info['bytes']}"
+                        " (corrupt or replaced file; export the package again)"
+                    )
+                key = ChecksumCache.key(path, identity)
+                digest = CHECKSUMS.get(key) if cache else None
+                if digest is None:
+                    digest = _sha256_fd(fd)
+                    CHECKSUMS.put(key, digest)
+            finally:
+                os.close(fd)
             if digest != info["sha256"]:
-                raise PackageError(f"checksum mismatch for {path}: the file is corrupt or was modified")
+                raise PackageError(
+                    f"checksum mismatch for {path}: the file is corrupt or was modified"
+                    " (export the package again)"
+                )
             verified[name] = digest
         return verified
 
@@ -231,8 +454,10 @@ class ModelPackage:
         )
 
     def model_path(self, role: str) -> Path:
-        """Absolute path of the ONNX file of a model role (see :meth:`model`)."""
-        return (self.root / self.manifest["models"][role]["file"]).resolve()
+        """Absolute path of the ONNX file of a model role (see :meth:`model`), checked at load to
+        be a regular file inside the package."""
+        name = self.manifest["models"][role]["file"]
+        return self.paths.get(name) or _inside(self.root.resolve(), name, "file")
 
     @property
     def prompt_decoder(self) -> str:
@@ -253,12 +478,20 @@ class ModelPackage:
         return self.model_path(DECODER)
 
     @property
+    def generator(self) -> dict[str, Any]:
+        """Recommended ``SamAutomaticMaskGenerator`` settings of this model ({} when none)."""
+        return {
+            key: value for key, value in (self.manifest.get("generator") or {}).items() if value is not None
+        }
+
+    @property
     def model_type(self) -> str:
         return self.manifest["model_type"]
 
     @property
     def family(self) -> str:
-        """``sam`` (SAM 1; packages without the field are SAM 1), ``sam2.1`` or ``sam2``."""
+        """``sam`` (SAM 1; packages without the field are SAM 1), ``sam2.1`` or ``sam2``; packages
+        of other (well-formed) families load but do not run here."""
         return str(self.manifest.get("family", SAM_FAMILY))
 
     @property
@@ -290,7 +523,7 @@ class ModelPackage:
 
     def runtime(self, role: str) -> dict[str, str]:
         """How the package asks model ``role`` to run (``backend``, ``precision``); {} for no preference."""
-        return dict(self.manifest.get("runtime", {}).get(role, {}))
+        return dict((self.manifest.get("runtime") or {}).get(role, {}))
 
     @property
     def export_report(self) -> dict[str, Any]:

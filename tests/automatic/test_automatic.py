@@ -194,8 +194,7 @@ def test_rle_of_official_and_ours_agree_on_uncropped_masks() -> None:
     ("options", "message"),
     [
         ({"output_mode": "png"}, "output_mode"),
-        ({"points_per_side": None}, "exactly one"),
-        ({"point_grids": [np.zeros((4, 2))]}, "exactly one"),
+        ({"points_per_side": 8, "point_grids": [np.zeros((4, 2))]}, "exactly one"),
         ({"points_per_side": 2, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2}, "no points"),
         ({"points_per_side": None, "point_grids": [np.zeros((4, 2))], "crop_n_layers": 1}, "one per layer"),
         ({"points_per_side": None, "point_grids": [np.zeros((4, 3))]}, "Nx2"),

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from samdeploy import SamAutomaticMaskGenerator, load_model
 from samdeploy.cli import main
 
 LOW = (
@@ -111,3 +112,41 @@ def test_output_folder_is_created_but_never_replaces_a_file(capsys, tmp_path, ph
     code, _, err = run(capsys, "everything", photo, "-o", tmp_path / "file", "-m", tiny_package)
     assert code == 2 and "exists and is not a folder" in err
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_everything_matches_the_python_generator(capsys, tmp_path, photo, tiny_package) -> None:
+    # Why: nothing else checks that the CLI's masks are SamAutomaticMaskGenerator's for the same
+    # file and options. The image is read here with Pillow alone and the scene's colours make the
+    # BGR twin give other masks (asserted below), so a reader that returned BGR fails; so does an
+    # option dropped on the way (one crop layer, so crops are compared too).
+    options = {
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 0.99,
+        "crop_n_layers": 1,
+        "min_mask_region_area": 0,
+    }
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "everything", photo, "-o", out, "-m", tiny_package, "--backend", "onnxruntime",
+        "--threads", "1", *flags,
+    )  # fmt: skip
+    assert code == 0, err
+    [written] = out.glob("*.json")
+    annotations = json.loads(written.read_text())["annotations"]
+    with Image.open(photo) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    with load_model(tiny_package, threads=1, cache_mb=0) as model:
+        generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options)
+        expected = generator.generate(rgb)
+        twin = generator.generate(np.ascontiguousarray(rgb[..., ::-1]))
+    assert len(annotations) == len(expected) > 0
+    for ours, theirs in zip(annotations, expected, strict=True):
+        assert ours["segmentation"] == theirs["segmentation"]
+        assert ours["bbox"] == theirs["bbox"] and ours["area"] == theirs["area"]
+        assert ours["crop_box"] == theirs["crop_box"] and ours["point_coords"] == theirs["point_coords"]
+        assert ours["predicted_iou"] == pytest.approx(theirs["predicted_iou"], abs=1e-6)
+        assert ours["stability_score"] == pytest.approx(theirs["stability_score"], abs=1e-6)
+    assert [a["segmentation"] for a in twin] != [a["segmentation"] for a in expected]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -204,23 +205,42 @@ def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> 
     assert side.process.returncode == 0
 
 
-def test_interleaved_runs_round_robin_and_settles_before_each_call() -> None:
-    import itertools
-    import time
+def test_interleaved_runs_round_robin_and_settles_before_each_call(monkeypatch) -> None:
+    # Why: the settling idle must come before every timed call and stay out of the figures, and
+    # each figure must be its own function's. A fake clock makes that exact: each call advances
+    # it by a known cost, the idle by settle_s (a wall-clock bound here was a timing assertion).
+    from types import SimpleNamespace
 
-    from samdeploy.cli.bench import interleaved
+    from samdeploy.cli import bench
 
-    calls: list[tuple[str, float]] = []
+    now = 0.0
+    events: list[str] = []
 
-    def record(name: str) -> None:
-        calls.append((name, time.perf_counter()))
+    def sleep(seconds: float) -> None:
+        nonlocal now
+        events.append(f"sleep {seconds}")
+        now += seconds
 
-    rows = interleaved(
-        {"a": lambda: record("a"), "b": lambda: record("b")}, repeat=3, warmup=2, settle_s=0.02
+    def call(name: str, costs_ms: list[float]) -> Callable[[], None]:
+        def fn() -> None:
+            nonlocal now
+            events.append(name)
+            now += costs_ms[min(len(costs_ms) - 1, events.count(name) - 1)] / 1e3
+
+        return fn
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: now, sleep=sleep))
+    # Warm-up calls cost 100 ms, so a warm-up counted as a run would show.
+    rows = bench.interleaved(
+        {"a": call("a", [100, 100, 3, 3, 3]), "b": call("b", [100, 100, 5, 7, 6])},
+        repeat=3,
+        warmup=2,
+        settle_s=0.05,
     )
-    assert [name for name, _ in calls] == ["a", "a", "b", "b"] + ["a", "b"] * 3
-    timed = [stamp for _, stamp in calls[4:]]
-    assert all(later - earlier >= 0.02 for earlier, later in itertools.pairwise(timed))
-    for row in rows.values():
-        check_timing(row)
-        assert row["runs"] == 3 and row["median_ms"] < 20  # the settling is not timed
+    assert events == ["a", "a", "b", "b"] + ["sleep 0.05", "a", "sleep 0.05", "b"] * 3
+    assert rows["a"] == pytest.approx(
+        {"median_ms": 3, "best_ms": 3, "worst_ms": 3, "runs": 3, "ratio_to_first": 1}
+    )
+    assert rows["b"] == pytest.approx(
+        {"median_ms": 6, "best_ms": 5, "worst_ms": 7, "runs": 3, "ratio_to_first": 0.5}
+    )

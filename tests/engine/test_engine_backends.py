@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_model
-from engine_toys import Scale
+from engine_toys import Scale, build_tiny_model
 
 from samdeploy.engine import Graph, Inference, available_backends, create_backend
 from samdeploy.engine.backends import OpenVinoBackend, shared_backend

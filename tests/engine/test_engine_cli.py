@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_model
-from engine_toys import Scale, Text
+from engine_toys import Scale, Text, build_tiny_model
 from PIL import Image
 
 from samdeploy.cli import main

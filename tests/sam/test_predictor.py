@@ -164,3 +164,28 @@ def test_encoder_gives_its_activations_back(tiny_package) -> None:
         assert model.decode_graph.nodes["mask_decoder"].params.memory_arena is True
         session = model.encode_graph.nodes["image_encoder"].backend._session
         assert session.get_session_options().enable_cpu_mem_arena is False
+
+
+@pytest.mark.parametrize("with_boxes", [False, True])
+def test_predict_batch_rows_equal_their_own_predict_calls(
+    predictor: SamPredictor, image: np.ndarray, with_boxes: bool
+) -> None:
+    # Why: a batch of prompts with different points (and labels) per row must answer each row as
+    # its own predict call would; a batch path that mixed rows up (the first row's points or
+    # labels for all, rows shifted, boxes paired with the wrong points) gives other values here.
+    predictor.set_image(image)
+    coords = np.array([[[20, 15], [120, 70]], [[140, 20], [30, 80]], [[80, 45], [82, 47]]], dtype=np.float64)
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    boxes = np.array([[0, 0, 90, 60], [60, 10, 159, 89], [40, 20, 120, 70]]) if with_boxes else None
+    masks, scores, low_res = predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes)
+    assert masks.shape == (3, 3, 90, 160)
+    for row in range(3):
+        single = predictor.predict(
+            point_coords=coords[row], point_labels=labels[row], box=None if boxes is None else boxes[row]
+        )
+        np.testing.assert_allclose(single[2], low_res[row], atol=1e-4)
+        np.testing.assert_allclose(single[1], scores[row], atol=1e-5)
+        assert np.mean(single[0] == masks[row]) > 0.999
+    # The rows are different prompts with different answers, or the check above could not fail.
+    assert not np.allclose(low_res[0], low_res[1], atol=1e-2)
+    assert not np.allclose(low_res[1], low_res[2], atol=1e-2)

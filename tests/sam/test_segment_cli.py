@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,11 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from samdeploy import SamPredictor, load_model
 from samdeploy.cli import main
 from samdeploy.engine import Graph
+
+HANDSHAKE_TIMEOUT_S = 10.0  # a handshake between threads that cannot happen fails after this
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +120,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         (["--point", "-1,40"], "outside"),
         (["--box", "100,10,20,50"], "inverted"),
         (["--box", "0,0,300,50"], "reaches outside"),
-        (["--box", "1,2,3"], "malformed --box"),
-        (["--point", "nan,3"], "not a finite position"),
-        (["--point", "1;2"], "malformed --point"),
-        (["--point", "1,2,5"], "unknown label '5'"),
-        ([], "no prompt"),
         (["--point", "5,5", "--max-pixels", "100"], "more than the limit of 100"),
-        (["--point", "5,5", "--mode", "fast"], "unknown --mode"),
     ],
 )
 def test_bad_prompts_and_options(capsys, tmp_path, photo, tiny_package, args, message) -> None:
@@ -149,7 +149,8 @@ def test_missing_output_folder(capsys, tmp_path, photo, tiny_package) -> None:
     code, _, err = run(
         capsys, "segment", photo, "-p", "5,5", "-m", tiny_package, "-o", tmp_path / "no" / "m.png"
     )
-    assert code == 2 and "output folder does not exist" in err
+    assert code == 0, err  # created, as everything's --output-dir is
+    assert (tmp_path / "no" / "m.png").is_file()
     code, _, err = run(
         capsys, "segment", photo, "-p", "5,5", "-m", tiny_package, "--output-dir", tmp_path / "new" / "dir"
     )
@@ -192,3 +193,235 @@ def test_graph_command_prints_and_saves(capsys, tmp_path, tiny_package) -> None:
 
     graph = Graph.load(tmp_path / "graph.json")
     assert set(graph.nodes) == {"encode", "decode"}
+
+
+# The CLI's wiring: what `segment` writes must be what the Python API answers for the same file
+# and prompt. The API's image is read here with Pillow alone, so a samdeploy reader that changed
+# the pixels (BGR order, a crop) fails these tests.
+
+
+def rgb_of(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def api_predict(package: Path, image: np.ndarray, threads: int = 1, **prompt) -> tuple:
+    with load_model(package, threads=threads) as model:
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        return predictor.predict(**prompt)
+
+
+@pytest.fixture
+def loaded(monkeypatch) -> list[dict[str, tuple[str, int]]]:
+    """Spies on ``load_model`` wherever the CLI may import it from: per model loaded, the
+    backend and intra-op thread count each ONNX model really runs with."""
+    from samdeploy.sam import model as model_module
+
+    real = model_module.load_model
+    seen: list[dict[str, tuple[str, int]]] = []
+
+    def spy(*args, **kwargs):
+        sam = real(*args, **kwargs)
+        runs = {}
+        for node in (*sam.encode_graph.nodes.values(), *sam.decode_graph.nodes.values()):
+            backend = getattr(node, "backend", None)
+            if backend is None:
+                continue
+            if backend.name == "onnxruntime":
+                threads = backend._session.get_session_options().intra_op_num_threads
+            else:
+                threads = int(backend._compiled.get_property("INFERENCE_NUM_THREADS"))
+            runs[node.name] = (backend.name, threads)
+        seen.append(runs)
+        return sam
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "load_model", None) is real:
+            monkeypatch.setattr(module, "load_model", spy)
+    return seen
+
+
+def test_segment_mask_is_the_python_apis_mask(capsys, tmp_path, photo, tiny_package) -> None:
+    # Why: nothing else checks that the CLI's mask is the API's for the same file and prompt. The
+    # photo's channels differ, and the BGR twin's mask differs (asserted below), so a file reader
+    # that returns BGR, or a prompt passed in the wrong order, fails here.
+    prompt = {"point_coords": np.array([[50.0, 40.0], [150.0, 80.0]]), "point_labels": np.array([1, 0])}
+    code, _, err = run(
+        capsys, "segment", photo, "-p", "50,40", "-p", "150,80,0", "-m", tiny_package, "--threads", "1",
+        "-o", tmp_path / "mask.png", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    rgb = rgb_of(photo)
+    masks, scores, _ = api_predict(tiny_package, rgb, multimask_output=False, **prompt)
+    written = np.asarray(Image.open(tmp_path / "mask.png"))
+    np.testing.assert_array_equal(written, masks[0].astype(np.uint8) * 255)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert [m["score"] for m in record["masks"]] == pytest.approx(scores.tolist(), abs=1e-5)
+    bgr_masks, _, _ = api_predict(tiny_package, rgb[..., ::-1].copy(), multimask_output=False, **prompt)
+    assert (bgr_masks[0] != masks[0]).sum() > 100  # the photo is one where channel order shows
+
+
+def test_segment_box_mask_is_the_python_apis_mask(capsys, tmp_path, photo, tiny_package) -> None:
+    # Why: the box path of the CLI (parse, validate, prompt) against the API's box prompt; a box
+    # read as X0,X1,Y0,Y1 or in the wrong image size fails.
+    code, _, err = run(
+        capsys, "segment", photo, "--box", "20,10,130,100", "-m", tiny_package, "--threads", "1",
+        "-o", tmp_path / "mask.png",
+    )  # fmt: skip
+    assert code == 0, err
+    masks, _, _ = api_predict(
+        tiny_package, rgb_of(photo), box=np.array([20.0, 10.0, 130.0, 100.0]), multimask_output=False
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask.png")) > 0, masks[0])
+
+
+def test_multimask_writes_the_best_mask_not_the_first(capsys, tmp_path, photo, tiny_package) -> None:
+    # Why: `--multimask` promises the best-scoring of three masks as the mask PNG. The prompt is
+    # chosen (with the API, on the same model) so that the best is not index 0 and differs from
+    # masks[0]: writing masks[0] fails here.
+    rgb = rgb_of(photo)
+    with load_model(tiny_package, threads=1) as model:
+        predictor = SamPredictor(model)
+        predictor.set_image(rgb)
+        candidates = []
+        for x, y in itertools.product(range(10, 200, 30), range(10, 120, 25)):
+            masks, scores, _ = predictor.predict(
+                point_coords=np.array([[x, y]]), point_labels=np.array([1]), multimask_output=True
+            )
+            best = int(np.argmax(scores))
+            margin = float(scores[best] - np.delete(scores, best).max())
+            if best != 0 and (masks[best] != masks[0]).sum() > 100:
+                candidates.append((margin, x, y, best, masks[best]))
+    assert candidates, "no prompt of the grid has its best mask elsewhere than index 0"
+    _, x, y, best, expected = max(candidates, key=lambda c: c[0])  # the clearest winner
+    code, _, err = run(
+        capsys, "segment", photo, "-p", f"{x},{y}", "--multimask", "-m", tiny_package, "--threads", "1",
+        "-o", tmp_path / "mask.png", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask.png")) > 0, expected)
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["best"] == best and len(record["masks"]) == 3
+
+
+def test_pipeline_mode_reads_the_next_image_while_one_is_decoded(
+    capsys, tmp_path, photo, tiny_package, monkeypatch
+) -> None:
+    # Why: `--mode pipeline` (the default) must overlap the nodes of successive images. The first
+    # image's postprocess waits until the reader has started on the third image: a segment path
+    # that ran the images one after another (another executor, or none) times out and fails.
+    # The three images differ, and each mask must be the API's for its own image: results given
+    # to the wrong file fail.
+    from samdeploy.sam import nodes
+
+    pixels = rgb_of(photo)
+    variants = [pixels, np.ascontiguousarray(pixels[..., ::-1]), np.ascontiguousarray(pixels[:, ::-1])]
+    images = [tmp_path / f"img{i}.png" for i in range(3)]
+    for path, variant in zip(images, variants, strict=True):
+        Image.fromarray(variant).save(path)
+    third_read = threading.Event()
+    real_load, real_post = nodes.load_image, nodes.Postprocess.run
+    first_post = threading.Lock()
+
+    def load_image(path, *args, **kwargs):
+        if Path(path).name == "img2.png":
+            third_read.set()
+        return real_load(path, *args, **kwargs)
+
+    def postprocess(self, **inputs):
+        if first_post.acquire(blocking=False) and not third_read.wait(HANDSHAKE_TIMEOUT_S):
+            raise TimeoutError("the third image was not read while the first was decoded")
+        return real_post(self, **inputs)
+
+    monkeypatch.setattr(nodes, "load_image", load_image)
+    monkeypatch.setattr(nodes.Postprocess, "run", postprocess)
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "segment", *images, "-p", "60,60", "-m", tiny_package, "--mode", "pipeline", "--threads", "1",
+        "--output-dir", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert third_read.is_set()
+    prompt = {
+        "point_coords": np.array([[60.0, 60.0]]),
+        "point_labels": np.array([1]),
+        "multimask_output": False,
+    }
+    expected = [api_predict(tiny_package, variant, **prompt)[0][0] for variant in variants]
+    assert not np.array_equal(expected[0], expected[1]) and not np.array_equal(expected[0], expected[2])
+    for i, mask in enumerate(expected):
+        [written] = out.glob(f"img{i}*.mask.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(written)) > 0, mask)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_backend_and_threads_reach_every_model(
+    capsys, tmp_path, photo, tiny_package, loaded, backend
+) -> None:
+    # Why: `--backend` and `--threads` were never exercised. Each must reach both ONNX models
+    # (read back from the live sessions), and the mask must still be the API's. One thread: the
+    # backends' defaults are 0 (ONNX Runtime) and the core count (OpenVINO), so 1 shows the option.
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    code, _, err = run(
+        capsys, "segment", photo, "-p", "60,60", "-m", tiny_package, "--backend", backend, "--threads", "1",
+        "-o", tmp_path / "mask.png",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(loaded) == 1 and set(loaded[0]) == {"image_encoder", "mask_decoder"}
+    assert set(loaded[0].values()) == {(backend, 1)}
+    masks, _, _ = api_predict(
+        tiny_package, rgb_of(photo), threads=1, point_coords=np.array([[60.0, 60.0]]),
+        point_labels=np.array([1]), multimask_output=False,
+    )  # fmt: skip
+    written = np.asarray(Image.open(tmp_path / "mask.png")) > 0
+    # OpenVINO computes in its own order: the same mask up to pixels on the threshold.
+    assert np.mean(written == masks[0]) > (0.999 if backend == "openvino" else 1 - 1e-9)
+
+
+def test_unknown_backend_and_bad_threads_are_one_line(capsys, tmp_path, photo, tiny_package) -> None:
+    # Why: a wrong --backend or --threads is the user's mistake: one line, exit 2, no file.
+    for args, message in ((["--backend", "tensorflow"], "tensorflow"), (["--threads", "-3"], "threads")):
+        code, _, err = run(
+            capsys, "segment", photo, "-p", "5,5", "-m", tiny_package, *args, "-o", tmp_path / "m.png"
+        )
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["-p", "1;2"],
+            "malformed --point '1;2': use X,Y or X,Y,LABEL (LABEL 1 = foreground, 0 = background)",
+        ),
+        (["-p", "x,1"], "malformed --point 'x,1': X and Y must be numbers"),
+        (["-p", "1,2,5"], "unknown label '5' in --point '1,2,5': use 1 (foreground) or 0 (background)"),
+        (["-p", "nan,3"], "--point 'nan,3' is not a finite position"),
+        (["-b", "1,2,3"], "malformed --box '1,2,3': use X0,Y0,X1,Y1 (four numbers, pixels)"),
+        (["-b", "a,b,c,d"], "malformed --box 'a,b,c,d': use X0,Y0,X1,Y1 (four numbers, pixels)"),
+        (["-b", "1,2,inf,4"], "--box '1,2,inf,4' is not finite"),
+        ([], "no prompt: give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1"),
+        (["-p", "5,5", "--mode", "fast"], "unknown --mode 'fast'; choose one of sequential, task, pipeline"),
+        (["-p", "5,5", "--max-pixels", "-1"], "--max-pixels must be positive, or 0 for no limit"),
+    ],
+)
+def test_segment_option_errors_are_whole_sentences(capsys, tmp_path, photo, args, line) -> None:
+    # Why: segment's own checks of its options, compared as whole lines (a fragment would let a
+    # garbled or truncated message through). Nothing is loaded or written before they pass.
+    code, _, err = run(capsys, "segment", photo, *args, "-m", tmp_path / "none", "-o", tmp_path / "m.png")
+    assert code == 2 and err == f"error: {line}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_point_and_box_parsing() -> None:
+    # Why: the values a prompt is made of; spaces are allowed, the label defaults to foreground.
+    from samdeploy.cli.segment import parse_box, parse_point
+
+    assert parse_point("3,4") == (3.0, 4.0, 1)
+    assert parse_point(" 1.5 , 2 , 0 ") == (1.5, 2.0, 0)
+    assert parse_point("7,8,1") == (7.0, 8.0, 1)
+    assert parse_box("1,2.5,30,40") == (1.0, 2.5, 30.0, 40.0)

@@ -16,7 +16,7 @@ from samdeploy.cli.app import app
 from samdeploy.errors import SamDeployError
 
 # Sub-command modules, imported for their registration side effect.
-_COMMANDS = ("export", "engine", "segment", "everything", "bench")
+_COMMANDS = ("export", "engine", "segment", "everything", "batch", "bench", "serve")
 
 __all__ = ["app", "main"]
 

@@ -1,8 +1,8 @@
 """``samdeploy bench``: how fast a model package runs on this machine. Never imports torch.
 
-    samdeploy bench --model models/sam_vit_b [--threads 2] [--repeat 3] [--json bench.json]
+    samdeploy bench [--model models/sam_vit_b] [--device cpu] [--threads 2] [--repeat 3] [--json bench.json]
 
-Measures what issue 7 asks of the runtime: model load time and peak memory (in a fresh process),
+Measures what a deployment needs to know of the runtime: model load time and peak memory (in a fresh process),
 encoder latency (``set_image`` with the embedding cache off), decoder + post-processing latency per
 prompt kind (one point, five points, a box, a batch of 16 boxes), end-to-end ``segment`` of an
 image file, segment-everything, the throughput of a stream of images in each executor mode, the
@@ -34,6 +34,7 @@ import numpy as np
 import typer
 
 from samdeploy.cli.app import app
+from samdeploy.cli.options import BackendOption, DeviceOption, ModelOption, resolve_device
 
 MODES = ("sequential", "task", "pipeline")
 BENCH_IMAGE_SIZE = (768, 1024)  # H, W: a 4:3 photo, resized to the encoder's side like any other
@@ -57,7 +58,7 @@ def bench_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def prompt_cases(height: int, width: int) -> dict[str, dict[str, Any]]:
-    """The prompt kinds of issue 7 as ``SamPredictor.predict`` keyword arguments (pixels, XY)."""
+    """The benchmarked prompt kinds as ``SamPredictor.predict`` keyword arguments (pixels, XY)."""
     rng = np.random.default_rng(1)
     points = np.stack([rng.uniform(0, width, 5), rng.uniform(0, height, 5)], 1)
     x0 = rng.uniform(0, width / 2, 16)
@@ -258,11 +259,13 @@ def encoder_gflop(architecture: dict[str, Any]) -> float:
     return 2 * macs / 1e9
 
 
-def memory_probe(package: Path, threads: int, backend: str | None = None) -> dict[str, float]:
+def memory_probe(
+    package: Path, threads: int, backend: str | None = None, providers: list[str] | None = None
+) -> dict[str, float]:
     """Load time and peak RSS of a fresh process that loads ``package`` and serves every prompt kind."""
     code = (
         "import json, sys; from samdeploy.cli.bench import _probe_main; "
-        f"print(json.dumps(_probe_main({str(package)!r}, {threads}, {backend!r})))"
+        f"print(json.dumps(_probe_main({str(package)!r}, {threads}, {backend!r}, {providers!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -270,13 +273,15 @@ def memory_probe(package: Path, threads: int, backend: str | None = None) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _probe_main(package: str, threads: int, backend: str | None) -> dict[str, float]:
+def _probe_main(
+    package: str, threads: int, backend: str | None, providers: list[str] | None = None
+) -> dict[str, float]:
     import samdeploy
 
     image = bench_image(*BENCH_IMAGE_SIZE)
     baseline = peak_rss_mb()
     start = time.perf_counter()
-    model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
+    model = samdeploy.load_model(package, backend=backend, providers=providers, threads=threads, cache_mb=0)
     load_s = time.perf_counter() - start
     from samdeploy.loading import predictor_for
 
@@ -300,13 +305,14 @@ def bench_package(
     memory: bool = True,
     peak: bool = True,
     log: Callable[[str], None] = lambda _: None,
+    providers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure a package on this machine; returns the report (see the module docs for its parts).
 
     ``threads`` 0 means all cores. ``repeat`` timed runs per figure (prompts get 5x as many);
     ``stream_images`` images per executor mode; ``everything_points`` the points per side of the
     segment-everything run (0 skips it); ``memory`` runs the fresh-process load/RSS probe; ``peak``
-    measures the GEMM peak.
+    measures the GEMM peak; ``providers`` ONNX Runtime execution providers (None: the CPU).
     """
     import samdeploy
     from samdeploy.engine import Profile
@@ -322,7 +328,7 @@ def bench_package(
         "backend": backend,
         "package": str(package),
     }
-    model = samdeploy.load_model(package, backend=backend, threads=threads, cache_mb=0)
+    model = samdeploy.load_model(package, backend=backend, providers=providers, threads=threads, cache_mb=0)
     report["backend"] = model.backend_summary
     report["model_type"] = model.package.model_type
     report["precision"] = model.package.precision
@@ -381,7 +387,7 @@ def bench_package(
     model.close()
 
     log("streams")
-    report["stream"] = stream_throughput(package, threads, stream_images, backend)
+    report["stream"] = stream_throughput(package, threads, stream_images, backend, providers)
     encoder_ms = latency["encoder (set_image)"]["median_ms"]
     report["stream"]["encoder_bound_images_per_s"] = 1e3 / encoder_ms
 
@@ -393,12 +399,18 @@ def bench_package(
         report["encoder"]["gemm_peak"] = gemm_peak_gflops(threads)
     if memory:
         log("load time and peak memory (fresh process)")
-        report["memory"] = memory_probe(package, threads, backend)
+        report["memory"] = memory_probe(package, threads, backend, providers)
     report["machine"]["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
 
 
-def stream_throughput(package: Path, threads: int, count: int, backend: str | None = None) -> dict[str, Any]:
+def stream_throughput(
+    package: Path,
+    threads: int,
+    count: int,
+    backend: str | None = None,
+    providers: list[str] | None = None,
+) -> dict[str, Any]:
     """Images per second through the five-node graph (one point per image) in each executor mode."""
     import samdeploy
     from samdeploy.sam.prompts import validate_prompt
@@ -407,7 +419,9 @@ def stream_throughput(package: Path, threads: int, count: int, backend: str | No
     height, width = BENCH_IMAGE_SIZE
     result: dict[str, Any] = {"images": len(images)}
     for mode in MODES:
-        model = samdeploy.load_model(package, backend=backend, mode=mode, threads=threads, cache_mb=0)
+        model = samdeploy.load_model(
+            package, backend=backend, providers=providers, mode=mode, threads=threads, cache_mb=0
+        )
         prompt = validate_prompt(
             np.array([[width / 2, height / 2]]), np.array([1]), mask_input_size=model.mask_input_size
         )
@@ -477,35 +491,39 @@ def format_report(report: dict[str, Any]) -> str:
 
 @app.command("bench")
 def bench(
-    model: Annotated[Path, typer.Option("--model", "-m", help="model package folder")],
-    threads: Annotated[int, typer.Option(min=0, help="intra-op threads (0: all cores)")] = 0,
-    repeat: Annotated[int, typer.Option(min=1, help="timed runs per figure (prompts: 5x)")] = 3,
-    stream_images: Annotated[int, typer.Option(min=1, help="images per executor mode")] = 4,
+    model: ModelOption = None,
+    threads: Annotated[int, typer.Option(min=0, metavar="N", help="intra-op threads (0: all cores)")] = 0,
+    repeat: Annotated[int, typer.Option(min=1, metavar="N", help="timed runs per figure (prompts: 5x)")] = 3,
+    stream_images: Annotated[int, typer.Option(min=1, metavar="N", help="images per executor mode")] = 4,
     everything_points: Annotated[
-        int, typer.Option(min=0, help="points per side for segment-everything (0 skips it)")
+        int, typer.Option(min=0, metavar="N", help="points per side for segment-everything (0 skips it)")
     ] = 16,
-    backend: Annotated[
-        str | None,
-        typer.Option(help="onnxruntime or openvino (default: as the package asks, else onnxruntime)"),
+    device: DeviceOption = None,
+    backend: BackendOption = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", metavar="FILE", help="also write the report as JSON")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
 ) -> None:
     """Measure a model package on this machine: latency per step, streams, memory, GFLOP/s."""
     from rich.console import Console
 
     from samdeploy.package import ModelPackage
+    from samdeploy.sam.model import DEFAULT_MODEL
 
-    ModelPackage.load(model)  # a clear one-line error for a bad folder, before anything runs
+    package = model or DEFAULT_MODEL
+    ModelPackage.load(package)  # a clear one-line error for a bad folder, before anything runs
+    backend, providers = resolve_device(device, backend)
     console = Console()
     with console.status("benchmarking") as status:
         report = bench_package(
-            model,
+            package,
             threads=threads,
             repeat=repeat,
             stream_images=stream_images,
             backend=backend,
             everything_points=everything_points,
             log=lambda step: status.update(f"benchmarking: {step}"),
+            providers=providers,
         )
     console.print(format_report(report), highlight=False, soft_wrap=True)
     if json_path is not None:

@@ -103,19 +103,31 @@ def _save(outputs: dict[str, Any], folder: Path) -> list[Path]:
 
 @app.command("run-graph")
 def run_graph(
-    graph_file: Annotated[Path, typer.Argument(help="graph JSON file (Graph.save / to_json)")],
+    graph_file: Annotated[
+        Path, typer.Argument(metavar="GRAPH.json", help="graph JSON file (Graph.save / to_json)")
+    ],
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="NAME=VALUE: a .npy, image or .json file, or a JSON literal"),
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="NAME=VALUE",
+            help="a .npy, image or .json file, or a JSON literal; repeat",
+        ),
     ] = None,
-    executor: Annotated[str, typer.Option(help="sequential, task or pipeline")] = "sequential",
+    executor: Annotated[
+        str, typer.Option(metavar="MODE", help="sequential, task or pipeline")
+    ] = "sequential",
     repeat: Annotated[int, typer.Option(min=1, help="run the same inputs this many times (timing)")] = 1,
     queue_depth: Annotated[int, typer.Option(min=1, help="pipeline: items per queue")] = 4,
     workers: Annotated[int | None, typer.Option(min=1, help="task: thread pool size")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="print per-node times")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="save outputs to this folder")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="DIR", help="save outputs to this folder")
+    ] = None,
     imports: Annotated[
-        list[str] | None, typer.Option("--import", help="module defining node types the graph uses")
+        list[str] | None,
+        typer.Option("--import", metavar="MODULE", help="module defining node types the graph uses; repeat"),
     ] = None,
 ) -> None:
     """Run a graph saved as JSON once (or --repeat times) and print or save its outputs."""

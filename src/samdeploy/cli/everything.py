@@ -1,17 +1,21 @@
 """``samdeploy everything``: segment everything in image files (automatic mask generation).
 
     samdeploy everything photo.jpg --output-dir out/
-    samdeploy everything a.jpg b.jpg --output-dir out/ --format png --crop-n-layers 1 --min-mask-region-area 100
+    samdeploy everything a.jpg photos/ --output-dir out/ --format png --crop-n-layers 1 --min-mask-region-area 100
 
-Per image, into ``--output-dir``:
+Generator options left out take the model package's recommendation (its manifest's ``generator``,
+shown by ``samdeploy inspect``), else the official defaults. Per image (a folder stands for its
+images, recursively; ``<name>`` as :mod:`samdeploy.cli.inputs` gives it), into ``--output-dir``
+(created when missing):
 
-- ``--format coco`` (default): ``<stem>.json``, COCO-style: the image's file name and size, and one
+- ``--format coco`` (default): ``<name>.json``, COCO-style: the image's file name and size, and one
   annotation per mask with its COCO RLE ``segmentation``, ``area``, ``bbox`` (XYWH),
-  ``predicted_iou``, ``point_coords``, ``stability_score`` and ``crop_box``;
+  ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box`` and ``low_confidence``; and
+  ``model``: the package, the generator settings used, and the demo note for the embedded model;
 - ``--format json``: the same with uncompressed RLE (``{"size", "counts": [ints]}``);
-- ``--format png``: ``<stem>.labels.png``, a label map (0 = no mask, i = the i-th mask of the
+- ``--format png``: ``<name>.labels.png``, a label map (0 = no mask, i = the i-th mask of the
   generator's list; 8-bit up to 255 masks, else 16-bit; smaller masks drawn over larger ones);
-- always ``<stem>.overlay.png``: the image with each mask tinted in its own colour.
+- always ``<name>.overlay.png``: the image with each mask tinted in its own colour.
 
 A bad image fails alone (one error line); the exit code is 2 if any failed. Files are written whole
 or not at all.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,17 +34,24 @@ import numpy as np
 import typer
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from samdeploy.cli.app import app
+from samdeploy.cli.inputs import InputImage, check_output_dir, check_single, create_folders, expand_images
+from samdeploy.cli.notices import is_low_confidence, low_confidence_label, model_info, say_if_demo
 from samdeploy.cli.options import (
     BackendOption,
+    DeviceOption,
+    ImagesArgument,
     MaxPixelsOption,
     ModelOption,
     ProfileOption,
     ThreadsOption,
+    generator_options,
+    resolve_device,
 )
-from samdeploy.errors import ImageError, SamDeployError
+from samdeploy.errors import SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
 FORMATS = ("coco", "json", "png")
@@ -78,44 +90,45 @@ def overlay_png(image: np.ndarray, masks: list[np.ndarray]) -> bytes:
 
 
 def coco_document(path: Path, image: np.ndarray, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """A COCO-style document for one image: ``image`` (file name, height, width) and ``annotations``."""
+    """A COCO-style document for one image: ``image`` (file name, height, width) and ``annotations``
+    (each also ``low_confidence``: its predicted IoU is below the CLI's threshold)."""
     height, width = image.shape[:2]
-    annotations = [{"id": i + 1, **record} for i, record in enumerate(records)]
+    annotations = [
+        {"id": i + 1, **record, "low_confidence": is_low_confidence(record["predicted_iou"])}
+        for i, record in enumerate(records)
+    ]
     return {"image": {"file_name": path.name, "height": height, "width": width}, "annotations": annotations}
 
 
 @app.command()
+@generator_options
 def everything(
-    images: Annotated[list[Path], typer.Argument(help="image files (JPEG, PNG, WebP, TIFF, BMP)")],
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="folder for each image's outputs")],
+    inputs: ImagesArgument,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", metavar="DIR", help="folder for each image's outputs")
+    ],
     output_format: Annotated[
         str,
         typer.Option(
-            "--format", "-f", help="coco (JSON, COCO RLE), json (uncompressed RLE) or png (label map)"
+            "--format",
+            "-f",
+            metavar="coco|json|png",
+            help="coco (JSON, COCO RLE), json (uncompressed RLE) or png (label map)",
         ),
     ] = "coco",
     model: ModelOption = None,
-    points_per_side: Annotated[int, typer.Option(help="grid points along each image side")] = 32,
-    points_per_batch: Annotated[int, typer.Option(help="points answered by one decoder call")] = 64,
-    pred_iou_thresh: Annotated[
-        float | None,
-        typer.Option(help="keep masks with predicted IoU above this [default: 0.88 for SAM, 0.8 for SAM 2]"),
-    ] = None,
-    stability_score_thresh: Annotated[float, typer.Option(help="keep masks at least this stable")] = 0.95,
-    stability_score_offset: Annotated[float, typer.Option(help="logit shift for the stability score")] = 1.0,
-    box_nms_thresh: Annotated[float, typer.Option(help="box IoU that marks duplicates")] = 0.7,
-    crop_n_layers: Annotated[int, typer.Option(help="layers of image crops run again (0: none)")] = 0,
-    crop_nms_thresh: Annotated[float, typer.Option(help="box IoU for duplicates across crops")] = 0.7,
-    crop_overlap_ratio: Annotated[float, typer.Option(help="crop overlap, fraction of the short side")] = 512
-    / 1500,
-    crop_n_points_downscale_factor: Annotated[int, typer.Option(help="grid downscale per crop layer")] = 1,
-    min_mask_region_area: Annotated[int, typer.Option(help="fill holes / drop islands below this area")] = 0,
+    device: DeviceOption = None,
     backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     profile: ProfileOption = False,
+    generator_options: dict[str, Any] | None = None,
 ) -> None:
-    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay."""
+    """Segment everything in images: masks as COCO JSON (or a PNG label map) and a colour overlay.
+
+    A generator option left out takes the value the model package recommends (samdeploy inspect
+    shows it), else the official default shown here.
+    """
     from samdeploy.engine import Profile
     from samdeploy.loading import load_model, mask_generator_for
     from samdeploy.sam.images import load_image
@@ -125,49 +138,37 @@ def everything(
         raise SamDeployError(f"unknown --format '{output_format}'; choose one of {', '.join(FORMATS)}")
     if max_pixels < 0:
         raise SamDeployError("--max-pixels must be positive, or 0 for no limit")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SamDeployError(f"--output-dir {output_dir} exists and is not a folder")
-    stems = [image.stem for image in images]
-    duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
-    if duplicate is not None:
-        raise SamDeployError(f"two input images are named '{duplicate}': their outputs would collide")
-    if len(images) == 1 and not images[0].is_file():
-        raise ImageError(
-            f"image not found: {images[0]}" if not images[0].exists() else f"not a file: {images[0]}"
-        )
+    check_output_dir(output_dir)
+    images = expand_images(inputs)
+    check_single(images)
+    backend, providers = resolve_device(device, backend)
 
     options = {
-        "points_per_side": points_per_side,
-        "points_per_batch": points_per_batch,
-        "stability_score_thresh": stability_score_thresh,
-        "stability_score_offset": stability_score_offset,
-        "box_nms_thresh": box_nms_thresh,
-        "crop_n_layers": crop_n_layers,
-        "crop_nms_thresh": crop_nms_thresh,
-        "crop_overlap_ratio": crop_overlap_ratio,
-        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-        "min_mask_region_area": min_mask_region_area,
+        # Options left out stay out: each family's generator fills them (SAM: the package's recommendation).
+        **{name: value for name, value in (generator_options or {}).items() if value is not None},
         "output_mode": {"coco": "coco_rle", "json": "uncompressed_rle", "png": "binary_mask"}[output_format],
     }
-    if pred_iou_thresh is not None:  # else the family's own default
-        options["pred_iou_thresh"] = pred_iou_thresh
-    sam = load_model(model, backend=backend, threads=threads, cache_mb=0)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)  # once every option and the model are good
-    except OSError as exc:
-        sam.close()
-        raise SamDeployError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
+    sam = load_model(model, backend=backend, providers=providers, threads=threads, cache_mb=0)
     console = Console(stderr=True)
     failed = 0
     with sam:
         generator = mask_generator_for(sam, **options)
+        # once every option and the model are good
+        create_folders(output_dir / image.name.parent for image in images)
+        say_if_demo(sam.package, console)
+        recommended = getattr(generator, "recommended", {})  # SAM packages' recommended settings
+        if recommended:
+            settings = ", ".join(f"{name} {value:g}" for name, value in recommended.items())
+            console.print(f"the model package recommends: {settings}", highlight=False, soft_wrap=True)
+        about_model = {**model_info(sam.package), "generator": asdict(generator.config)}
         generator.profile = Profile() if profile else None
-        crops_per_image = sum(4**layer for layer in range(crop_n_layers + 1))
+        crops_per_image = sum(4**layer for layer in range(generator.config.crop_n_layers + 1))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             image_task = progress.add_task("images", total=len(images))
             crop_task = progress.add_task("crops", total=len(images) * crops_per_image)
-            for number, path in enumerate(images):
+            for number, item in enumerate(images):
+                path = item.path
                 try:
                     image = load_image(path, max_pixels=max_pixels or None)
                     records = generator.generate(
@@ -176,20 +177,27 @@ def everything(
                             crop_task, completed=n * crops_per_image + done
                         ),
                     )
-                    files = _encode_outputs(path, image, records, output_format, output_dir)
+                    files = _encode_outputs(item, image, records, output_format, output_dir, about_model)
                 except SamDeployError as exc:
                     if len(images) == 1:
                         raise
                     failed += 1
-                    console.print(f"[bold red]error:[/] {path}: {exc}", highlight=False, soft_wrap=True)
+                    console.print(
+                        f"[bold red]error:[/] {escape(str(path))}: {exc}", highlight=False, soft_wrap=True
+                    )
                     continue
                 finally:
                     progress.update(crop_task, completed=(number + 1) * crops_per_image)
                     progress.advance(image_task)
                 for target, data in files.items():
                     write_atomic(target, data)
+                low = sum(is_low_confidence(record["predicted_iou"]) for record in records)
+                note = f", {low_confidence_label(low)}" if low else ""
                 console.print(
-                    f"{path}: {len(records)} masks -> {', '.join(str(t) for t in files)}", highlight=False
+                    f"{escape(str(path))}: {len(records)} masks{note}"
+                    f" -> {escape(', '.join(str(t) for t in files))}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
     if generator.profile is not None:
         Console().print(generator.profile.table(), highlight=False)
@@ -198,27 +206,34 @@ def everything(
 
 
 def _encode_outputs(
-    path: Path, image: np.ndarray, records: list[dict[str, Any]], output_format: str, output_dir: Path
+    item: InputImage,
+    image: np.ndarray,
+    records: list[dict[str, Any]],
+    output_format: str,
+    output_dir: Path,
+    about_model: dict[str, Any],
 ) -> dict[Path, bytes]:
     """Every output file of one image, encoded in memory first so none is left half-written."""
     from pycocotools import mask as mask_utils
 
     from samdeploy.sam.amg import rle_to_mask
 
-    stem = path.stem
+    base = output_dir / item.name
     if output_format == "png":
         masks = [record["segmentation"] for record in records]
         return {
-            output_dir / f"{stem}.labels.png": label_map_png(masks, image.shape[:2]),
-            output_dir / f"{stem}.overlay.png": overlay_png(image, masks),
+            base.with_name(f"{base.name}.labels.png"): label_map_png(masks, image.shape[:2]),
+            base.with_name(f"{base.name}.overlay.png"): overlay_png(image, masks),
         }
+    document = coco_document(item.path, image, records)
+    document["model"] = about_model
     if output_format == "coco":
         masks = [mask_utils.decode(record["segmentation"]).astype(bool) for record in records]
-        document = json.dumps(coco_document(path, image, records), indent=2)
+        text = json.dumps(document, indent=2)
     else:  # uncompressed RLE counts are long integer lists: compact JSON keeps the file small
         masks = [rle_to_mask(record["segmentation"]) for record in records]
-        document = json.dumps(coco_document(path, image, records), separators=(",", ":"))
+        text = json.dumps(document, separators=(",", ":"))
     return {
-        output_dir / f"{stem}.json": (document + "\n").encode(),
-        output_dir / f"{stem}.overlay.png": overlay_png(image, masks),
+        base.with_name(f"{base.name}.json"): (text + "\n").encode(),
+        base.with_name(f"{base.name}.overlay.png"): overlay_png(image, masks),
     }

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from samdeploy.cli.app import app
+from samdeploy.cli.options import parse_model
 from samdeploy.errors import ExportError
 from samdeploy.package import ModelPackage
 
@@ -31,7 +32,7 @@ def _validation_table(validation: dict[str, Any]) -> Table:
     table = Table(title="validation: ONNX Runtime vs PyTorch (worst case over prompts)", title_justify="left")
     for column in ("figure", "value", "tolerance"):
         table.add_column(column, justify="right" if column != "figure" else "left")
-    above = ("embeddings_cosine", "mask_agreement")
+    above = ("embeddings_cosine", "mask_agreement", "end_to_end_mask_agreement")
     for key, value in worst.items():
         limit = limits.get(key)
         bound = "" if limit is None else (">= " if key in above else "<= ") + f"{limit:g}"
@@ -78,6 +79,13 @@ def export(
             " GBs less memory; applies to grids of 2048+ tokens such as the official 64x64); 0 keeps it as traced"
         ),
     ] = 4,
+    encoder_norm_eps: Annotated[
+        float | None,
+        typer.Option(
+            help="epsilon of the image encoder's LayerNorms, which checkpoints do not record: 1e-6"
+            " (official build_sam, the default) or 1e-5 for a model built with ImageEncoderViT's default norm layer"
+        ),
+    ] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing package at --output")] = False,
     config: Annotated[
@@ -107,7 +115,17 @@ def export(
     console = Console(stderr=True)
     if precision != "fp32":
         _export_fast(
-            checkpoint, output, precision, model_type, opset, simplify, attention_rows, force, console, config
+            checkpoint,
+            output,
+            precision,
+            model_type,
+            opset,
+            simplify,
+            attention_rows,
+            force,
+            console,
+            encoder_norm_eps,
+            config,
         )
         return
     report = export_model(
@@ -118,6 +136,7 @@ def export(
         simplify=simplify,
         quantize=quantize,
         attention_rows=attention_rows,
+        encoder_norm_eps=encoder_norm_eps,
         validate=validate,
         force=force,
         console=console,
@@ -137,6 +156,16 @@ def export(
             out.print(
                 f"[yellow]{report.precision} export: differences above the fp32 tolerances are recorded, not fatal[/]"
             )
+    sensitivity = (report.validation or {}).get("encoder_norm_eps_sensitivity")
+    if sensitivity and encoder_norm_eps is None and sensitivity["max_rel"] > 1e-4:
+        console.print(
+            f"[yellow]note[/]: the encoder's LayerNorm eps is not in the checkpoint; this export uses"
+            f" {sensitivity['eps']:g} (official). With {sensitivity['other_eps']:g} this model's embeddings"
+            f" differ by {sensitivity['max_rel']:.1e} of their maximum on uniform areas: if it was built with"
+            f" another eps, export again with --encoder-norm-eps",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(
         f"exported in {sum(report.timings.values()):.1f}s: {report.output}", highlight=False, soft_wrap=True
     )
@@ -152,22 +181,24 @@ def _export_fast(
     attention_rows: int,
     force: bool,
     console: Console,
+    encoder_norm_eps: float | None = None,
     config: Path | None = None,
 ) -> None:
     """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
     int8-bf16 package made from it and checked against it (``optimize_package``); the scratch is removed."""
     import shutil
-    import tempfile
 
     from samdeploy.export import export_model
-    from samdeploy.export.exporter import check_output
+    from samdeploy.export.exporter import check_checkpoint_outside, check_output, new_staging
     from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
 
     check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.fp32-", dir=output.parent))
+    # A partial folder of the target (owner recorded): a SIGKILLed run's is removed by the next one.
+    scratch = new_staging(output, console)
     try:
         fp32 = export_model(
             checkpoint,
@@ -176,6 +207,7 @@ def _export_fast(
             opset=opset,
             simplify=simplify,
             attention_rows=attention_rows,
+            encoder_norm_eps=encoder_norm_eps,
             console=console,
             config=config,
         )
@@ -213,9 +245,21 @@ def _export_fast(
 
 
 @app.command()
-def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) -> None:
+def inspect(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DIR",
+            parser=parse_model,
+            help="model package folder, or 'default': the embedded demo model",
+        ),
+    ] = None,
+) -> None:
     """Print what a model package holds and verify the checksum of every file."""
-    package = ModelPackage.load(path, verify=True)
+    from samdeploy.sam.automatic import recommended_settings
+    from samdeploy.sam.model import DEFAULT_MODEL
+
+    package = ModelPackage.load(path or DEFAULT_MODEL, verify=True)
     manifest = package.manifest
     out = Console()
     architecture = manifest.get("architecture", {})
@@ -256,6 +300,17 @@ def inspect(path: Annotated[Path, typer.Argument(help="model package folder")]) 
     for name, info in manifest["files"].items():
         files.add_row(name, _size(info["bytes"]), info["sha256"][:16] + "...")
     out.print(files)
+    recommended = recommended_settings(package)
+    out.print(
+        "segment everything: "
+        + (
+            "the package recommends " + ", ".join(f"{k} {v:g}" for k, v in recommended.items())
+            if recommended
+            else "the official defaults (no recommendation in the package)"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
     validation = package.export_report.get("validation")
     if validation:
         out.print(_validation_table(validation))

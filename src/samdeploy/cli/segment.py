@@ -1,13 +1,14 @@
 """``samdeploy segment`` (prompted masks for image files) and ``samdeploy graph`` (show the SAM graph).
 
     samdeploy segment photo.jpg --point 500,375 --output mask.png --overlay overlay.png --json result.json
-    samdeploy segment a.jpg b.jpg c.jpg --box 10,20,300,400 --output-dir out/ --profile
+    samdeploy segment a.jpg b.jpg photos/ --box 10,20,300,400 --output-dir out/ --profile
     samdeploy graph --model models/sam_vit_b --save graph.json
 
-Prompts are in pixels of the (EXIF-oriented) image and must lie inside it. With several images the
-same prompt applies to each, and each writes ``<stem>.mask.png``, ``<stem>.overlay.png`` and
-``<stem>.json`` into ``--output-dir``. A bad image fails alone (one error line); the exit code is 2
-if any failed. Files are written whole or not at all.
+Prompts are in pixels of the (EXIF-oriented) image and must lie inside it. With several images (or
+a folder, searched recursively) the same prompt applies to each, and each writes
+``<name>.mask.png``, ``<name>.overlay.png`` and ``<name>.json`` into ``--output-dir`` (names as
+:mod:`samdeploy.cli.inputs` gives them). Missing output folders are created. A bad image fails alone
+(one error line); the exit code is 2 if any failed. Files are written whole or not at all.
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from samdeploy.cli.app import app
+from samdeploy.cli.inputs import InputImage, check_output_dir, check_single, create_folders, expand_images
+from samdeploy.cli.notices import is_low_confidence, low_confidence_label, model_info, say_if_demo
 from samdeploy.cli.options import (
     BackendOption,
+    DeviceOption,
+    ImagesArgument,
     MaxPixelsOption,
     ModelOption,
     ProfileOption,
     ThreadsOption,
+    resolve_device,
 )
-from samdeploy.errors import ImageError, PromptError, SamDeployError
+from samdeploy.errors import PromptError, SamDeployError
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS
 
 MODES = ("sequential", "task", "pipeline")
@@ -72,76 +79,72 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _check_folder(path: Path, what: str) -> None:
-    if not path.is_dir():
-        raise SamDeployError(f"{what} does not exist: {path} (create it first)")
-
-
 def _outputs(
-    images: list[Path],
+    images: list[InputImage],
     output: Path | None,
     overlay: Path | None,
     json_path: Path | None,
     output_dir: Path | None,
 ) -> list[dict[str, Path | None]]:
-    """Where each image's mask, overlay and JSON go; checks the folders exist (creates --output-dir)."""
+    """Where each image's mask, overlay and JSON go (the folders are created later, by
+    :func:`~samdeploy.cli.inputs.create_folders`, once the model has loaded)."""
     if output_dir is not None:
         if output or overlay or json_path:
             raise SamDeployError("use either --output-dir or --output/--overlay/--json, not both")
-        if output_dir.exists() and not output_dir.is_dir():
-            raise SamDeployError(f"--output-dir {output_dir} exists and is not a folder")
-        stems = [image.stem for image in images]
-        duplicate = next((stem for stem in stems if stems.count(stem) > 1), None)
-        if duplicate is not None:
-            raise SamDeployError(f"two input images are named '{duplicate}': their outputs would collide")
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SamDeployError(f"cannot create --output-dir {output_dir}: {exc.strerror or exc}") from None
+        check_output_dir(output_dir)
         return [
             {
-                "mask": output_dir / f"{stem}.mask.png",
-                "overlay": output_dir / f"{stem}.overlay.png",
-                "json": output_dir / f"{stem}.json",
+                "mask": output_dir / f"{image.name}.mask.png",
+                "overlay": output_dir / f"{image.name}.overlay.png",
+                "json": output_dir / f"{image.name}.json",
             }
-            for stem in stems
+            for image in images
         ]
     if len(images) > 1:
-        raise SamDeployError("several images need --output-dir (one mask per image)")
+        raise SamDeployError("several images (or a folder) need --output-dir DIR (one mask per image)")
     if output is None:
         raise SamDeployError("give --output mask.png (or --output-dir DIR)")
-    targets = {"mask": output, "overlay": overlay, "json": json_path}
-    for path in targets.values():
-        if path is not None:
-            _check_folder(path.parent if str(path.parent) else Path("."), "output folder")
-    return [targets]
+    return [{"mask": output, "overlay": overlay, "json": json_path}]
 
 
 @app.command()
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="image files (JPEG, PNG, WebP, TIFF, BMP)")],
+    inputs: ImagesArgument,
     point: Annotated[
         list[str] | None,
-        typer.Option("--point", "-p", help="X,Y or X,Y,LABEL (1 foreground, 0 background); repeat"),
+        typer.Option(
+            "--point",
+            "-p",
+            metavar="X,Y[,LABEL]",
+            help="a point in pixels; LABEL 1 foreground (default), 0 background; repeat",
+        ),
     ] = None,
-    box: Annotated[str | None, typer.Option("--box", "-b", help="X0,Y0,X1,Y1 in pixels")] = None,
+    box: Annotated[
+        str | None, typer.Option("--box", "-b", metavar="X0,Y0,X1,Y1", help="a box in pixels")
+    ] = None,
     multimask: Annotated[
-        bool, typer.Option(help="predict 3 masks; the best-scoring one is the mask PNG")
+        bool, typer.Option("--multimask", help="predict 3 masks; the best-scoring one is the mask PNG")
     ] = False,
     model: ModelOption = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="mask PNG (original size, 0/255)")
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="mask PNG (original size, 0/255)"),
     ] = None,
     overlay: Annotated[
-        Path | None, typer.Option(help="overlay PNG: mask tinted over the image, prompts drawn")
+        Path | None,
+        typer.Option(metavar="FILE", help="overlay PNG: mask tinted over the image, prompts drawn"),
     ] = None,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="JSON: scores, area, bbox, COCO RLE")
+        Path | None, typer.Option("--json", metavar="FILE", help="JSON: scores, area, bbox, COCO RLE")
     ] = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="folder for <stem>.mask.png/.overlay.png/.json")
+        Path | None,
+        typer.Option(metavar="DIR", help="folder for <name>.mask.png, <name>.overlay.png, <name>.json"),
     ] = None,
-    mode: Annotated[str, typer.Option(help="executor: sequential, task or pipeline")] = "pipeline",
+    mode: Annotated[
+        str, typer.Option(metavar="MODE", help="executor: sequential, task or pipeline")
+    ] = "pipeline",
+    device: DeviceOption = None,
     backend: BackendOption = None,
     threads: ThreadsOption = None,
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
@@ -165,19 +168,29 @@ def segment(
         point_labels=[p[2] for p in points] if points else None,
         box=parse_box(box) if box is not None else None,
     )
+    images = expand_images(inputs)
     targets = _outputs(images, output, overlay, json_path, output_dir)
-    missing = next((image for image in images if not image.is_file()), None)
-    if missing is not None and len(images) == 1:
-        raise ImageError(f"image not found: {missing}" if not missing.exists() else f"not a file: {missing}")
+    check_single(images)
+    backend, providers = resolve_device(device, backend)
 
-    sam = load_model(model, backend=backend, mode=mode, threads=threads, inside_image=True)
+    sam = load_model(
+        model, backend=backend, providers=providers, mode=mode, threads=threads, inside_image=True
+    )
     console = Console(stderr=True)
+    try:
+        create_folders(path.parent for target in targets for path in target.values() if path is not None)
+    except SamDeployError:
+        sam.close()
+        raise
+    say_if_demo(sam.package, console)
+    about_model = model_info(sam.package)
     timings = Profile() if profile else None
     failed = 0
+    paths = [image.path for image in images]
     columns = (TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with sam, Progress(*columns, console=console, transient=True, disable=len(images) == 1) as progress:
         task = progress.add_task("segment", total=len(images))
-        for result in sam.segment_files(images, prompt, multimask, max_pixels or None, timings):
+        for result in sam.segment_files(paths, prompt, multimask, max_pixels or None, timings):
             progress.advance(task)
             if result.error is not None:
                 failed += 1
@@ -189,19 +202,28 @@ def segment(
                 continue
             segmentation = result.segmentation
             best = segmentation.masks[segmentation.best]
+            best_score = float(segmentation.scores[segmentation.best])
             target = targets[result.index]
             # Encode everything first, then write: no output of this image is left half-done.
             files = {target["mask"]: mask_png(best)}
             if target["overlay"] is not None:
                 files[target["overlay"]] = overlay_png(result.image, best, prompt)
             if target["json"] is not None:
-                files[target["json"]] = json_bytes(result_record(segmentation, str(result.path), prompt))
+                record = result_record(segmentation, str(result.path), prompt)
+                for entry in record["masks"]:
+                    entry["low_confidence"] = is_low_confidence(entry["score"])
+                record["low_confidence"] = is_low_confidence(best_score)
+                record["model"] = about_model
+                files[target["json"]] = json_bytes(record)
             for path, data in files.items():
                 write_atomic(path, data)
             scores = ", ".join(f"{s:.3f}" for s in segmentation.scores)
+            warning = f" {low_confidence_label()}" if is_low_confidence(best_score) else ""
             console.print(
-                f"{result.path}: mask {int(best.sum())} px, score {scores} -> {target['mask']}",
+                f"{escape(str(result.path))}: mask {int(best.sum())} px, score {scores}{warning}"
+                f" -> {escape(str(target['mask']))}",
                 highlight=False,
+                soft_wrap=True,
             )
     if timings is not None:
         Console().print(timings.table(), highlight=False)
@@ -217,7 +239,10 @@ def _tensor(spec) -> str:
 @app.command()
 def graph(
     model: ModelOption = None,
-    save: Annotated[Path | None, typer.Option(help="also write the graph as JSON to this file")] = None,
+    save: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="also write the graph as JSON to this file")
+    ] = None,
+    device: DeviceOption = None,
     backend: BackendOption = None,
 ) -> None:
     """Print the SAM graph of a model package: nodes, ports and backends; optionally save it as JSON."""
@@ -225,10 +250,11 @@ def graph(
     from samdeploy.loading import load_model
     from samdeploy.sam.results import write_atomic
 
-    if save is not None:
-        _check_folder(save.parent if str(save.parent) else Path("."), "output folder")
-    sam = load_model(model, backend=backend)
+    backend, providers = resolve_device(device, backend)
+    sam = load_model(model, backend=backend, providers=providers)
     with sam:
+        if save is not None:
+            create_folders([save.parent])
         console = Console(soft_wrap=True, highlight=False)
         say = functools.partial(console.print, markup=False)
         package = sam.package

@@ -23,6 +23,8 @@ from samdeploy.errors import CheckpointError
 # never in a state dict and cannot be detected.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+# LayerNorm epsilon of the official image encoder blocks (``build_sam`` passes it; not in any state dict).
+ENCODER_NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, float, float] = field(default=PIXEL_MEAN)
     pixel_std: tuple[float, float, float] = field(default=PIXEL_STD)
+    # Epsilon of the image encoder blocks' LayerNorms. Official ``build_sam`` passes 1e-6, while a
+    # bare ``ImageEncoderViT(...)`` defaults to ``nn.LayerNorm``'s 1e-5. No weight records it, and it
+    # matters: on uniform regions (zero padding, flat areas) a LayerNorm row has a variance near eps,
+    # and the two values give embeddings up to 4e-3 of their maximum apart on a trained 256 px model.
+    encoder_norm_eps: float = ENCODER_NORM_EPS
 
     @property
     def embedding_size(self) -> int:
@@ -119,7 +126,7 @@ def build_sam(config: SamConfig) -> Sam:
             embed_dim=config.encoder_embed_dim,
             img_size=config.image_size,
             mlp_ratio=config.mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            norm_layer=partial(torch.nn.LayerNorm, eps=config.encoder_norm_eps),
             num_heads=config.encoder_num_heads,
             patch_size=config.patch_size,
             qkv_bias=True,

@@ -1,13 +1,19 @@
 """``export_model``: checkpoint in, complete and validated model package out.
 
-The package is assembled in a hidden temporary folder beside ``output`` and renamed into place only
+The package is assembled in a hidden temporary folder beside ``output`` and moved into place only
 when every step succeeded, so a failed or interrupted export never leaves a half-written package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import json
+import logging
+import math
+import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -43,13 +49,14 @@ from samdeploy.export.models import (
     low_res_decoder_specs,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
-from samdeploy.export.validate import failures, validate_package
+from samdeploy.export.validate import failures, non_finite, norm_eps_sensitivity, validate_package
 from samdeploy.package import (
     DECODER,
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
     LOW_RES_DECODER,
+    MANIFEST,
     ModelPackage,
     describe_files,
     sha256_file,
@@ -60,6 +67,8 @@ from samdeploy.package import (
 # plus the int8 copy when quantizing; with a margin for the graph structure.
 _DISK_FACTOR = 2.5
 _DISK_MARGIN = 64 * 2**20
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,7 +134,31 @@ def _config_of_module(sam: Sam) -> SamConfig:
     config = detect_config(sam.state_dict(), decoder_num_heads=heads)
     mean = tuple(float(v) for v in sam.pixel_mean.flatten())
     std = tuple(float(v) for v in sam.pixel_std.flatten())
-    return SamConfig.from_json({**config.to_json(), "pixel_mean": mean, "pixel_std": std})
+    eps = {
+        float(module.eps)
+        for block in sam.image_encoder.blocks
+        for module in (block.norm1, block.norm2)
+        if isinstance(module, torch.nn.LayerNorm)
+    }
+    if len(eps) > 1:
+        raise ExportError(f"the image encoder's LayerNorms use different eps values {sorted(eps)}: not a SAM")
+    values = {**config.to_json(), "pixel_mean": mean, "pixel_std": std}
+    if eps:
+        values["encoder_norm_eps"] = eps.pop()
+    return SamConfig.from_json(values)
+
+
+def check_finite_weights(sam: Sam) -> None:
+    """Refuse weights holding NaN or infinities: every output would be NaN, and no comparison with
+    NaN exceeds a limit, so validation alone would let such a model through."""
+    bad = [
+        name
+        for name, tensor in sam.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"checkpoint holds NaN or infinite weights in {', '.join(bad[:3])}{more}")
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -145,6 +178,16 @@ def check_output(output: Path, force: bool) -> None:
     if not force:
         raise ExportError(
             f"output folder {output} already holds a model package: pass --force (force=True) to replace it"
+        )
+
+
+def check_checkpoint_outside(checkpoint: object, output: Path) -> None:
+    """Refuse an ``output`` folder that holds the input checkpoint file (the default package keeps
+    its ``checkpoint.pth`` beside the model files): export never writes where it reads."""
+    if isinstance(checkpoint, (str, Path)) and Path(checkpoint).resolve().is_relative_to(output.resolve()):
+        raise ExportError(
+            f"output folder {output} holds the input checkpoint {checkpoint}: export to another folder"
+            " (or move the checkpoint out first)"
         )
 
 
@@ -175,13 +218,21 @@ def _version(dist: str) -> str | None:
 
 
 def _load(
-    checkpoint: str | Path | Mapping[str, Any] | Sam, model_type: str, config: SamConfig | None
+    checkpoint: str | Path | Mapping[str, Any] | Sam,
+    model_type: str,
+    config: SamConfig | None,
+    encoder_norm_eps: float | None = None,
 ) -> tuple[Sam, SamConfig, dict[str, Any]]:
     """The torch model, its config, and provenance for the report."""
     if isinstance(checkpoint, Sam):
         resolved = config or _config_of_module(checkpoint)
         if model_type != "auto":
             resolve_config(checkpoint.state_dict(), model_type)
+        if encoder_norm_eps is not None and encoder_norm_eps != resolved.encoder_norm_eps:
+            raise ExportError(
+                f"the module's encoder LayerNorms use eps {resolved.encoder_norm_eps:g}, not the"
+                f" {encoder_norm_eps:g} asked for: the module is exported as it is"
+            )
         return checkpoint.eval(), resolved, {"source": "torch module"}
     if isinstance(checkpoint, Mapping):
         state = normalize_state_dict(checkpoint, source="state dict")
@@ -194,6 +245,8 @@ def _load(
     # the weights into it (strict) still checks every shape.
     detected = resolve_config(state, model_type) if config is None or model_type != "auto" else None
     resolved = config or detected
+    if encoder_norm_eps is not None:
+        resolved = dataclasses.replace(resolved, encoder_norm_eps=encoder_norm_eps)
     return load_sam(state, resolved), resolved, source
 
 
@@ -264,6 +317,7 @@ def export_model(
     simplify: str = DEFAULT_SIMPLIFIER,
     quantize: str = "none",
     attention_rows: int | None = DEFAULT_ATTENTION_ROWS,
+    encoder_norm_eps: float | None = None,
     validate: bool = True,
     force: bool = False,
     console: Console | None = None,
@@ -285,14 +339,20 @@ def export_model(
         attention_rows: rewrite the encoder's global attention over large grids (the official
             64x64) to run on bands of this many query rows (:mod:`samdeploy.export.attention`):
             same numbers, GBs less memory, faster; ``None`` or 0 keeps the attention as traced.
+        encoder_norm_eps: epsilon of the image encoder's LayerNorms, which no checkpoint records:
+            ``None`` takes ``config``'s (the official 1e-6 by default, or a ``Sam`` module's own);
+            pass 1e-5 for a model built with ``ImageEncoderViT``'s default norm layer.
         validate: compare ONNX Runtime with PyTorch after writing; fp32 exports fail beyond
             :data:`samdeploy.export.validate.TOLERANCES`, int8 ones record their differences.
         force: replace an existing package at ``output``.
         console: where to show progress; ``None`` for silence.
 
     Raises:
-        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; wrong ``model_type``.
-        ExportError: bad option, unusable output folder, too little disk, tracing or validation failure.
+        CheckpointError: missing, corrupt, unsafe or non-SAM checkpoint; NaN or infinite weights;
+            wrong ``model_type``.
+        ExportError: bad option, unusable output folder (not a package, or holding the input
+            checkpoint), too little disk, tracing or validation failure (non-finite outputs fail
+            at every precision).
     """
     output = Path(output)
     if _is_sam2(checkpoint, config, model_type):
@@ -325,22 +385,26 @@ def export_model(
         raise ExportError(
             f"attention_rows must be positive (or 0 to keep the traced attention), got {attention_rows}"
         )
+    if encoder_norm_eps is not None and not (math.isfinite(encoder_norm_eps) and encoder_norm_eps > 0):
+        raise ExportError(f"encoder_norm_eps must be a positive number, got {encoder_norm_eps}")
     if not 14 <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
     check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
 
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
-        sam, sam_config, source = _load(checkpoint, model_type, config)
+        sam, sam_config, source = _load(checkpoint, model_type, config, encoder_norm_eps)
+    check_finite_weights(sam)
     weight_bytes = sum(t.numel() * t.element_size() for t in sam.state_dict().values())
     _check_disk(output, weight_bytes)
     name = preset_name(sam_config)
     precision = "int8" if quantize == "int8" else "fp32"
 
-    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    work = staging / ".work"
     try:
-        work.mkdir(parents=True)
+        staging = new_staging(output, console)
+        work = staging / ".work"
+        work.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
     try:
@@ -384,15 +448,33 @@ def export_model(
         report = None
         if validate:
             with steps.step("validate", "validating against PyTorch"):
-                report = validate_package(
-                    sam,
-                    staging / f"{ENCODER}.onnx",
-                    staging / f"{DECODER}.onnx",
-                    staging / f"{LOW_RES_DECODER}.onnx",
-                )
+                try:
+                    report = validate_package(
+                        sam,
+                        staging / f"{ENCODER}.onnx",
+                        staging / f"{DECODER}.onnx",
+                        staging / f"{LOW_RES_DECODER}.onnx",
+                        # What the manifest will say, so a wrong constant there fails validation.
+                        pixel_mean=sam_config.pixel_mean,
+                        pixel_std=sam_config.pixel_std,
+                    )
+                except Exception as exc:
+                    # ONNX Runtime refusing to run a written graph (onnxslim at opset 16 gives a
+                    # decoder that fails on a prompt batch): a failed export, not a traceback.
+                    retry = "" if simplify == "none" else f"; retry without --simplify {simplify}"
+                    raise ExportError(
+                        f"validation could not run the exported graphs ({_one_line(exc)}){retry};"
+                        " nothing was written"
+                    ) from None
+                if name == "custom":
+                    # A custom model may come from a bare ImageEncoderViT (eps 1e-5) or build_sam
+                    # (1e-6); say how much that choice matters for this checkpoint.
+                    report["encoder_norm_eps_sensitivity"] = norm_eps_sensitivity(sam)
             problems = failures(report)
             report["passed"] = not problems
-            if problems and precision == "fp32":
+            # Non-finite outputs fail at every precision: such a package computes nothing usable,
+            # and its figures (NaN) would never exceed a limit.
+            if problems and (precision == "fp32" or non_finite(report)):
                 raise ExportError(
                     f"validation against PyTorch failed: {'; '.join(problems)}; nothing was written"
                 )
@@ -463,6 +545,10 @@ def export_model(
                 "validation": report,
             },
         }
+        if bad := non_finite(manifest):
+            raise ExportError(
+                f"the manifest would hold non-finite values at {', '.join(bad)}; nothing was written"
+            )
         write_manifest(staging, manifest)
         move_into_place(staging, output)
     except OSError as exc:
@@ -484,12 +570,90 @@ def export_model(
     )
 
 
+_OWNER = ".owner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(output: Path) -> list[tuple[Path, int]]:
+    """Remove the hidden ``.NAME.partial-*`` folders of ``output`` left by exports that died
+    without cleaning up (SIGKILL, power loss); returns each removed folder with its size in bytes.
+
+    A partial folder records the process writing it (``.owner``: host and pid); one whose process
+    still runs on this host, or that another host writes, is left alone. A folder without that
+    record comes from an older samdeploy and is stale.
+    """
+    removed = []
+    host = socket.gethostname()
+    for folder in sorted(output.parent.glob(f".{output.name}.partial-*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            owner_host, pid = (folder / _OWNER).read_text().split()
+            if owner_host != host or _alive(int(pid)):
+                continue
+        except (OSError, ValueError):
+            pass  # no (readable) record: written by a version without one
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append((folder, size))
+    return removed
+
+
+def new_staging(output: Path, console: Console | None = None) -> Path:
+    """Create the hidden staging folder beside ``output`` (stale ones of the same target are removed
+    first, and said so) and record this process as its owner."""
+    for folder, size in remove_stale_partials(output):
+        message = f"removed {folder.name} ({size / 2**20:.1f} MiB), left by an interrupted export of {output}"
+        logger.warning(message)
+        if console is not None:
+            console.print(f"[yellow]note[/]: {message}", highlight=False, soft_wrap=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    (staging / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return staging
+
+
+def _package_files(folder: Path) -> set[str]:
+    """Names of the files a package's manifest says are its own, plus ``model.json``: only plain
+    names of regular files directly in ``folder`` (a manifest naming ``../x`` or a link names nothing
+    that replacing the package may delete)."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text()).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        listed = set()
+    own = set()
+    for name in listed | {MANIFEST}:
+        path = folder / name
+        if Path(name).name == name and name not in (".", "..") and path.is_file() and not path.is_symlink():
+            own.add(name)
+    return own
+
+
 def move_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished package to ``output``; an old package there is removed only afterwards."""
-    if output.exists():
-        retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        output.rename(retired)
+    """Put the finished package at ``output``.
+
+    A new folder is one rename. An existing package is replaced file by file: each new file renamed
+    over its old version, the old package's files that the new one no longer has removed, and
+    ``model.json`` renamed last; anything else in the folder (notes, a checkpoint) stays.
+    """
+    (staging / _OWNER).unlink(missing_ok=True)
+    if not output.exists():
         staging.rename(output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(output)
+        return
+    old = _package_files(output)
+    new = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST)
+    for name in new:
+        os.replace(staging / name, output / name)
+    for name in sorted(old - set(new) - {MANIFEST}):
+        (output / name).unlink(missing_ok=True)
+    os.replace(staging / MANIFEST, output / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)

@@ -37,7 +37,6 @@ import os
 import shutil
 import statistics
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import onnx
 
 from samdeploy.errors import ExportError
 from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS, chunk_global_attention
-from samdeploy.export.exporter import check_output, move_into_place
+from samdeploy.export.exporter import check_output, move_into_place, new_staging
 from samdeploy.export.optimize import compress_weights_int8, quantize_int8
 from samdeploy.export.validate import cosine
 from samdeploy.package import (
@@ -300,8 +299,7 @@ def optimize_package(
     # layers, four for the MLP's second layer (fastest on vit_b; measured in docs/performance.md).
     quantization_group = int(package.manifest.get("architecture", {}).get("encoder_embed_dim", 128))
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = new_staging(output)
     timings: dict[str, float] = {}
     try:
         transforms: list[str] = []

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from samdeploy import limits
 from samdeploy.engine import Graph, ItemResult, Node, Profile, register_node
 from samdeploy.errors import NodeError, PackageError, SamDeployError
 from samdeploy.sam.amg import (
@@ -52,7 +53,7 @@ from samdeploy.sam.amg import (
 )
 from samdeploy.sam.graphs import EMBEDDINGS, connect_prompt_ports, decoder_node, encode_graph
 from samdeploy.sam.images import as_rgb_array
-from samdeploy.sam.model import SamModel, load_model
+from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, postprocess_masks
@@ -363,6 +364,15 @@ class GeneratorConfig:
         for name, (value, low) in at_least.items():
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise GeneratorOptionError(f"{name} must be an integer >= {low}, got {value!r}")
+        at_most = {"points_per_batch": limits.MAX_POINTS_PER_BATCH, "crop_n_layers": limits.MAX_CROP_LAYERS}
+        if self.points_per_side is not None:
+            at_most["points_per_side"] = limits.MAX_POINTS_PER_SIDE
+        for name, limit in at_most.items():
+            limits.check(getattr(self, name), limit, error=GeneratorOptionError)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not np.isfinite(value):
+                raise GeneratorOptionError(f"{item.name} must be a finite number, got {value!r}")
         for name in ("box_nms_thresh", "crop_nms_thresh", "crop_overlap_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -375,6 +385,14 @@ class GeneratorConfig:
             raise GeneratorOptionError(
                 f"min_mask_region_area must be >= 0, got {self.min_mask_region_area!r}"
             )
+
+
+def _bounded(grids: list[np.ndarray]) -> list[np.ndarray]:
+    """``grids`` (one per crop layer), unless the points of all crops of an image exceed
+    ``limits.MAX_GENERATOR_POINTS`` (layer i has (2**i)**2 crops, each prompted with its grid)."""
+    total = sum(len(grid) * 4**layer for layer, grid in enumerate(grids))
+    limits.check(total, limits.MAX_GENERATOR_POINTS, error=GeneratorOptionError)
+    return grids
 
 
 def crop_graph(model: SamModel) -> Graph:
@@ -462,6 +480,20 @@ def _outputs(results: Iterable[ItemResult]) -> Iterator[tuple[int, dict[str, Any
         yield result.index, result.outputs  # type: ignore[misc]
 
 
+#: The generator's numeric options: those a package may recommend and a caller may leave at None.
+GENERATOR_OPTIONS = tuple(field.name for field in fields(GeneratorConfig) if field.name != "output_mode")
+
+
+def recommended_settings(package: Any) -> dict[str, Any]:
+    """The generator options a model package recommends (its manifest's ``generator``; {} if none).
+
+    Only :data:`GENERATOR_OPTIONS` count; a value that is out of range fails later, in
+    :meth:`GeneratorConfig.check`, like a bad argument.
+    """
+    generator = package.manifest.get("generator") or {}
+    return {name: generator[name] for name in GENERATOR_OPTIONS if generator.get(name) is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 # The generator
 # ---------------------------------------------------------------------------------------------
@@ -471,9 +503,12 @@ class SamAutomaticMaskGenerator:
     """Generates masks for a whole image from a grid of point prompts, then filters and de-duplicates.
 
     ``model`` is a :class:`~samdeploy.sam.model.SamModel` (or a package path, loaded with defaults).
-    Every other argument is the official generator's, with its default and meaning:
+    Every other argument is the official generator's, with its meaning. An option left at None takes
+    the value the model package recommends (its manifest's ``generator``, measured to fit that
+    model; see :attr:`recommended`), else the official default (:class:`GeneratorConfig`): the
+    official checkpoints carry no recommendation, so they run exactly as ``segment_anything`` does.
 
-    points_per_side: points sampled along each side (``points_per_side**2`` in all), or None when
+    points_per_side: points sampled along each side (``points_per_side**2`` in all); not used when
       ``point_grids`` gives them. points_per_batch: points answered by one decoder call.
     pred_iou_thresh / stability_score_thresh: keep masks above these quality scores (<= 0: no filter).
     stability_score_offset: shift of the cut-off used for the stability score.
@@ -492,42 +527,50 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: SamModel | str | Path,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
+        points_per_side: int | None = None,
+        points_per_batch: int | None = None,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        stability_score_offset: float | None = None,
+        box_nms_thresh: float | None = None,
+        crop_n_layers: int | None = None,
+        crop_nms_thresh: float | None = None,
+        crop_overlap_ratio: float | None = None,
+        crop_n_points_downscale_factor: int | None = None,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
+        min_mask_region_area: int | None = None,
         output_mode: str = "binary_mask",
     ) -> None:
-        self.config = GeneratorConfig(
-            points_per_side=points_per_side,
-            points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset,
-            box_nms_thresh=box_nms_thresh,
-            crop_n_layers=crop_n_layers,
-            crop_nms_thresh=crop_nms_thresh,
-            crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            min_mask_region_area=min_mask_region_area,
-            output_mode=output_mode,
-        )
-        self.config.check()
-        self.point_grids = self._point_grids(point_grids)
-        self.model = model if isinstance(model, SamModel) else load_model(model)
+        arguments = locals()
+        given = {name: arguments[name] for name in GENERATOR_OPTIONS}
+        if point_grids is not None and points_per_side is not None:
+            raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
+        owned = not isinstance(model, SamModel)
+        self.model = load_model(model) if owned else model
         if self.model.package.is_sam2:
+            if owned:
+                self.model.close()
             raise PackageError(
                 f"SamAutomaticMaskGenerator needs a SAM package; {self.model.package.root} is"
                 f" {self.model.package.family}: use samdeploy.SAM2AutomaticMaskGenerator"
             )
+        #: The settings taken from the package's recommendation (the options left at None).
+        self.recommended = {
+            name: value
+            for name, value in recommended_settings(self.model.package).items()
+            if given.get(name, 0) is None and not (name == "points_per_side" and point_grids is not None)
+        }
+        settings = {name: value for name, value in given.items() if value is not None}
+        if point_grids is not None:
+            settings["points_per_side"] = None
+        try:
+            self.config = GeneratorConfig(**{**self.recommended, **settings}, output_mode=output_mode)
+            self.config.check()
+            self.point_grids = self._point_grids(point_grids)
+        except BaseException:
+            if owned:
+                self.model.close()
+            raise
         self.crop_graph = crop_graph(self.model)
         self.point_graph = point_graph(self.model, self.config)
         self.merge_graph = merge_graph(self.config)
@@ -535,8 +578,6 @@ class SamAutomaticMaskGenerator:
 
     def _point_grids(self, point_grids: list[np.ndarray] | None) -> list[np.ndarray]:
         config = self.config
-        if (config.points_per_side is None) == (point_grids is None):
-            raise GeneratorOptionError("give exactly one of points_per_side and point_grids")
         if point_grids is None:
             assert config.points_per_side is not None
             factor = config.crop_n_points_downscale_factor
@@ -546,7 +587,7 @@ class SamAutomaticMaskGenerator:
                         f"crop layer {layer} would get no points: points_per_side {config.points_per_side}"
                         f" / crop_n_points_downscale_factor {factor}**{layer} < 1"
                     )
-            return build_all_layer_point_grids(config.points_per_side, config.crop_n_layers, factor)
+            return _bounded(build_all_layer_point_grids(config.points_per_side, config.crop_n_layers, factor))
         grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
         if len(grids) < config.crop_n_layers + 1:
             raise GeneratorOptionError(
@@ -558,7 +599,7 @@ class SamAutomaticMaskGenerator:
                 raise GeneratorOptionError(
                     f"point_grids[{i}] must be a non-empty Nx2 array of finite [0, 1] XY, got shape {grid.shape}"
                 )
-        return grids
+        return _bounded(grids[: config.crop_n_layers + 1]) + grids[config.crop_n_layers + 1 :]
 
     @property
     def graphs(self) -> tuple[Graph, Graph, Graph]:
@@ -589,9 +630,65 @@ class SamAutomaticMaskGenerator:
                 progress(index + 1, len(crops))
         return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
 
-    def _crop_candidates(self, features: Mapping[str, np.ndarray], crop: CropInfo) -> MaskCandidates:
+    def generate_from_embedding(
+        self,
+        embedding: ImageEmbedding,
+        image: np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`generate` from the image's embedding (``model.encode(image)``, e.g. cached):
+        the records equal ``generate(image)``'s, without encoding the whole image again.
+
+        ``image`` (HxWx3 uint8 RGB, the encoded one) is needed only with crop layers, whose crops
+        are encoded from it; without them only the embedding is used. ``progress(done, total)``
+        is called after each decoder batch (``points_per_batch`` points) over all crops.
+        Raises :class:`GeneratorOptionError` when crop layers have no image, or the image is not
+        the embedding's size.
+        """
+        height, width = embedding.original_size
+        if image is not None:
+            image = as_rgb_array(image)
+            if image.shape[:2] != (height, width):
+                raise GeneratorOptionError(
+                    f"the image is {image.shape[1]}x{image.shape[0]} but the embedding is of a"
+                    f" {width}x{height} image: pass the image that was encoded"
+                )
+        elif self.config.crop_n_layers > 0:
+            raise GeneratorOptionError(
+                f"crop_n_layers={self.config.crop_n_layers} encodes crops of the image: pass the image too"
+            )
+        boxes, layers = generate_crop_boxes(
+            (height, width), self.config.crop_n_layers, self.config.crop_overlap_ratio
+        )
+        crops = [
+            CropInfo(box=tuple(box), layer=layer, image_size=(height, width))  # type: ignore[arg-type]
+            for box, layer in zip(boxes, layers, strict=True)
+        ]
+        step = self.config.points_per_batch
+        total = sum(-(-len(self.point_grids[crop.layer]) // step) for crop in crops)
+        done = 0
+
+        def on_batch() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        # The first crop is the whole image (generate_crop_boxes puts it first): its embedding is given.
+        parts = [self._crop_candidates({EMBEDDINGS: embedding.embeddings}, crops[0], on_batch)]
+        crop_items = ({"image": image, "crop": crop} for crop in crops[1:])
+        for index, outputs in self._stream(self.crop_graph, crop_items, len(crops) > 2, queue_depth=1):
+            parts.append(self._crop_candidates(outputs, crops[index + 1], on_batch))
+        return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
+
+    def _crop_candidates(
+        self,
+        features: Mapping[str, np.ndarray],
+        crop: CropInfo,
+        on_batch: Callable[[], None] | None = None,
+    ) -> MaskCandidates:
         """All filtered candidates of one crop (``features``: the crop graph's outputs), batch by
-        batch in the official order."""
+        batch in the official order (``on_batch()`` after each decoder batch)."""
         h, w = crop.size
         points = self.point_grids[crop.layer] * np.array([[w, h]])
         step = self.config.points_per_batch
@@ -599,8 +696,12 @@ class SamAutomaticMaskGenerator:
             {**features, "points": points[start : start + step], "crop": crop}
             for start in range(0, len(points), step)
         )
-        results = self._stream(self.point_graph, items, len(points) > step, queue_depth=2)
-        return MaskCandidates.concat([out["candidates"] for _, out in results])
+        candidates = []
+        for _, out in self._stream(self.point_graph, items, len(points) > step, queue_depth=2):
+            candidates.append(out["candidates"])
+            if on_batch is not None:
+                on_batch()
+        return MaskCandidates.concat(candidates)
 
     def _stream(
         self, graph: Graph, items: Iterable[Mapping[str, Any]], pipeline: bool, queue_depth: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,10 +19,20 @@ from typing import Any
 
 import numpy as np
 
+from samdeploy import limits
 from samdeploy.engine import Graph, make_executor
 from samdeploy.engine.backends import backend_class
-from samdeploy.errors import BackendError, GraphError, NodeError, PackageError, SamDeployError
-from samdeploy.package import ENCODER, ModelPackage
+from samdeploy.errors import (
+    BackendError,
+    GraphError,
+    NodeError,
+    OptionError,
+    PackageError,
+    PromptLimitError,
+    SamDeployError,
+)
+from samdeploy.package import ENCODER, FAMILY, ModelPackage
+from samdeploy.sam.blas import hold_single_threaded_blas
 from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, RoleRuntime, sam_graph, segment_files_graph
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
@@ -47,6 +58,30 @@ class ImageEmbedding:
         return int(self.embeddings.nbytes)
 
 
+def check_cache_mb(cache_mb: float) -> float:
+    """``cache_mb`` as a float, or :class:`OptionError` unless it is a number in
+    ``[0, limits.MAX_CACHE_MB]``."""
+    if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float, np.integer, np.floating)):
+        raise OptionError(f"cache_mb must be a number of MiB (0 disables the cache), got {cache_mb!r}")
+    if not np.isfinite(cache_mb) or cache_mb < 0:
+        raise OptionError(f"cache_mb must be 0 (no cache) or a positive number of MiB, got {cache_mb!r}")
+    limits.check(cache_mb, limits.MAX_CACHE_MB, error=OptionError)
+    return float(cache_mb)
+
+
+def check_threads(threads: int | None) -> int:
+    """Intra-op threads as the backends take them (0: their default), or :class:`OptionError`
+    unless ``threads`` is None or an integer in ``[1, limits.max_threads()]``."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise OptionError(f"threads must be a positive integer (or None for the default), got {threads!r}")
+    cpus = limits.max_threads()
+    if threads > cpus:  # more threads than CPUs only wait for each other (1000 of them never finish)
+        raise OptionError(f"threads is {threads}, more than the {cpus} CPUs this process may use")
+    return int(threads)
+
+
 class EmbeddingCache:
     """Least-recently-used image embeddings, keyed by image content, bounded in megabytes.
 
@@ -54,9 +89,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, max_mb: float = DEFAULT_CACHE_MB) -> None:
-        if max_mb < 0:
-            raise ValueError("max_mb must be >= 0")
-        self.max_bytes = int(max_mb * 2**20)
+        self.max_bytes = int(check_cache_mb(max_mb) * 2**20)
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[str, ImageEmbedding] = OrderedDict()
@@ -154,6 +187,10 @@ class SamModel:
         self.graph, self.encode_graph, self.decode_graph = self.build_graphs(package, options, inside_image)
         self.executor = make_executor(mode)
         self.cache = EmbeddingCache(cache_mb)
+        # numpy's BLAS on one thread for the model's life, set once on the loading thread:
+        # switching it per call from several predicting threads cost ~40x (see sam/blas.py).
+        self._blas = hold_single_threaded_blas()
+        weakref.finalize(self, self._blas.release)
 
     @staticmethod
     def build_graphs(
@@ -218,7 +255,20 @@ class SamModel:
         profile: Any = None,
     ) -> dict[str, np.ndarray]:
         """One decoder call for a prompt batch of B: ``masks`` BxCxHxW, ``scores`` BxC,
-        ``low_res_logits`` BxCxRxR (C = 3 with ``multimask_output``, else 1)."""
+        ``low_res_logits`` BxCxRxR (C = 3 with ``multimask_output``, else 1).
+
+        Safe to call from several threads at once (as :meth:`encode` is). Raises
+        :class:`PromptLimitError` when the masks would exceed ``limits.MAX_MASK_PIXELS``.
+        """
+        height, width = embedding.original_size
+        pixels = prompt.batch * (3 if multimask_output else 1) * height * width
+        limits.check(
+            pixels,
+            limits.MAX_MASK_PIXELS,
+            f"mask pixels per call ({prompt.batch} prompt(s) x {3 if multimask_output else 1} mask(s)"
+            f" of {width}x{height})",
+            PromptLimitError,
+        )
         inputs = {
             EMBEDDINGS: embedding.embeddings,
             "prompt": prompt,
@@ -226,7 +276,15 @@ class SamModel:
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        return run_graph(self.decode_graph, inputs, self.executor, profile)
+        out = run_graph(self.decode_graph, inputs, self.executor, profile)
+        # Prompts are bounded so that a sound model stays finite; NaN here means broken weights,
+        # which would otherwise come out as empty masks with no word of warning.
+        if not (np.isfinite(out["scores"]).all() and np.isfinite(out["low_res_logits"]).all()):
+            raise PackageError(
+                f"model package {self.package.root} gave NaN or infinite scores or logits: its weights"
+                " are broken (export it again from a sound checkpoint)"
+            )
+        return out
 
     def segment_files(
         self,
@@ -261,6 +319,7 @@ class SamModel:
         """Release the inference sessions and executor threads."""
         self.executor.close()
         self.graph.close()
+        self._blas.release()
 
     def __enter__(self) -> SamModel:
         return self
@@ -275,17 +334,6 @@ class SamModel:
         )
 
 
-def check_files(package: ModelPackage) -> None:
-    """Refuse a package whose files do not have the sizes its manifest says."""
-    for name, info in package.manifest["files"].items():
-        size = (package.root / name).stat().st_size
-        if size != info.get("bytes", size):
-            raise PackageError(
-                f"model package {package.root}: {name} has {size} bytes, the manifest says {info['bytes']}"
-                " (corrupt or replaced file; export the package again)"
-            )
-
-
 def check_encoder_input(package: ModelPackage, encoder: Any) -> None:
     """Refuse an encoder (Inference node) whose input is not 1x3xSxS for the manifest's S."""
     size = package.image_size
@@ -298,9 +346,9 @@ def check_encoder_input(package: ModelPackage, encoder: Any) -> None:
 
 
 def _check_package(package: ModelPackage, model: SamModel) -> None:
-    """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
+    """Refuse a package whose models do not match its manifest (tensor names and shapes); file
+    sizes and checksums were checked by :meth:`ModelPackage.load` and :meth:`ModelPackage.verify`."""
     root = package.root
-    check_files(package)
     check_encoder_input(package, model.encode_graph.nodes["image_encoder"])
     decoder = model.decode_graph.nodes["mask_decoder"]
     names = [spec.name for spec in decoder.input_specs]
@@ -371,6 +419,7 @@ def load_model(
     threads: int | None = None,
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
+    verify: bool = True,
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy).
 
@@ -382,10 +431,15 @@ def load_model(
     (e.g. ``["cuda"]``); ``threads``: intra-op threads (None: the backend's default);
     ``cache_mb``: size bound of the embedding cache (0 disables it); ``inside_image``: refuse points
     and boxes outside the image instead of passing them to the model as the official predictor does.
+    ``verify``: check every file's sha256 against the manifest before loading it (the default,
+    also for the embedded model). Each file is hashed once and its digest remembered by file
+    identity (:class:`samdeploy.package.ChecksumCache`), so later loads cost a ``stat`` per file;
+    ``False`` skips the check for trusted packages on hot paths.
 
-    Both models are loaded now, so a bad package fails here: :class:`PackageError` for a missing
-    package or files that do not match the manifest, :class:`BackendError` for a model file the
-    backend cannot load (or a backend or provider that is not installed).
+    Both models are loaded now, so a bad package fails here: :class:`PackageError` for a missing,
+    malformed or modified package (see :meth:`ModelPackage.load`) or one of another model family,
+    :class:`BackendError` for a model file the backend cannot load (or a backend or provider that
+    is not installed), :class:`OptionError` for ``threads`` or ``cache_mb`` out of range.
     """
     if path is None:
         if not (DEFAULT_MODEL / "model.json").is_file():
@@ -394,16 +448,32 @@ def load_model(
                 " (made with `samdeploy export CHECKPOINT --output DIR`)"
             )
         path = DEFAULT_MODEL
-    if threads is not None and threads < 0:
-        raise BackendError(f"threads must be positive (or None for the default), got {threads}")
+    thread_count = check_threads(threads)
+    check_cache_mb(cache_mb)
     package = ModelPackage.load(path)
     if package.is_sam2:
+        # The family dispatch: a SAM 2.x package runs on samdeploy.sam2's graphs.
+        from samdeploy.sam2.model import load_sam2_model
+
+        return load_sam2_model(
+            package, backend, mode, providers, threads, cache_mb, inside_image, verify=verify
+        )
+    if package.family != FAMILY:
         raise PackageError(
-            f"model package {package.root} is a {package.family} package: load it with samdeploy.load_model"
-            " and use samdeploy.SAM2ImagePredictor / SAM2AutomaticMaskGenerator"
+            f"model package {package.root} holds a '{package.family}' model; this samdeploy runs"
+            f" '{FAMILY}', 'sam2.1' and 'sam2' packages only"
         )
     return open_model(
-        SamModel, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image
+        SamModel,
+        package,
+        _check_package,
+        backend,
+        mode,
+        providers,
+        thread_count,
+        cache_mb,
+        inside_image,
+        verify,
     )
 
 
@@ -417,13 +487,17 @@ def open_model(
     threads: int | None,
     cache_mb: float,
     inside_image: bool,
+    verify: bool = True,
 ) -> Any:
-    """``model_class`` (a SAM or SAM 2 model) on ``package``, checked by ``check(package, model)``,
-    with its sessions created; a failure closes what was opened (see :func:`load_model`)."""
+    """``model_class`` (a SAM or SAM 2 model) on ``package``, checked by ``check(package, model)``
+    (and every file's sha256 first with ``verify``), with its sessions created; a failure closes
+    what was opened (see :func:`load_model`)."""
+    if verify:
+        package.verify(cache=True)
     options = BackendOptions(
         backend=backend or "onnxruntime",
         providers=providers,
-        threads=threads or 0,
+        threads=threads,
         roles=package_runtime(package, backend),
     )
     model = model_class(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)

@@ -8,10 +8,17 @@
 Same method names, arguments, shapes, dtypes and semantics; numpy in and out (there is no
 ``predict_torch``). Additions: a batch of boxes in one decoder call (``box`` Bx4 -> BxCxHxW),
 :meth:`SamPredictor.predict_batch`, and an embedding cache shared through the model.
+
+Threads: a predictor may be shared. Each thread that calls :meth:`SamPredictor.set_image` gets
+its own current image, so ``set_image`` in one thread never changes what ``predict`` answers in
+another; a thread that never set an image sees the one set last by any thread (set it once,
+predict from a pool of workers). The model's :meth:`~samdeploy.sam.model.SamModel.encode` and
+:meth:`~samdeploy.sam.model.SamModel.decode` are thread-safe themselves.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,35 @@ class SamPredictor:
             )
         self.transform = ResizeLongestSide(self.model.image_size)
         self.profile: Any = None  # an engine Profile to time every node run, or None
+        # The current image is per thread (see the module docs); ``_shared`` is the last one set
+        # by any thread, for threads that never set their own. An ImageEmbedding is immutable,
+        # so reading one reference gives a consistent embedding and sizes.
+        self._local = threading.local()
+        self._shared: ImageEmbedding | None = None
         self.reset_image()
+
+    @property
+    def _embedding(self) -> ImageEmbedding | None:
+        if getattr(self._local, "owns", False):
+            return self._local.embedding
+        return self._shared
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether this thread has an image to predict on."""
+        return self._embedding is not None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """(H, W) of the current image, or None."""
+        embedding = self._embedding
+        return embedding.original_size if embedding is not None else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(h, w) of the current image inside the SxS encoder input, or None."""
+        embedding = self._embedding
+        return embedding.input_size if embedding is not None else None
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an HxWx3 uint8 image (``image_format`` "RGB" or "BGR").
@@ -52,11 +87,8 @@ class SamPredictor:
         embedding = self.model.encode(
             image, image_format, profile=self.profile
         )  # a bad image keeps the last one
-        self.reset_image()
-        self._embedding = embedding
-        self.original_size = self._embedding.original_size
-        self.input_size = self._embedding.input_size
-        self.is_image_set = True
+        self._local.owns, self._local.embedding = True, embedding
+        self._shared = embedding
 
     def predict(
         self,
@@ -104,26 +136,27 @@ class SamPredictor:
 
         Returns masks BxCxHxW, scores BxC, low_res_logits BxCxRxR.
         """
-        if not self.is_image_set:
+        embedding = self._embedding  # read once: the image this call answers for
+        if embedding is None:
             raise RuntimeError(_NO_IMAGE)
         prompt = validate_prompt(
             point_coords, point_labels, boxes, mask_input, mask_input_size=self.model.mask_input_size
         )
-        out = self.model.decode(
-            self._embedding, prompt, multimask_output, return_logits, profile=self.profile
-        )
+        out = self.model.decode(embedding, prompt, multimask_output, return_logits, profile=self.profile)
         return out["masks"], out["scores"], out["low_res_logits"]
 
     def get_image_embedding(self) -> np.ndarray:
         """The current image's embedding, 1xCxhxw float32 (C = 256, h = w = S/16), read-only."""
-        if not self.is_image_set:
+        embedding = self._embedding
+        if embedding is None:
             raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
-        return self._embedding.embeddings
+        return embedding.embeddings
 
     @property
     def features(self) -> np.ndarray | None:
         """The official attribute name of the current embedding (None before :meth:`set_image`)."""
-        return self._embedding.embeddings if self._embedding is not None else None
+        embedding = self._embedding
+        return embedding.embeddings if embedding is not None else None
 
     @property
     def embedding(self) -> ImageEmbedding | None:
@@ -131,8 +164,6 @@ class SamPredictor:
         return self._embedding
 
     def reset_image(self) -> None:
-        """Forget the current image."""
-        self.is_image_set = False
-        self._embedding: ImageEmbedding | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        """Forget the current image: this thread's, and the one shared with threads that set none."""
+        self._local.owns, self._local.embedding = False, None
+        self._shared = None

@@ -9,7 +9,12 @@ A prompt is any mix of points (with labels), boxes and a previous low-res mask. 
 - ``box`` is 4 or Bx4, XYXY; x1 < x0 or y1 < y0 is an error. A Bx4 batch runs as one decoder call.
 - ``mask_input`` is 1xRxR (as the official predictor takes) or Bx1xRxR, R = the package's
   ``mask_input_size`` (256 for SAM); usually a previous call's ``low_res_logits``.
-- No NaN or infinity anywhere.
+- No NaN, infinity or None anywhere; coordinates within ``limits.MAX_COORDINATE`` (2**24 pixels:
+  beyond it float32, the decoder's dtype, loses whole pixels and 1e39 becomes infinity) and
+  ``mask_input`` logits within ``limits.MAX_MASK_LOGIT``.
+- At most ``limits.MAX_POINTS`` points per prompt, ``limits.MAX_PROMPTS`` prompts per call and
+  ``limits.MAX_CALL_POINTS`` points per call (the decoder's cost grows with the square of the
+  points): over them raises :class:`~samdeploy.errors.PromptLimitError`.
 - Coordinates outside the image are **accepted** by default, as the official predictor accepts
   them (the model extrapolates); ``inside_image=True`` (used by the command line) refuses points or
   box corners outside ``[0, W] x [0, H]``.
@@ -23,10 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samdeploy.errors import PromptError
+from samdeploy import limits
+from samdeploy.errors import PromptError, PromptLimitError
 from samdeploy.sam.transforms import apply_boxes, apply_coords
 
 POINT_LABELS = (-1, 0, 1)
+# mask_input values a call may carry: prompts per call x one 1024x1024 mask (R is 256 for SAM).
+_MASK_VALUES = limits.MAX_PROMPTS.value * 1024 * 1024
 BOX_TOP_LEFT, BOX_BOTTOM_RIGHT, PADDING = 2, 3, -1
 
 
@@ -46,13 +54,33 @@ class Prompt:
     batch: int
 
 
-def _float_array(value: object, name: str) -> np.ndarray:
+def _float_array(value: object, name: str, bound: float = limits.MAX_COORDINATE.value) -> np.ndarray:
+    """``value`` as float64, refusing non-numbers, None, NaN, infinity and ``|x| > bound``."""
+    if isinstance(value, np.ndarray):  # refuse an oversized array before converting (copying) it
+        limits.check(
+            value.size, limits.MAX_CALL_POINTS.value * 2 + _MASK_VALUES, f"{name} size", PromptLimitError
+        )
     try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+        raw = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nesting
+        raise PromptError(
+            f"{name} must be a rectangular array of numbers, got {type(value).__name__}"
+        ) from None
+    if raw.dtype == object and any(item is None for item in raw.flat):
+        raise PromptError(f"{name} holds None: give numbers only")
+    if raw.dtype.kind not in "biufO":  # strings, complex numbers, dates
+        raise PromptError(f"{name} must be numeric, got {type(value).__name__} of {raw.dtype}")
+    try:
+        with np.errstate(all="ignore"):
+            array = raw.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise PromptError(f"{name} must be numeric, got {type(value).__name__}") from None
     if not np.all(np.isfinite(array)):
         raise PromptError(f"{name} contains NaN or infinity")
+    if array.size and np.abs(array).max() > bound:
+        raise PromptError(
+            f"{name} has a value of {np.abs(array).max():g}, beyond the limit of +-{bound:,.0f}"
+        )
     return array
 
 
@@ -84,6 +112,7 @@ def validate_prompt(
             raise PromptError(
                 f"point_coords must be Nx2 (or BxNx2) XY pixels, got shape {np.shape(point_coords)}"
             )
+        _check_counts(coords.shape[0], coords.shape[1])
         labels = _float_array(point_labels, "point_labels")
         if labels.ndim == 1:
             labels = labels[None]
@@ -104,6 +133,7 @@ def validate_prompt(
             boxes = boxes[None]
         if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] == 0:
             raise PromptError(f"box must be 4 numbers XYXY (or Bx4), got shape {np.shape(box)}")
+        limits.check(boxes.shape[0], limits.MAX_PROMPTS, "boxes", PromptLimitError)
         inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
         if inverted.any():
             x0, y0, x1, y1 = boxes[inverted][0]
@@ -118,13 +148,14 @@ def validate_prompt(
                 raise PromptError(
                     f"{coords.shape[0]} point sets for {batch} boxes: give one Nx2 set for all, or BxNx2"
                 )
+            _check_counts(batch, coords.shape[1])
             coords = np.repeat(coords, batch, axis=0)
             labels = np.repeat(labels, batch, axis=0)
     elif coords is not None:
         batch = coords.shape[0]
     masks = None
     if mask_input is not None:
-        masks = _float_array(mask_input, "mask_input").astype(np.float32)
+        masks = _float_array(mask_input, "mask_input", limits.MAX_MASK_LOGIT.value).astype(np.float32)
         height, width = mask_input_size
         if masks.ndim == 3:
             masks = masks[None]
@@ -139,6 +170,13 @@ def validate_prompt(
             raise PromptError("inside_image needs the image size")
         check_inside(prompt, image_size)
     return prompt
+
+
+def _check_counts(batch: int, points: int) -> None:
+    """Refuse more prompts, points per prompt or points per call than the limits allow."""
+    limits.check(batch, limits.MAX_PROMPTS, "point sets", PromptLimitError)
+    limits.check(points, limits.MAX_POINTS, error=PromptLimitError)
+    limits.check(batch * points, limits.MAX_CALL_POINTS, error=PromptLimitError)
 
 
 def check_inside(prompt: Prompt, image_size: tuple[int, int]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from samdeploy.engine import Graph
-from samdeploy.errors import BackendError, PackageError
+from samdeploy.errors import PackageError
 from samdeploy.package import DECODER, SAM2_DECODER_INPUTS, ModelPackage
 from samdeploy.sam.graphs import BackendOptions
 from samdeploy.sam.images import as_rgb_array
@@ -26,8 +26,9 @@ from samdeploy.sam.model import (
     DEFAULT_CACHE_MB,
     EmbeddingCache,
     SamModel,
+    check_cache_mb,
     check_encoder_input,
-    check_files,
+    check_threads,
     open_model,
     run_graph,
 )
@@ -139,7 +140,6 @@ class Sam2Model(SamModel):
 
 def _check_package(package: ModelPackage, model: Sam2Model) -> None:
     """Refuse a package whose files do not match its manifest (sizes, tensor names and shapes)."""
-    check_files(package)
     check_encoder_input(package, model.encode_graph.nodes["image_encoder"])
     names = [spec.name for spec in model.decode_graph.nodes["mask_decoder"].input_specs]
     missing = [name for name in SAM2_DECODER_INPUTS if name not in names]
@@ -151,22 +151,30 @@ def _check_package(package: ModelPackage, model: Sam2Model) -> None:
 
 
 def load_sam2_model(
-    path: str | Path,
+    path: str | Path | ModelPackage,
     backend: str | None = None,
     mode: str = "sequential",
     providers: list[str] | None = None,
     threads: int | None = None,
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
+    verify: bool = True,
 ) -> Sam2Model:
-    """Load a SAM 2.x package folder; the arguments are :func:`samdeploy.load_model`'s.
+    """Load a SAM 2.x package folder (or an already loaded package); the arguments are
+    :func:`samdeploy.load_model`'s, ``verify`` included (every file's sha256 is checked).
 
-    Raises :class:`PackageError` for a missing, corrupt or non-SAM 2 package and
-    :class:`BackendError` for a backend or provider that is not installed.
+    Raises :class:`PackageError` for a missing, corrupt or non-SAM 2 package,
+    :class:`BackendError` for a backend or provider that is not installed and
+    :class:`OptionError` for ``threads`` or ``cache_mb`` out of range.
     """
-    if threads is not None and threads < 0:
-        raise BackendError(f"threads must be positive (or None for the default), got {threads}")
-    package = ModelPackage.load(path)
+    threads = check_threads(threads)
+    check_cache_mb(cache_mb)
+    package = path if isinstance(path, ModelPackage) else ModelPackage.load(path)
+    if not package.is_sam2:
+        raise PackageError(
+            f"model package {package.root} is a '{package.family}' package, not SAM 2.x:"
+            " use samdeploy.SamPredictor / SamAutomaticMaskGenerator"
+        )
     return open_model(
-        Sam2Model, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image
+        Sam2Model, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image, verify
     )
