@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from samdeploy.sam.model import DEFAULT_CACHE_MB, SamModel
-from samdeploy.sam.model import load_model as load_sam_model
 
 
 def load_model(
@@ -39,8 +38,11 @@ def load_model(
         inside_image=inside_image,
         verify=verify,
     )
-    # samdeploy.sam.model.load_model reads the manifest once and dispatches on its family.
-    return load_sam_model(path, **options)  # type: ignore[arg-type]
+    # samdeploy.sam.model.load_model reads the manifest once and dispatches on its family
+    # (looked up at call time, so that one function is the loader everywhere).
+    from samdeploy.sam import model as sam_model
+
+    return sam_model.load_model(path, **options)  # type: ignore[arg-type]
 
 
 def is_sam2(model: Any) -> bool:

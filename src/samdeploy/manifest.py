@@ -21,7 +21,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -141,6 +143,19 @@ class Sam2Preprocessing(_Strict):
     layout: Literal["NCHW"] = "NCHW"
 
 
+def _preprocessing_kind(value: Any) -> str:
+    """SAM 2's pre-processing resizes to a square; any other is checked as SAM's (so an error
+    names SAM's fields, not both alternatives')."""
+    resize = value.get("resize") if isinstance(value, dict) else getattr(value, "resize", None)
+    return "union-sam2" if resize == "square" else "union-sam"
+
+
+# The tags start with "union" so that error locations skip them (see _where).
+AnyPreprocessing = Annotated[
+    Annotated[Preprocessing, Tag("union-sam")] | Annotated[Sam2Preprocessing, Tag("union-sam2")],
+    Discriminator(_preprocessing_kind),
+]
+
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -173,7 +188,7 @@ class ManifestSchema(_Strict):
     mask_input_size: tuple[PositiveInt, PositiveInt] | None = None
     pixel_mean: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
     pixel_std: tuple[PixelStd, PixelStd, PixelStd]
-    preprocessing: Preprocessing | Sam2Preprocessing | None = None
+    preprocessing: AnyPreprocessing | None = None
     precision: Name = "fp32"
     opset: Annotated[int, Field(ge=1, le=1000)] | None = None
     models: Annotated[dict[Name, ModelSchema], Field(min_length=1, max_length=16)]

@@ -272,3 +272,18 @@ def test_official_sizes_match_the_official_predictor(tmp_path, config_file):
         for kwargs in _prompts(*shape):
             worst.add(predictor.predict(**kwargs), official.predict(**kwargs))
         worst.check(f"{config_file} {shape[0]}x{shape[1]}")
+
+
+def test_a_modified_sam2_package_is_refused_by_its_checksums(sam2_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "package"
+    shutil.copytree(sam2_package, copy)
+    encoder = copy / "image_encoder.onnx"
+    data = bytearray(encoder.read_bytes())
+    data[-1] ^= 0xFF  # same size: only the sha256 tells
+    encoder.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="checksum mismatch"):
+        samdeploy.load_model(copy)
+    with pytest.raises(PackageError, match="checksum mismatch"):
+        samdeploy.SAM2ImagePredictor(copy)

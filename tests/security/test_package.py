@@ -285,10 +285,16 @@ def test_nan_and_oversized_manifests(package_copy) -> None:
 
 
 def test_other_families_load_as_packages_but_do_not_run(package_copy) -> None:
-    package = package_copy(_set("family", "sam2.1"))
-    assert ModelPackage.load(package).family == "sam2.1"
-    with pytest.raises(PackageError, match="holds a 'sam2.1' model; this samdeploy runs 'sam' packages only"):
+    package = package_copy(_set("family", "sam3"))
+    assert ModelPackage.load(package).family == "sam3"
+    with pytest.raises(PackageError, match="holds a 'sam3' model; this samdeploy runs 'sam', 'sam2.1' and"):
         load_model(package)
+
+
+def test_a_sam_package_labelled_sam2_is_refused(package_copy) -> None:
+    # SAM 2.x packages run SAM 2's pre-processing: SAM's (padding) under a SAM 2 label is refused.
+    with pytest.raises(PackageError, match="preprocessing: not the pre-processing of a 'sam2.1' package"):
+        ModelPackage.load(package_copy(_set("family", "sam2.1")))
 
 
 def test_generator_settings_are_read(package_copy) -> None:

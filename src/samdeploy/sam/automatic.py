@@ -675,11 +675,16 @@ class SamAutomaticMaskGenerator:
                 progress(done, total)
 
         # The first crop is the whole image (generate_crop_boxes puts it first): its embedding is given.
-        parts = [self._crop_candidates({EMBEDDINGS: embedding.embeddings}, crops[0], on_batch)]
+        parts = [self._crop_candidates(self._embedding_features(embedding), crops[0], on_batch)]
         crop_items = ({"image": image, "crop": crop} for crop in crops[1:])
         for index, outputs in self._stream(self.crop_graph, crop_items, len(crops) > 2, queue_depth=1):
             parts.append(self._crop_candidates(outputs, crops[index + 1], on_batch))
         return self._run(self.merge_graph, {"crop_candidates": parts})["records"]
+
+    @staticmethod
+    def _embedding_features(embedding: Any) -> dict[str, np.ndarray]:
+        """An encoded image as the point graph's feature inputs (the family's)."""
+        return {EMBEDDINGS: embedding.embeddings}
 
     def _crop_candidates(
         self,

@@ -262,6 +262,11 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         )
         self.profile = None
 
+    @staticmethod
+    def _embedding_features(embedding: Any) -> dict[str, np.ndarray]:
+        """A :class:`~samdeploy.sam2.model.Sam2Embedding` as the point graph's three feature maps."""
+        return embedding.features()
+
 
 def _base_options(config: Generator2Config) -> dict[str, Any]:
     names = GeneratorConfig.__dataclass_fields__

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samdeploy.errors import SamDeployError
+from samdeploy.loading import mask_generator_for
 from samdeploy.sam.automatic import SamAutomaticMaskGenerator
 from samdeploy.sam.model import SamModel
 from samdeploy.serve.errors import Busy, NotFound
@@ -71,7 +72,8 @@ class JobManager:
 
     def submit(self, key: str, entry: CachedImage, options: dict[str, Any]) -> Job:
         """Queue a job on the cached image ``key`` with generator ``options`` (checked now)."""
-        generator = SamAutomaticMaskGenerator(self.model, output_mode="coco_rle", **options)
+        # The family's generator: SAM packages' or SAM 2.x packages' (both generate from the cached embedding).
+        generator = mask_generator_for(self.model, output_mode="coco_rle", **options)
         with self._lock:
             active = sum(job.status in ACTIVE for job in self._jobs.values())
             if self._closed or active >= self.settings.max_jobs:
