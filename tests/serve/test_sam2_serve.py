@@ -72,3 +72,12 @@ def test_everything_job_equals_the_sam2_generator(served: tuple) -> None:
         assert got["segmentation"] == want["segmentation"]
         assert got["bbox"] == want["bbox"] and got["area"] == want["area"]
         assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], rel=1e-6)
+
+
+def test_client_decoding_routes_say_they_are_for_sam_packages(served: tuple) -> None:
+    client, image_id, _, _ = served
+    assert client.get("/v1/model").json()["family"] == "sam2.1"
+    for url in ("/v1/model/decoder.onnx", f"/v1/images/{image_id}/embedding"):
+        response = client.get(url)
+        assert response.status_code == 404
+        assert "SAM packages only" in response.json()["error"]

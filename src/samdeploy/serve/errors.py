@@ -46,6 +46,16 @@ class UnknownImage(NotFound):
         )
 
 
+def require_sam_family(package: Any, what: str) -> None:
+    """Refuse (404) a client-side decoding route on a SAM 2.x package: its decoder takes three
+    feature maps, not the official SAM contract those routes serve."""
+    if package.is_sam2:
+        raise NotFound(
+            f"{what} is served for SAM packages only; this server runs a {package.family} package:"
+            " segment on the server (POST /v1/images/{image_id}/segment)"
+        )
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from samdeploy.serve.deps import ServicesDep, require_api_key
+from samdeploy.serve.errors import require_sam_family
 from samdeploy.serve.schemas import ImageOut
 from samdeploy.serve.sessions import image_id
 from samdeploy.serve.uploads import read_upload
@@ -58,6 +59,7 @@ async def get_embedding(
 ) -> Response:
     """The image embedding as a .npy file (1xCxhxw), with ``X-Original-Size: H,W`` and
     ``X-Input-Size: h,w`` (the resized image inside the encoder's SxS input)."""
+    require_sam_family(services.model.package, "the image embedding")
     embedding = services.encoder.lookup(image_id).embedding
     buffer = io.BytesIO()
     np.save(buffer, embedding.embeddings.astype(dtype), allow_pickle=False)

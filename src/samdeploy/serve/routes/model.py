@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from samdeploy.serve.deps import ServicesDep, require_api_key
+from samdeploy.serve.errors import require_sam_family
 
 router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Depends(require_api_key)])
 
@@ -27,6 +28,7 @@ async def get_model(services: ServicesDep) -> dict[str, Any]:
 async def get_decoder(services: ServicesDep) -> FileResponse:
     """The package's ``mask_decoder.onnx``: inputs image_embeddings, point_coords, point_labels,
     mask_input, has_mask_input, orig_im_size; outputs masks, iou_predictions, low_res_masks."""
+    require_sam_family(services.model.package, "decoder.onnx")
     return FileResponse(
         services.model.package.decoder_path,
         media_type="application/octet-stream",
