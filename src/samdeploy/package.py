@@ -187,9 +187,18 @@ def describe_files(root: Path, names: Iterable[str]) -> dict[str, dict[str, Any]
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``model.json`` into ``root`` (pretty-printed, stable key order) and return its path."""
+    """Write ``model.json`` into ``root`` (pretty-printed, stable key order) and return its path.
+
+    A manifest holding NaN or an infinity is refused (:class:`PackageError`, nothing written): the
+    JSON standard has no such numbers, and a validation figure of NaN would read as a pass."""
+    try:
+        text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        raise PackageError(
+            f"the manifest of {root} would hold a NaN or infinite value; nothing was written"
+        ) from None
     path = Path(root) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    path.write_text(text + "\n")
     return path
 
 

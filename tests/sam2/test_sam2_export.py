@@ -193,3 +193,20 @@ def test_int8_precision_applies_to_sam2_packages(sam2_package, tmp_path):
     predictor.set_image(np.zeros((64, 80, 3), np.uint8))
     masks, scores, _ = predictor.predict(point_coords=[[10, 20]], point_labels=[1])
     assert masks.shape == (3, 64, 80) and scores.shape == (3,)
+
+
+def test_nan_weights_are_refused_before_tracing(sam2_checkpoint, tmp_path):
+    # Why: every output of NaN weights is NaN and no comparison with NaN exceeds a limit, so a SAM 2
+    # export without the weights check would validate and write a package of NaN.
+    import torch
+
+    from samdeploy.export import export_model
+
+    state = torch.load(sam2_checkpoint, map_location="cpu", weights_only=True)
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError, match="NaN or infinite weights"):
+        export_model(broken, tmp_path / "out", config=SAM2_TEST_CONFIG)
+    assert not (tmp_path / "out").exists()

@@ -336,3 +336,13 @@ def test_a_package_of_nan_weights_is_refused_at_the_first_prediction(package_cop
             PackageError, match="gave NaN or infinite scores or logits: its weights are broken"
         ):
             predictor.predict(np.array([[5.0, 5.0]]), np.array([1]))
+
+
+def test_a_manifest_holding_nan_is_never_written(tmp_path) -> None:
+    # Why: the JSON standard has no NaN, and a NaN validation figure would read as a pass; every
+    # writer (both families' exports, the precision options) goes through write_manifest.
+    from samdeploy.package import write_manifest
+
+    with pytest.raises(PackageError, match="NaN or infinite"):
+        write_manifest(tmp_path, {"export": {"validation": {"worst": {"embeddings_rel": float("nan")}}}})
+    assert not (tmp_path / "model.json").exists()

@@ -148,7 +148,7 @@ def _config_of_module(sam: Sam) -> SamConfig:
     return SamConfig.from_json(values)
 
 
-def check_finite_weights(sam: Sam) -> None:
+def check_finite_weights(sam: torch.nn.Module) -> None:
     """Refuse weights holding NaN or infinities: every output would be NaN, and no comparison with
     NaN exceeds a limit, so validation alone would let such a model through."""
     bad = [

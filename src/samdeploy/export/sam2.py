@@ -51,6 +51,7 @@ from samdeploy.export.exporter import (
     _one_line,
     _Steps,
     _version,
+    check_finite_weights,
     check_output,
     move_into_place,
     save_graph,
@@ -618,6 +619,7 @@ def export_sam2(
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
         model, sam2_config, source = _load(checkpoint, config)
+    check_finite_weights(model)
     _check_disk(output, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     work = staging / ".work"
