@@ -67,9 +67,10 @@ def export(
         str,
         typer.Option(
             help="fp32 (faithful), int8 (dynamic int8 encoder), bf16 (runs on OpenVINO at bf16, for"
-            " CPUs with AVX512-BF16/AMX) or int8-bf16 (bf16 with the encoder's linear layers in int8 on"
-            " OpenVINO: fastest there): the fast ones are made from the fp32 export and refused below"
-            " the accuracy bar (embedding cosine >= 0.999, masks agreeing on >= 98% of pixels)"
+            " CPUs with AVX512-BF16/AMX), int8-bf16 (bf16 with the encoder's linear layers in int8 on"
+            " OpenVINO: fastest there) or auto (the fastest of these for the CPU this runs on, the choice"
+            " and its reason recorded in the package): the fast ones are made from the fp32 export and"
+            " refused below the accuracy bar (embedding cosine >= 0.999, masks agreeing on >= 98% of pixels)"
         ),
     ] = "fp32",
     attention_rows: Annotated[
@@ -105,8 +106,8 @@ def export(
         ) from None
     from samdeploy.export.precision import PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision not in (*PRECISIONS, "auto"):
+        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)} or auto")
     if precision != "fp32" and quantize != "none":
         raise ExportError("--quantize int8 and a --precision other than fp32 both quantize: pass one")
     # A plain `kill` should clean up like Ctrl-C does: the export removes its partial folder on
@@ -185,7 +186,8 @@ def _export_fast(
     config: Path | None = None,
 ) -> None:
     """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
-    int8-bf16 package made from it and checked against it (``optimize_package``); the scratch is removed."""
+    int8-bf16 package made from it and checked against it (``optimize_package``, which also resolves
+    ``auto``); the scratch is removed."""
     import shutil
 
     from samdeploy.export import export_model
@@ -222,7 +224,7 @@ def _export_fast(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     out = Console()
-    files = Table(title=f"{report.output}  ({precision})", title_justify="left")
+    files = Table(title=f"{report.output}  ({report.precision})", title_justify="left")
     for column in ("file", "size"):
         files.add_column(column, justify="left" if column == "file" else "right")
     for name, size in report.files.items():
@@ -236,12 +238,30 @@ def _export_fast(
         soft_wrap=True,
     )
     if report.speed is not None:
-        speedup = report.speed["speedup"][precision]
+        speedup = report.speed["speedup"][report.precision]
         out.print(f"encoder {speedup:.2f}x the fp32 package's on this machine", highlight=False)
+    auto = report.manifest["export"]["precision"].get("auto")
+    if auto:
+        out.print(_auto_line(auto), highlight=False, soft_wrap=True)
     runtime = report.manifest.get("runtime", {})
     if runtime:
         out.print(f"runs: {json.dumps(runtime)}", highlight=False, soft_wrap=True)
     out.print(f"exported: {report.output}", highlight=False, soft_wrap=True)
+
+
+def _auto_line(auto: dict[str, Any]) -> str:
+    """One line for the ``export.precision.auto`` record: what was chosen, on which CPU, and why."""
+    cpu = auto.get("cpu") if isinstance(auto.get("cpu"), dict) else {}
+    numbers = (
+        f", family {cpu['family']} model {cpu['model']}"
+        if cpu.get("family") is not None and cpu.get("model") is not None
+        else ""
+    )
+    flags = ", ".join(map(str, cpu.get("flags") or [])) or "none known"
+    return (
+        f"precision auto chose {auto.get('chosen')} on {cpu.get('kind')} ({cpu.get('model_name')}{numbers};"
+        f" flags {flags}): {auto.get('reason')}"
+    )
 
 
 @app.command()
@@ -311,6 +331,10 @@ def inspect(
         highlight=False,
         soft_wrap=True,
     )
+    record = package.export_report.get("precision")
+    auto = record.get("auto") if isinstance(record, dict) else None
+    if isinstance(auto, dict):
+        out.print(_auto_line(auto), highlight=False, soft_wrap=True)
     validation = package.export_report.get("validation")
     if validation:
         out.print(_validation_table(validation))

@@ -260,7 +260,9 @@ def optimize_package(
     Args:
         source: a package made by ``samdeploy export`` at fp32 (the faithful one).
         output: the new package folder; an existing package is replaced only with ``force``.
-        precision: ``fp32`` (chunked global attention only: same numbers, far less memory),
+        precision: ``auto`` (the best of the others for this CPU: :func:`samdeploy.cpu.auto_precision`,
+            recorded under ``export.precision.auto``),
+            ``fp32`` (chunked global attention only: same numbers, far less memory),
             ``int8`` (chunked attention and dynamic int8 linear layers in the encoder), ``bf16``
             (the fp32 graphs, with the manifest asking for them to run on OpenVINO at bf16
             inference precision; needs OpenVINO and a CPU with native bf16 to be made) or
@@ -278,8 +280,15 @@ def optimize_package(
     """
     say = log or (lambda _line: None)
     source, output = Path(source), Path(output)
+    auto = None
+    if precision == "auto":  # the best precision for this CPU (samdeploy.cpu), recorded below
+        from samdeploy.cpu import auto_precision
+
+        auto = auto_precision()
+        precision = auto.precision
+        say(f"precision auto: {precision} ({auto.reason})")
     if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)} or auto")
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)
     package = ModelPackage.load(source, verify=True)
@@ -367,6 +376,8 @@ def optimize_package(
             "transforms": transforms,
             "decoder": "fp32 (copied)",
         }
+        if auto is not None:
+            export["precision"]["auto"] = auto.to_json()
         manifest["export"] = export
         write_manifest(staging, manifest)
 
