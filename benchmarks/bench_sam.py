@@ -2,9 +2,11 @@
 
 Both sides get the same random weights, the same images and the same prompts, on the same
 threads, and every comparison runs round-robin (A, B, A, B, ...), so the ratios hold even on a
-noisy shared machine. Results go to ``benchmarks/results/<model>.json``, ``docs/benchmarks.md``
-(a markdown report with the machine, its load and the versions) and a per-node time chart
-``docs/benchmarks-nodes.png``.
+noisy shared machine. Results go to the folder of the CPU they were measured on,
+``benchmarks/results/<cpu-kind>/`` (``zen4``, ``zen3``, ``sapphirerapids``, ...: see
+:func:`samdeploy.cpu.cpu_kind`; ``--run NAME`` adds a sub-folder): ``<model>.json``, ``<model>.md``
+(a markdown report naming the CPU, its flags, its load and the versions) and a per-node time chart
+``<model>-nodes.png``.
 
     .venv/bin/python benchmarks/bench_sam.py --model-type vit_b --threads 2
     .venv/bin/python benchmarks/bench_sam.py --model-type tiny --repeat 1      # a smoke run
@@ -23,7 +25,7 @@ calls. The docs' runs use it:
     .venv/bin/python benchmarks/bench_sam.py --threads 2 --torch-compile --torch-allocator tcmalloc \
         --variants fp32,fp32-traced,int8
     .venv/bin/python benchmarks/bench_sam.py --threads 2 --torch-compile --torch-allocator tcmalloc \
-        --allocator glibc --variants fp32,int8,bf16,int8-bf16 --output-dir benchmarks/results/openvino
+        --allocator glibc --variants fp32,int8,bf16,int8-bf16 --run openvino
 
 Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
 """
@@ -81,6 +83,7 @@ from samdeploy.cli.bench import (  # noqa: E402  (after the constants the docstr
     prompt_cases,
     stream_throughput,
 )
+from samdeploy.cpu import cpu_info  # noqa: E402
 
 # ----------------------------------------------------------------------------- the reference model
 
@@ -427,7 +430,7 @@ def _bench(
     threads = args.threads
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_sam.py " + " ".join(sys.argv[1:]),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "cpu_info": cpu_info().to_json()},
         "allocator": allocator,
         "torch_allocator": allocator if args.torch_allocator == "same" else args.torch_allocator,
         "torch_process": "same" if args.torch_allocator == "same" else "own",
@@ -696,6 +699,20 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     return rows
 
 
+def describe_cpu(machine: dict[str, Any]) -> str:
+    """The CPU of a run in words: name, kind, family/model and the flags the packages' speed depends on."""
+    info = machine.get("cpu_info")
+    if info is None:  # a run recorded before the CPU was identified
+        return f"{machine['cpu']}, SIMD {', '.join(machine['simd'])}"
+    numbers = f" family {info['family']} model {info['model']}" if info["family"] is not None else ""
+    flags = info["flags"]
+    amx = [flag for flag in flags if flag.startswith("amx")]
+    return (
+        f"{info['model_name']} ({info['kind']}: {info['vendor'] or 'unknown vendor'}{numbers}), flags"
+        f" {', '.join(flags) or 'none known'}" + ("" if amx else "; no AMX")
+    )
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> None:
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -716,7 +733,7 @@ def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> Non
         )
         + ").",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd'])}; {report['threads']} threads on both"
+        f"Machine: {describe_cpu(m)}; {m['cores']} cores; {report['threads']} threads on both"
         f" sides; load average {m['loadavg'][0]:.1f} at the start, {m['loadavg_after'][0]:.1f} at the end"
         " (the machine is shared: read the ratios, which come from round-robin runs, rather than the"
         " absolute times). Python " + m["python"] + "; " + versions + ".",
@@ -856,7 +873,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint", type=Path, default=None, help="the checkpoint --package was exported from"
     )
     parser.add_argument(
-        "--output-dir", type=Path, default=None, help="write the JSON, markdown and chart here"
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="write the JSON, markdown and chart here (default: benchmarks/results/<cpu-kind>/[RUN])",
+    )
+    parser.add_argument(
+        "--run",
+        default=None,
+        help="a sub-folder of benchmarks/results/<cpu-kind>/ for this run, e.g. openvino",
     )
     parser.add_argument(
         "--bf16-rounds", type=int, default=1, help="timed rounds of PyTorch bf16 autocast (0 skips it)"
@@ -885,6 +910,13 @@ def _with_allocator(args: argparse.Namespace) -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def results_dir(machine: dict[str, Any], run: str | None = None) -> Path:
+    """``benchmarks/results/<cpu-kind>/[run]``: one folder per kind of CPU, so that runs on
+    different machines never overwrite or mix with each other."""
+    folder = ROOT / "benchmarks" / "results" / machine["cpu_info"]["kind"]
+    return folder / run if run else folder
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.render is not None:
@@ -894,13 +926,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _with_allocator(args)
         report = bench(args)
     name = report["model_type"]
-    # The full-size run is the one the docs show; smoke runs and --output-dir stay beside the JSON.
-    if args.output_dir is None and name != "tiny":
-        results, docs = ROOT / "benchmarks" / "results", ROOT / "docs"
-        markdown, chart = docs / "benchmarks.md", docs / "benchmarks-nodes.png"
+    # A re-rendered report stays beside its JSON; a new run goes to its CPU's folder.
+    if args.output_dir is not None or args.render is not None:
+        results = args.output_dir or args.render.parent
     else:
-        results = args.output_dir or ROOT / "benchmarks" / "results"
-        markdown, chart = results / f"{name}.md", results / f"{name}-nodes.png"
+        results = results_dir(report["machine"], args.run)
+    markdown, chart = results / f"{name}.md", results / f"{name}-nodes.png"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     draw_breakdown(

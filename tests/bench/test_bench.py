@@ -177,6 +177,16 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     assert "![time per node](custom-nodes.png)" in markdown
     assert (out / "custom-nodes.png").stat().st_size > 0
     assert json.loads((out / "custom.json").read_text())["model_type"] == "custom"
+    # Every result names the CPU it was measured on, and a run without --output-dir goes to its kind's folder.
+    from samdeploy.cpu import cpu_info
+
+    here = cpu_info()
+    assert report["machine"]["cpu_info"] == here.to_json()
+    assert f"Machine: {here.model_name} ({here.kind}:" in markdown
+    assert (
+        bench_sam.results_dir(report["machine"], "openvino")
+        == ROOT / "benchmarks/results" / here.kind / "openvino"
+    )
 
 
 def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> None:
