@@ -144,6 +144,41 @@ def torch_gemm_peak(threads: int, size: int = 2048) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def openvino_gemm_peaks(threads: int, size: int = 2048, runs: int = 6) -> dict[str, float]:
+    """Best OpenVINO matrix-multiply rates on ``threads`` threads, GFLOP/s (a multiply-add counts 2):
+    at bf16 inference precision (``bf16``), and with the weight stored as int8 so that OpenVINO
+    multiplies in int8 with the input quantized per row (``int8``), as the int8-bf16 package's
+    linear layers run. The ceilings of the bf16 and int8-bf16 packages' arithmetic on this CPU."""
+    import onnx
+
+    from samdeploy.cli.bench import _matmul_model
+    from samdeploy.engine.backends import create_backend
+    from samdeploy.export.optimize import compress_weights_int8
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    model = onnx.load_from_string(_matmul_model(rng.standard_normal((size, size), dtype=np.float32)))
+    peaks = {}
+    with tempfile.TemporaryDirectory(prefix="samdeploy-gemm-") as tmp:
+        for name, group in (("bf16", None), ("int8", size)):
+            if group is not None:
+                compress_weights_int8(model)
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save_model(model, str(path))
+            options = {"precision": "bf16", "threads": threads}
+            runner = create_backend(
+                "openvino", path, **options, **({"quantization_group": group} if group else {})
+            )
+            runner.run({"x": x})
+            best = float("inf")
+            for _ in range(runs):
+                start = time.perf_counter()
+                runner.run({"x": x})
+                best = min(best, time.perf_counter() - start)
+            peaks[name] = 2 * size**3 / best / 1e9
+    return peaks
+
+
 def torch_probe(checkpoint: str, config_json: str, threads: int) -> dict[str, float]:
     """Load time and peak RSS of the PyTorch side in this (fresh) process."""
     import torch
@@ -583,6 +618,10 @@ def _bench(
         "encoder_gflop": gflop,
         "encoder_gflop_torch_count": torch_encoder_gflop(sam),
         "gemm_peak_gflops": peaks,
+        # The bf16 and int8 ceilings of the OpenVINO packages, where they ran.
+        "openvino_gemm_peak_gflops": (
+            openvino_gemm_peaks(threads) if {"bf16", "int8-bf16"} & set(packages) else None
+        ),
         "peak": peak,
         "achieved_gflops": {name: gflop / row["median_ms"] * 1e3 for name, row in report["encoder"].items()},
     }
@@ -761,6 +800,15 @@ def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> Non
         + (f" (PyTorch's FlopCounter: {torch_count:.1f})" if torch_count else "")
         + ". Measured fp32 matrix-multiply peak on these threads: "
         + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in flops["gemm_peak_gflops"].items())
+        + (
+            "; OpenVINO at bf16 "
+            + " GFLOP/s, with int8 weights (multiplied in int8) ".join(
+                f"{ov_peaks[k]:.1f}" for k in ("bf16", "int8")
+            )
+            + " GFLOP/s"
+            if (ov_peaks := flops.get("openvino_gemm_peak_gflops"))
+            else ""
+        )
         + f"; GFLOP/s above use the medians (eager ran at {eager['median_ms'] / 1e3:.2f} s in its first group).",
         "",
         "## Issue 7 targets, judged on this run",

@@ -161,6 +161,10 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     flops = report["flops"]
     assert flops["encoder_gflop"] == pytest.approx(flops["encoder_gflop_torch_count"], rel=1e-9)
     assert positive(flops["peak"]) and all(positive(v) for v in flops["achieved_gflops"].values())
+    # The OpenVINO packages' ceilings (bf16, int8 weights) are measured where those packages ran.
+    ov_peaks = flops["openvino_gemm_peak_gflops"]
+    assert (ov_peaks is None) == ("int8-bf16" not in variants)
+    assert ov_peaks is None or (set(ov_peaks) == {"bf16", "int8"} and all(map(positive, ov_peaks.values())))
     assert set(report["memory"]) == {"pytorch", *(f"samdeploy {v}" for v in variants)}
     assert all(positive(row["peak_rss_mb"]) and positive(row["load_s"]) for row in report["memory"].values())
     markdown = (out / "custom.md").read_text()
