@@ -174,3 +174,23 @@ def test_export_precision_auto_records_the_choice(tiny_checkpoint, tmp_path, mon
     assert code == 0
     assert line in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["auto", "cpuinfo"]  # no scratch export left
+
+
+@pytest.mark.skipif(
+    not ("openvino" in available_backends() and OpenVinoBackend.supports_precision("bf16")),
+    reason="needs OpenVINO and a CPU with native bf16 (AVX512-BF16 or AMX)",
+)
+def test_auto_makes_int8_bf16_where_the_cpu_has_bf16(tmp_path) -> None:
+    # Nothing faked: this machine's cpuinfo and OpenVINO lead to the int8-bf16 package, recorded as such.
+    # The trained default model: random weights flip near-zero logits at bf16 (see test_bf16.py).
+    from samdeploy.export.precision import optimize_package
+    from samdeploy.sam.model import DEFAULT_MODEL
+
+    report = optimize_package(DEFAULT_MODEL, tmp_path / "auto", "auto", measure_runs=0, check_images=1)
+    assert report.precision == "int8-bf16" and report.passed
+    package = ModelPackage.load(tmp_path / "auto", verify=True)
+    assert package.precision == "int8-bf16" and package.runtime("image_encoder")["backend"] == "openvino"
+    auto = package.manifest["export"]["precision"]["auto"]
+    assert auto["chosen"] == "int8-bf16" and auto["openvino_bf16"] is True
+    assert auto["cpu"] == cpu.cpu_info().to_json()
+    assert set(auto["cpu"]["flags"]) & set(cpu.BF16_FLAGS)
