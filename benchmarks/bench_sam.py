@@ -83,7 +83,6 @@ from samdeploy.cli.bench import (  # noqa: E402  (after the constants the docstr
     prompt_cases,
     stream_throughput,
 )
-from samdeploy.cpu import cpu_info  # noqa: E402
 
 # ----------------------------------------------------------------------------- the reference model
 
@@ -465,7 +464,7 @@ def _bench(
     threads = args.threads
     report: dict[str, Any] = {
         "command": "python benchmarks/bench_sam.py " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "cpu_info": cpu_info().to_json()},
+        "machine": machine_info(),
         "allocator": allocator,
         "torch_allocator": allocator if args.torch_allocator == "same" else args.torch_allocator,
         "torch_process": "same" if args.torch_allocator == "same" else "own",

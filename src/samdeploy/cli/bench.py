@@ -35,6 +35,7 @@ import typer
 
 from samdeploy.cli.app import app
 from samdeploy.cli.options import BackendOption, DeviceOption, ModelOption, resolve_device
+from samdeploy.cpu import cpu_info
 
 MODES = ("sequential", "task", "pipeline")
 BENCH_IMAGE_SIZE = (768, 1024)  # H, W: a 4:3 photo, resized to the encoder's side like any other
@@ -141,18 +142,6 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def _cpu_info() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and (name == "unknown" or not name):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return name, [flag for flag in SIMD_FLAGS if flag in flags]
-
-
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -161,12 +150,14 @@ def _version(dist: str) -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, SIMD flags that matter for inference, load average and library versions."""
-    cpu, simd = _cpu_info()
+    """CPU model, cores, SIMD flags that matter for inference, load average and library versions;
+    ``cpu_info``: the CPU's kind (``zen4``, ...), vendor, family and model (:mod:`samdeploy.cpu`)."""
+    cpu = cpu_info()
     return {
-        "cpu": cpu,
+        "cpu": cpu.model_name,
+        "cpu_info": cpu.to_json(),
         "cores": os.cpu_count(),
-        "simd": simd,
+        "simd": [flag for flag in SIMD_FLAGS if flag in cpu.flags],
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "versions": {
