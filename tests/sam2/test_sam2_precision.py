@@ -30,6 +30,8 @@ from samdeploy.sam2.model import Sam2Model
 
 pytest.importorskip("sam2")
 
+SAM2_TEST_CONFIG = Path(__file__).with_name("sam2.1_hiera_test.yaml")
+
 HAS_BF16 = "openvino" in available_backends() and OpenVinoBackend.supports_precision("bf16")
 needs_bf16 = pytest.mark.skipif(
     not HAS_BF16, reason="needs OpenVINO and a CPU with native bf16 (AVX512-BF16 or AMX)"
@@ -176,3 +178,22 @@ def test_bf16_sam2_packages_meet_the_bar(sam2_package, tmp_path, precision):
     """The accuracy bar applied as export applies it (strict): a package below it is refused."""
     report = optimize_package(sam2_package, tmp_path / precision, precision, measure_runs=0, check_images=2)
     assert report.passed
+
+
+def test_cli_export_with_precision_writes_a_checked_sam2_package(sam2_checkpoint, tmp_path, capsys):
+    # Why: `samdeploy export CHECKPOINT --config ... --precision int8` is the user's path: the fp32
+    # SAM 2 export, then the int8 package held to the SAM 2 bar, with nothing left in between.
+    from samdeploy.cli import main
+
+    out = tmp_path / "int8"
+    argv = ["export", str(sam2_checkpoint), "--config", str(SAM2_TEST_CONFIG), "--precision", "int8"]
+    code = main([*argv, "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert "against the fp32 export: embedding cosine" in stdout
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["family"] == "sam2.1" and manifest["precision"] == "int8"
+    recorded = manifest["export"]["precision"]
+    assert recorded["passed"] and recorded["accuracy_bar"] == SAM2_ACCURACY_BAR
+    assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "mask_decoder.onnx", "model.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["int8"]  # the scratch fp32 export is gone
