@@ -174,27 +174,6 @@ def test_bad_config_file_is_a_checkpoint_error(sam2_checkpoint, tmp_path):
         export_model(sam2_checkpoint, tmp_path / "pkg", config=tmp_path / "missing.yaml")
 
 
-def test_int8_precision_applies_to_sam2_packages(sam2_package, tmp_path):
-    """The precision options take SAM 2 packages: int8 is held to the same accuracy bar through
-    SAM2ImagePredictor, and the result is still a SAM 2.1 package."""
-    import samdeploy
-    from samdeploy.export.precision import ACCURACY_BAR, optimize_package
-    from samdeploy.sam2.model import Sam2Model
-
-    report = optimize_package(sam2_package, tmp_path / "int8", "int8", measure_runs=0, check_images=1)
-    worst = report.accuracy["worst"]
-    assert worst["embeddings_cosine"] >= ACCURACY_BAR["embeddings_cosine"]
-    assert worst["mask_agreement"] >= ACCURACY_BAR["mask_agreement"]
-    package = ModelPackage.load(tmp_path / "int8", verify=True)
-    assert package.precision == "int8" and package.family == "sam2.1"
-    model = samdeploy.load_model(tmp_path / "int8")
-    assert isinstance(model, Sam2Model)
-    predictor = samdeploy.SAM2ImagePredictor(model)
-    predictor.set_image(np.zeros((64, 80, 3), np.uint8))
-    masks, scores, _ = predictor.predict(point_coords=[[10, 20]], point_labels=[1])
-    assert masks.shape == (3, 64, 80) and scores.shape == (3,)
-
-
 def test_nan_weights_are_refused_before_tracing(sam2_checkpoint, tmp_path):
     # Why: every output of NaN weights is NaN and no comparison with NaN exceeds a limit, so a SAM 2
     # export without the weights check would validate and write a package of NaN.
