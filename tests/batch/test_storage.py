@@ -155,3 +155,19 @@ def test_results_folder_turning_read_only_mid_run_stops_then_resumes(dataset, lo
 
     mounts.mount("-o", "remount,bind,rw", out / "results")
     assert_resumes(mounts, dataset, out, finished, local_out)
+
+
+def test_disk_too_full_for_the_reserve_is_refused_before_any_work(dataset, tmp_path, mounts) -> None:
+    """A disk without room for the state reserve is refused at the start, with one line saying so:
+    a run that could not record why it stopped must not begin."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mounts.mount("-t", "tmpfs", "-o", f"size={RESERVE_BYTES // 2}", "tmpfs", out)
+    refused = mounts.run(*command(dataset, out))
+    assert refused.returncode == 2, refused.stderr
+    line = error_line(refused.stderr)
+    assert (
+        f"cannot reserve {RESERVE_BYTES // 1024} KiB in {out}" in line and "No space left on device" in line
+    )
+    seen = mounts.path(out)
+    assert not results(seen) and not (seen / "manifest.json").exists() and not (seen / ".reserve").exists()
