@@ -13,6 +13,7 @@ sides and how well the masks agree, and writes them to ``benchmarks/results/ever
 ``--decoder-sweep`` times samdeploy's decoder alone (the generator's ``mask_decoder`` node, one
 call per batch) per prompt at each number of points per call, on the picture's embedding, and
 writes ``benchmarks/results/decoder_sweep.json``: it says which chunk the generator should use.
+It also compares one 2-thread decoder session with two 1-thread sessions working at once.
 
 ``--package`` / ``--checkpoint`` reuse an exported random-weight model (a vit_b export takes minutes).
 Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
@@ -211,6 +212,53 @@ def decoder_sweep(package: Path, image: np.ndarray, sizes: list[int], threads: i
     return {"threads": threads, "sizes": rows}
 
 
+def decoder_sessions(package: Path, size: int, rounds: int = 3) -> dict[str, float]:
+    """Milliseconds per prompt of the low-res decoder (ONNX Runtime directly, random embedding):
+    one session on 2 threads answering ``size`` points per call, against two 1-thread sessions
+    answering ``size / 2`` each at the same time (each prompt's outputs are independent of the
+    others', so both give the same records)."""
+    import threading
+
+    import onnxruntime as ort
+
+    path = str(package / "mask_decoder_low_res.onnx")
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+
+    def session(threads: int) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def feed(points: int) -> dict[str, np.ndarray]:
+        coords = np.zeros((points, 2, 2), np.float32)
+        coords[:, 0] = rng.uniform(0, 1024, (points, 2))
+        labels = np.tile(np.array([[1, -1]], np.float32), (points, 1))
+        mask = np.zeros((1, 1, 256, 256), np.float32)
+        return {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
+                "mask_input": mask, "has_mask_input": np.zeros(1, np.float32)}  # fmt: skip
+
+    def timed(pairs: list[tuple[Any, dict[str, np.ndarray]]]) -> float:
+        for one, inputs in pairs:
+            one.run(None, inputs)  # warm-up
+        threads = [
+            threading.Thread(target=lambda o=o, i=i: [o.run(None, i) for _ in range(rounds)])
+            for o, i in pairs
+        ]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return (time.perf_counter() - start) / (rounds * size) * 1e3
+
+    return {
+        "points_per_call": size,
+        "one_session_2_threads_ms_per_prompt": timed([(session(2), feed(size))]),
+        "two_sessions_1_thread_ms_per_prompt": timed([(session(1), feed(size // 2)) for _ in range(2)]),
+    }
+
+
 def run_side(args: argparse.Namespace) -> None:
     """Child process: run one side and write its result (records as uncompressed RLE) as JSON."""
     import torch
@@ -251,6 +299,8 @@ def main() -> None:
         sizes = [int(n) for n in args.decoder_sweep.split(",")]
         image = picture(args.height, args.width)
         sweep = decoder_sweep(args.package, image, sizes, args.threads, args.sweep_prompts)
+        sweep["sessions"] = decoder_sessions(args.package, 64)
+        print(json.dumps(sweep["sessions"]))
         sweep |= {"cpu": cpu_name(), "load_average": os.getloadavg()}
         output = args.output.with_name("decoder_sweep.json")
         output.parent.mkdir(parents=True, exist_ok=True)
