@@ -8,6 +8,12 @@ sides and how well the masks agree, and writes them to ``benchmarks/results/ever
 
     .venv/bin/python benchmarks/bench_everything.py --threads 2
     .venv/bin/python benchmarks/bench_everything.py --model-type tiny --points-per-side 8   # smoke run
+    .venv/bin/python benchmarks/bench_everything.py --package P --decoder-sweep 1,4,16,32,64,128
+
+``--decoder-sweep`` times samdeploy's decoder alone (the generator's ``mask_decoder`` node, one
+call per batch) per prompt at each number of points per call, on the picture's embedding, and
+writes ``benchmarks/results/decoder_sweep.json``: it says which chunk the generator should use.
+It also compares one 2-thread decoder session with two 1-thread sessions working at once.
 
 ``--package`` / ``--checkpoint`` reuse an exported random-weight model (a vit_b export takes minutes).
 Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
@@ -64,6 +70,20 @@ def random_model(model_type: str, folder: Path, seed: int = 1) -> tuple[Path, Pa
     torch.save(build_sam(config).state_dict(), checkpoint)
     export_model(checkpoint, folder / "package", force=True)
     return checkpoint, folder / "package"
+
+
+def cpu_name() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model (platform.processor() is often empty)."""
+    try:
+        info = dict(
+            line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
+        )
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return (
+        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    )
 
 
 class StageTimer:
@@ -157,6 +177,88 @@ def agreement(
     }
 
 
+def decoder_sweep(package: Path, image: np.ndarray, sizes: list[int], threads: int, prompts: int) -> dict:
+    """Milliseconds per prompt of the ``mask_decoder`` node at each batch size (points per call),
+    over at least ``prompts`` prompts per size after one warm-up call, on the generator's grid."""
+    from samdeploy import SamAutomaticMaskGenerator, load_model
+    from samdeploy.engine import Profile
+    from samdeploy.sam.automatic import CropInfo
+
+    model = load_model(package, threads=threads, cache_mb=0)
+    generator = SamAutomaticMaskGenerator(model, points_per_side=32)
+    embeddings = model.encode(image).embeddings
+    height, width = image.shape[:2]
+    crop = CropInfo(box=(0, 0, width, height), layer=0, image_size=(height, width))
+    grid = generator.point_grids[0] * np.array([[width, height]])
+    rows = []
+    for size in sizes:
+        calls = max(2, -(-prompts // size))
+        inputs = {"image_embeddings": embeddings, "crop": crop}
+        generator.point_graph.run({**inputs, "points": grid[:size]})  # warm-up at this shape
+        profile = Profile()
+        for call in range(calls):
+            start = (call * size) % (len(grid) - size + 1)
+            generator.point_graph.run({**inputs, "points": grid[start : start + size]}, profile=profile)
+        times = {s.node: s.total_ms for s in profile.stats()}
+        row = {
+            "points_per_call": size,
+            "calls": calls,
+            "ms_per_prompt": times["mask_decoder"] / (calls * size),
+        }
+        row["filter_ms_per_prompt"] = times["filter_masks"] / (calls * size)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    model.close()
+    return {"threads": threads, "sizes": rows}
+
+
+def decoder_sessions(package: Path, size: int, rounds: int = 3) -> dict[str, float]:
+    """Milliseconds per prompt of the low-res decoder (ONNX Runtime directly, random embedding):
+    one session on 2 threads answering ``size`` points per call, against two 1-thread sessions
+    answering ``size / 2`` each at the same time (each prompt's outputs are independent of the
+    others', so both give the same records)."""
+    import threading
+
+    import onnxruntime as ort
+
+    path = str(package / "mask_decoder_low_res.onnx")
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+
+    def session(threads: int) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def feed(points: int) -> dict[str, np.ndarray]:
+        coords = np.zeros((points, 2, 2), np.float32)
+        coords[:, 0] = rng.uniform(0, 1024, (points, 2))
+        labels = np.tile(np.array([[1, -1]], np.float32), (points, 1))
+        mask = np.zeros((1, 1, 256, 256), np.float32)
+        return {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
+                "mask_input": mask, "has_mask_input": np.zeros(1, np.float32)}  # fmt: skip
+
+    def timed(pairs: list[tuple[Any, dict[str, np.ndarray]]]) -> float:
+        for one, inputs in pairs:
+            one.run(None, inputs)  # warm-up
+        threads = [
+            threading.Thread(target=lambda o=o, i=i: [o.run(None, i) for _ in range(rounds)])
+            for o, i in pairs
+        ]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return (time.perf_counter() - start) / (rounds * size) * 1e3
+
+    return {
+        "points_per_call": size,
+        "one_session_2_threads_ms_per_prompt": timed([(session(2), feed(size))]),
+        "two_sessions_1_thread_ms_per_prompt": timed([(session(1), feed(size // 2)) for _ in range(2)]),
+    }
+
+
 def run_side(args: argparse.Namespace) -> None:
     """Child process: run one side and write its result (records as uncompressed RLE) as JSON."""
     import torch
@@ -181,11 +283,28 @@ def main() -> None:
     parser.add_argument("--package", type=Path, help="an exported random-weight package to reuse")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint that package was exported from")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "everything.json")
+    parser.add_argument(
+        "--decoder-sweep", metavar="N,N,...", help="time the decoder per prompt at these batch sizes"
+    )
+    parser.add_argument("--sweep-prompts", type=int, default=128, help="prompts timed per batch size")
     parser.add_argument("--side", choices=["samdeploy", "official"], help=argparse.SUPPRESS)
     parser.add_argument("--side-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side is not None:
         run_side(args)
+        return
+    if args.decoder_sweep:
+        if args.package is None:
+            parser.error("--decoder-sweep needs --package")
+        sizes = [int(n) for n in args.decoder_sweep.split(",")]
+        image = picture(args.height, args.width)
+        sweep = decoder_sweep(args.package, image, sizes, args.threads, args.sweep_prompts)
+        sweep["sessions"] = decoder_sessions(args.package, 64)
+        print(json.dumps(sweep["sessions"]))
+        sweep |= {"cpu": cpu_name(), "load_average": os.getloadavg()}
+        output = args.output.with_name("decoder_sweep.json")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(sweep, indent=2) + "\n")
         return
 
     with tempfile.TemporaryDirectory() as temp:
@@ -207,8 +326,9 @@ def main() -> None:
         "image": [args.height, args.width],
         "options": {"points_per_side": args.points_per_side},
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
+        "preload": os.environ.get("LD_PRELOAD"),
         "load_average": os.getloadavg(),
         "python": sys.version.split()[0],
         "official_s": round(theirs["wall_s"], 3),

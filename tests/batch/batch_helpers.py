@@ -151,3 +151,55 @@ def raylet_workers(address: str, title: str = "ray::MapWorker") -> list[int]:
         and f":{port}" in cmdline(int(p.name))
     ]
     return [pid for raylet in raylets for pid in children(raylet) if cmdline(pid).startswith(title)]
+
+
+class MountNamespace:
+    """A private mount namespace, held open by a sleeping process: what is mounted in it (a tiny
+    tmpfs, a read-only bind) is seen only by the commands run in it (:meth:`run`, :meth:`start`),
+    and its files are read from outside through ``/proc/PID/root``. Needs root (``unshare``)."""
+
+    def __init__(self) -> None:
+        own = os.readlink("/proc/self/ns/mnt")
+        self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "3600"])
+
+        def entered() -> bool:
+            # unshare execs sleep only once its namespace is made private: before that, a mount
+            # could land in (or propagate to) this namespace.
+            return cmdline(self.holder.pid).startswith("sleep ")
+
+        wait_for(lambda: entered() or self.holder.poll() is not None, timeout=10, what="the mount namespace")
+        if self.holder.poll() is not None:
+            raise OSError(f"unshare --mount exited with {self.holder.returncode}")
+        # Every mount below is made in the namespace, never in this one.
+        assert os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != own
+
+    def command(self, *command: object) -> list[str]:
+        return ["nsenter", "--target", str(self.holder.pid), "--mount", "--", *map(str, command)]
+
+    def run(self, *command: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``command`` in the namespace (as a user runs it: this tree's sources first)."""
+        return subprocess.run(
+            self.command(*command), env=environment(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self, *command: object) -> subprocess.Popen[str]:
+        """``command`` started in the namespace, its output captured."""
+        return subprocess.Popen(
+            self.command(*command),
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def mount(self, *arguments: object) -> None:
+        done = self.run("mount", *arguments)
+        assert done.returncode == 0, f"mount {arguments}: {done.stderr}"
+
+    def path(self, path: Path) -> Path:
+        """``path`` as the namespace sees it, readable from outside."""
+        return Path(f"/proc/{self.holder.pid}/root") / path.relative_to("/")
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()

@@ -20,6 +20,7 @@ import pytest
 from batch_helpers import (
     GENERATOR,
     N_IMAGES,
+    MountNamespace,
     cmdline,
     descendants,
     environment,
@@ -96,3 +97,20 @@ def ray_cluster() -> Iterator[str]:
         ]
         kill_all(sorted({pid for root in ours for pid in [root, *descendants(root)]}))
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def mounts() -> Iterator[MountNamespace]:
+    """A private mount namespace for one test (skipped where this user may not make one)."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs unshare and nsenter (util-linux) to mount a tiny or read-only output folder")
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here (needs root): {probe.stderr.strip()}")
+    namespace = MountNamespace()
+    try:
+        yield namespace
+    finally:
+        namespace.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -84,36 +82,6 @@ def test_resume_skips_finished_images_and_writes_none_twice(dataset, local_out, 
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     assert OutputFolder(out).load(item, fingerprint) is not None
     assert OutputFolder(out).load(item, fingerprint[::-1]) is None
-
-
-def test_full_disk_stops_with_a_clear_message_and_resumes(dataset, local_out, tmp_path, monkeypatch) -> None:
-    import samdeploy.batch.outputs as outputs
-
-    subset = dataset / "four.txt"  # four images, keys as in the folder run
-    subset.write_text("".join(f"{key}\n" for key in keys(dataset)[:4]))
-    out = tmp_path / "out"
-    real = outputs.os.replace
-    written = []
-
-    def replace(src, dst):
-        written.append(dst)
-        if len(written) == 4:  # the manifest, two images, then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-
-    monkeypatch.setattr(outputs.os, "replace", replace)
-    with pytest.raises(OutputError, match="No space left on device.*rerun the same command to resume"):
-        run_batch(subset, out, generator=GENERATOR, runner=RunnerOptions(workers=1, threads=1))
-    monkeypatch.setattr(outputs.os, "replace", real)
-    finished = results(out)
-    assert len(finished) == 2
-    assert not list(out.rglob("*.tmp"))
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"].startswith("stopped: cannot write")
-    summary = run_batch(subset, out, generator=GENERATOR, runner=RunnerOptions(workers=1, threads=1))
-    assert (summary.skipped, summary.done) == (2, 2)
-    assert results(out) == {name: data for name, data in results(local_out).items() if name in results(out)}
-    assert len(results(out)) == 4
 
 
 def test_output_folder_problems_are_one_line_errors(dataset, tmp_path) -> None:

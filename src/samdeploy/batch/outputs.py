@@ -6,6 +6,7 @@
       failures.jsonl       this run's failed images: {"image", "path", "reason"} per line
       manifest.json        model id and hash, options, counts, times, status
       .lock                held while a run writes here (a second run at once is refused)
+      .reserve             space held back for the run's last state write (removed at the end)
 
 Only the driver writes, each file to a temporary file in the same folder and then ``os.replace``,
 so a file is either absent or whole, even when the driver is killed. An image's document carries
@@ -13,11 +14,17 @@ the run's fingerprint (model hash, mode, options) and its task's (boxes, prompts
 every image whose document is whole and has the same fingerprint, and redoes the rest. A write
 that fails (no space left, no permission) raises :class:`OutputError`; everything written so far
 stays valid, so the same command, rerun once the disk has room, carries on.
+
+A full disk must not cost the run its state: ``.reserve`` holds :data:`RESERVE_BYTES` from the
+start, and a state write (``manifest.json``) that finds the disk full gives that space back and
+tries again, so the manifest of a stopped run says why it stopped. ``failures.jsonl`` is appended
+to one line at a time; a line the disk cuts short is cut off again, so the file holds whole lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,13 +39,16 @@ from samdeploy.batch.inputs import BatchInput, WorkItem
 from samdeploy.errors import SamDeployError
 
 FORMAT_VERSION = 1
-RESULTS, MERGED, FAILURES, MANIFEST, LOCK = (
+RESULTS, MERGED, FAILURES, MANIFEST, LOCK, RESERVE = (
     "results",
     "instances.json",
     "failures.jsonl",
     "manifest.json",
     ".lock",
+    ".reserve",
 )
+#: Space held back for the last state write on a full disk: several manifests (a few KiB each).
+RESERVE_BYTES = 256 * 1024
 OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
 
@@ -91,13 +101,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 class OutputFolder:
     """The output folder of one run (see the module docs). Use as a context manager: it holds the
-    folder's lock and the open ``failures.jsonl`` while the run goes on."""
+    folder's lock, the space reserved for the run's state and the open ``failures.jsonl`` while the
+    run goes on."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.results = self.root / RESULTS
         self._lock: IO[str] | None = None
-        self._failures: IO[str] | None = None
+        self._failures: int | None = None  # O_APPEND descriptor of failures.jsonl
+        self._failures_size = 0  # bytes of whole lines in it
+        self._reserved = False
 
     def __enter__(self) -> OutputFolder:
         if self.root.exists() and not self.root.is_dir():
@@ -117,7 +130,12 @@ class OutputFolder:
             raise _oserror("write to", self.root, exc) from None
         self._remove_stale_temps()
         try:
-            self._failures = open(self.root / FAILURES, "w")  # noqa: SIM115 (appended to as images fail)
+            self._reserve()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+            self._failures = os.open(self.root / FAILURES, flags, 0o644)
+        except OutputError:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise _oserror("write", self.root / FAILURES, exc) from None
@@ -127,11 +145,39 @@ class OutputFolder:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._failures, self._lock):
-            if handle is not None:
-                with contextlib.suppress(OSError):
-                    handle.close()
+        if self._failures is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._failures)
+        if self._lock is not None:
+            self._release()  # before the lock: the next holder makes its own
+            with contextlib.suppress(OSError):
+                self._lock.close()
         self._failures = self._lock = None
+
+    def _reserve(self) -> None:
+        """Hold :data:`RESERVE_BYTES` of disk in ``.reserve`` (allocated, not just a file size)."""
+        path = self.root / RESERVE
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.posix_fallocate(handle, 0, RESERVE_BYTES)
+            finally:
+                os.close(handle)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot reserve {RESERVE_BYTES // 1024} KiB in {self.root} for the run's state:"
+                f" {exc.strerror or exc}; make room (or choose another --output-dir) and rerun"
+            ) from None
+        self._reserved = True
+
+    def _release(self) -> bool:
+        """Give the reserved space back; True if there was some."""
+        reserved, self._reserved = self._reserved, False
+        if reserved:
+            with contextlib.suppress(OSError):
+                (self.root / RESERVE).unlink()
+        return reserved
 
     def _remove_stale_temps(self) -> None:
         """Temporary files of a run that was killed mid-write (only the lock holder writes here)."""
@@ -169,18 +215,31 @@ class OutputFolder:
             raise _oserror("write", path, exc) from None
 
     def record_failure(self, item: WorkItem, reason: str) -> None:
+        """Append the item's line to ``failures.jsonl``; a line the disk cuts short is removed."""
         assert self._failures is not None
-        line = json.dumps({"image": item.key, "path": item.path, "reason": reason})
+        line = (json.dumps({"image": item.key, "path": item.path, "reason": reason}) + "\n").encode()
         try:
-            self._failures.write(line + "\n")
-            self._failures.flush()
+            written = 0
+            while written < len(line):
+                written += os.write(self._failures, line[written:])
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._failures, self._failures_size)
             raise _oserror("write", self.root / FAILURES, exc) from None
+        self._failures_size += len(line)
 
     def write_json(self, name: str, value: Any) -> Path:
+        """Write ``name`` whole (or leave it as it was). On a full disk, the space reserved for the
+        run's state is given back and the write tried once more."""
         path = self.root / name
+        data = (json.dumps(value, indent=2) + "\n").encode()
         try:
-            _write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+            try:
+                _write_atomic(path, data)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or not self._release():
+                    raise
+                _write_atomic(path, data)
         except OSError as exc:
             raise _oserror("write", path, exc) from None
         return path
