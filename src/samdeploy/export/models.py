@@ -35,6 +35,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
 
 from samdeploy.export.config import SamConfig
+from samdeploy.export.twoway import two_way_transformer
 from samdeploy.package import (
     DECODER_INPUTS,
     LOW_RES_DECODER_INPUTS,
@@ -163,14 +164,16 @@ def _shared_image_predict_masks(
     the image tokens are the same for every prompt (or for every ``mask_input``, when those come
     batched), so here they stay one copy and broadcast: the first layer's key and value projections
     of the 4096 image tokens (and the query projection of its image-to-token attention) run once per
-    call instead of once per prompt. Same arithmetic, prompt by prompt.
+    call instead of once per prompt. Same arithmetic, prompt by prompt. The later layers' attention
+    products over the image tokens are grouped as :func:`~samdeploy.export.twoway.two_way_transformer`
+    describes.
     """
     output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
     tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
     src = image_embeddings + dense_prompt_embeddings  # 1 or B copies, broadcast against B prompts
     _, c, h, w = src.shape
-    hs, src = self.transformer(src, image_pe, tokens)
+    hs, src = two_way_transformer(self.transformer, src, image_pe, tokens)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
     hyper_in = torch.stack(

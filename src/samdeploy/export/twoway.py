@@ -1,0 +1,119 @@
+"""The mask decoder's two-way transformer, with its image-side attention products reassociated.
+
+The decoder's cross attentions pair a handful of prompt tokens (T = 5 output tokens + the points:
+7 for one point) with the N image tokens (4096 on the official 64x64 grid). The official
+``Attention`` projects both sides to the internal width first, so each prompt pays for linear
+layers over all N image tokens::
+
+    tokens -> image:  scores = (q Wq)(k Wk)^T        out = softmax(scores) (v Wv) Wo
+    image -> tokens:  scores = (x Wq)(K)^T           out = softmax(scores) V Wo
+
+Per head h, matrix products can be grouped the other way round with the same result: the T
+queries are taken back into the image's channel space (``(q Wq_h) Wk_h^T``, T x C), multiplied with
+the raw image tokens, and the value projection is applied after the soft-max has summed them
+(``(P_h v) Wv_h``: soft-max rows sum to one, so the value bias passes through unchanged; the key
+bias adds a constant to each score row, which the soft-max ignores). For image -> tokens, the key
+side is folded into the image's query weights (``x (Wq_h K_h^T)``) and the output projection into
+the token values (``P_h (V_h Wo_h)``). What runs over the N image tokens is then a product with
+h*T columns (56 for one point) instead of the internal width (128), twice per attention::
+
+                                per prompt, vit_b decoder, one point     official   here
+    layer 2 tokens -> image      k and v projections of 4096 tokens     537 MFLOP  235 MFLOP
+    layer 2 image -> tokens      q and output projections               537 MFLOP  235 MFLOP
+    final tokens -> image        k and v projections                    537 MFLOP  235 MFLOP
+    layer 1 image -> tokens      output projection (q once per image)   268 MFLOP  117 MFLOP
+
+Layer 1 keeps the official order where the image side is the same for every prompt (its
+tokens -> image keys and values, its image -> tokens queries): computed once per call and broadcast,
+they cost nothing per prompt. The grouping wins while h*T is below the internal width, i.e. up to
+11 points per prompt for SAM's decoder; above that it does more arithmetic (it is still exact).
+
+Same arithmetic up to float32 rounding (differences of ~1e-6 in the transformer's outputs); the
+export's validation compares the graphs with the unmodified official modules as always.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _heads(attention: nn.Module) -> tuple[int, int]:
+    """(number of heads, channels per head) of an official ``Attention``."""
+    heads = attention.num_heads
+    return heads, attention.internal_dim // heads
+
+
+def tokens_to_image(attention: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``attention(q=q, k=k, v=v)`` for BxTxC prompt tokens attending to (1|B)xNxC image tokens."""
+    heads, dim = _heads(attention)
+    batch, tokens, channels = q.shape
+    query = attention.q_proj(q).view(batch, tokens, heads, dim).transpose(1, 2)  # B h T d
+    key_weight = attention.k_proj.weight.view(heads, dim, channels)
+    query = (query @ key_weight).reshape(batch, heads * tokens, channels)  # B hT C
+    probs = F.softmax((query @ k.transpose(1, 2)) / math.sqrt(dim), dim=-1)  # B hT N
+    mixed = (probs @ v).view(batch, heads, tokens, channels)  # B h T C
+    value_weight = attention.v_proj.weight.view(heads, dim, channels).transpose(1, 2)  # h C d
+    out = mixed @ value_weight + attention.v_proj.bias.view(heads, 1, dim)  # B h T d
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, tokens, heads * dim))
+
+
+def image_to_tokens(attention: nn.Module, x: Tensor, k: Tensor, v: Tensor, shared_image: bool) -> Tensor:
+    """``attention(q=x, k=k, v=v)`` for (1|B)xNxC image tokens attending to BxTxC prompt tokens.
+
+    ``shared_image``: ``x`` is the same for every prompt (batch 1), so its query projection runs
+    once, in the official order; otherwise the key side is folded into the query weights.
+    """
+    heads, dim = _heads(attention)
+    batch, tokens, channels = k.shape
+    keys = attention.k_proj(k).view(batch, tokens, heads, dim).transpose(1, 2)  # B h T d
+    if shared_image:
+        query = attention.q_proj(x)
+        query = query.view(query.shape[0], query.shape[1], heads, dim).transpose(1, 2)  # 1 h N d
+        scores = (query @ keys.transpose(2, 3)).permute(0, 2, 1, 3)  # B N h T
+    else:
+        query_weight = attention.q_proj.weight.view(heads, dim, channels)
+        folded = (keys @ query_weight).permute(0, 3, 1, 2).reshape(batch, channels, heads * tokens)
+        bias = (keys @ attention.q_proj.bias.view(heads, dim, 1)).reshape(batch, 1, heads * tokens)
+        scores = (x @ folded + bias).view(batch, -1, heads, tokens)  # B N h T
+    probs = F.softmax(scores / math.sqrt(dim), dim=-1)
+    values = attention.v_proj(v).view(batch, tokens, heads, dim).transpose(1, 2)  # B h T d
+    out_weight = attention.out_proj.weight.view(channels, heads, dim).permute(1, 2, 0)  # h d C
+    values = (values @ out_weight).reshape(batch, heads * tokens, channels)  # B hT C
+    return probs.reshape(batch, -1, heads * tokens) @ values + attention.out_proj.bias
+
+
+def two_way_transformer(
+    transformer: nn.Module, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayTransformer.forward`` (SAM's and SAM 2's) with the grouping above.
+
+    ``image_embedding`` and ``image_pe`` are (1|B)xCxHxW, ``point_embedding`` BxTxC; returns the
+    processed tokens BxTxC and image tokens BxNxC, as the official forward does.
+    """
+    keys = image_embedding.flatten(2).permute(0, 2, 1)
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    queries = query_pe = point_embedding
+    for index, layer in enumerate(transformer.layers):
+        first = index == 0  # the image tokens are still the same for every prompt
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        attention = layer.cross_attn_token_to_image
+        out = attention(q=q, k=k, v=keys) if first else tokens_to_image(attention, q, k, keys)
+        queries = layer.norm2(queries + out)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        out = image_to_tokens(layer.cross_attn_image_to_token, k, q, queries, shared_image=first)
+        keys = layer.norm4(keys + out)
+    q, k = queries + query_pe, keys + key_pe
+    queries = transformer.norm_final_attn(
+        queries + tokens_to_image(transformer.final_attn_token_to_image, q, k, keys)
+    )
+    return queries, keys
