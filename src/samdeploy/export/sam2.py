@@ -58,6 +58,7 @@ from samdeploy.export.exporter import (
     trace_and_simplify,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
+from samdeploy.export.twoway import two_way_transformer
 from samdeploy.export.validate import (
     TOLERANCES,
     _max_rel,
@@ -275,12 +276,11 @@ class Sam2DecoderOnnx(nn.Module):
             weights.insert(0, decoder.obj_score_token.weight)
         output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
-        # repeat_interleave of a batch-1 embedding over B prompts is this broadcast.
-        src = (image_embed + dense).expand(batch, -1, -1, -1)
-        image_pe = encoder.get_dense_pe()
-        pos_src = image_pe.expand(batch, -1, -1, -1)
+        # The official repeat_interleave of a batch-1 embedding over B prompts: a broadcast here, so
+        # the first layer's image-side projections run once per call (see export/twoway.py).
+        src = image_embed + dense
         _, c, h, w = src.shape
-        hs, src = decoder.transformer(src, pos_src, tokens)
+        hs, src = two_way_transformer(decoder.transformer, src, encoder.get_dense_pe(), tokens)
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
         src = src.transpose(1, 2).reshape(batch, c, h, w)
