@@ -57,7 +57,7 @@ def test_a_non_finite_value_on_either_side_gives_nan(figure, bad) -> None:
 def test_agreement_is_the_share_of_same_sign_logits() -> None:
     """A pixel agrees when both logits are > 0 or both are <= 0 (zero is background, as the mask threshold)."""
     want = np.array([1.0, -1.0, 0.0, 2.0])
-    got = np.array([3.0, -0.5, -1.0, -2.0])
+    got = np.array([0.5, -0.5, -1.0, -2.0])
     assert _agreement(got, want) == 0.75
     assert _agreement(np.array([0.0]), np.array([1e-9])) == 0.0
 
@@ -70,6 +70,7 @@ def test_cosine() -> None:
     assert cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(1 / math.sqrt(2))
     assert cosine(np.array([3.0, 4.0]), np.array([4.0, 3.0])) == pytest.approx(24 / 25)
     assert cosine(np.zeros(3), np.zeros(3)) == 0.0
+    assert cosine(np.array([0.1, 0.0]), np.array([0.01, 0.0])) == pytest.approx(1.0)  # small norms: still 1
     # float32 inputs whose dot product overflows float32 still give a finite figure.
     big = np.full(4, 1e20, np.float32)
     assert cosine(big, big) == pytest.approx(1.0)
@@ -153,7 +154,11 @@ def test_a_missing_figure_is_skipped_but_the_others_count() -> None:
     worst = _at_limits()
     del worst["low_res_logits_rel"]
     worst["mask_logits_rel"] = 1.0
-    assert failures({"worst": worst}) == ["mask_logits_rel 1 (limit 0.001)"]
+    worst["end_to_end_mask_agreement"] = 0.5  # after the missing figure: still judged
+    assert failures({"worst": worst}) == [
+        "mask_logits_rel 1 (limit 0.001)",
+        "end_to_end_mask_agreement 0.5 (limit 0.999)",
+    ]
 
 
 def test_manifest_encoder_input_resizes_normalizes_and_pads() -> None:
@@ -186,6 +191,7 @@ def test_decoder_feeds_for_points_pad_with_a_not_a_point() -> None:
     assert feeds["mask_input"].shape == (1, 1, 16, 16) and not feeds["mask_input"].any()
     np.testing.assert_array_equal(feeds["has_mask_input"], [0])
     np.testing.assert_array_equal(feeds["orig_im_size"], [32, 16])
+    np.testing.assert_array_equal(feeds["image_embeddings"], embeddings)
     assert all(value.dtype == np.float32 for value in feeds.values())
 
 
@@ -246,8 +252,10 @@ def test_validation_pictures() -> None:
     assert picture.std() > 20 and 0 < picture.mean() < 255
     images = encoder_images()
     assert list(images) == ["synthetic", "black_strip", "flat_portrait"]
+    assert all(image.dtype == np.uint8 for image in images.values())
     assert images["synthetic"].shape == (480, 640, 3)
     assert images["black_strip"].shape == (200, 500, 3) and not images["black_strip"].any()
     portrait = images["flat_portrait"]
     assert portrait.shape == (640, 240, 3)
     assert (portrait[:320] == (124, 116, 104)).all() and portrait[320:].std() > 10
+    assert not (portrait[320] == (124, 116, 104)).all()  # exactly the top half is flat

@@ -367,7 +367,9 @@ def test_tensor_specs_round_trip_through_json() -> None:
 
 def test_model_entries_and_runtime_are_read(package_copy) -> None:
     """model(role) gives the file and both tensor lists; runtime(role) the package's wish for that role."""
-    package = ModelPackage.load(package_copy(_set("runtime", {"image_encoder": {"backend": "openvino"}})))
+    folder = package_copy(_set("runtime", {"image_encoder": {"backend": "openvino"}}))
+    package = ModelPackage.load(folder)
+    assert package.root == folder  # as given: messages and `inspect` show the user's own path
     entry = package.model("image_encoder")
     assert entry.file == ENCODER_FILE
     assert [spec.name for spec in entry.outputs] == [
