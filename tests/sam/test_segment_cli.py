@@ -425,3 +425,55 @@ def test_point_and_box_parsing() -> None:
     assert parse_point(" 1.5 , 2 , 0 ") == (1.5, 2.0, 0)
     assert parse_point("7,8,1") == (7.0, 8.0, 1)
     assert parse_box("1,2.5,30,40") == (1.0, 2.5, 30.0, 40.0)
+
+
+def test_output_paths_per_image(tmp_path) -> None:
+    # Why: where each image's files go decides what a run overwrites. With --output-dir each image gets
+    # its name's three files; otherwise one image writes exactly the files asked for; a mix is refused.
+    from samdeploy.cli.inputs import InputImage
+    from samdeploy.cli.segment import _outputs
+    from samdeploy.errors import SamDeployError
+
+    images = [InputImage(tmp_path / "a.png", Path("a")), InputImage(tmp_path / "sub/b.jpg", Path("sub/b"))]
+    out = tmp_path / "out"
+    assert _outputs(images, None, None, None, out) == [
+        {"mask": out / "a.mask.png", "overlay": out / "a.overlay.png", "json": out / "a.json"},
+        {"mask": out / "sub/b.mask.png", "overlay": out / "sub/b.overlay.png", "json": out / "sub/b.json"},
+    ]
+    single = images[:1]
+    mask, overlay, record = tmp_path / "m.png", tmp_path / "o.png", tmp_path / "r.json"
+    assert _outputs(single, mask, overlay, record, None) == [
+        {"mask": mask, "overlay": overlay, "json": record}
+    ]
+    assert _outputs(single, mask, None, None, None) == [{"mask": mask, "overlay": None, "json": None}]
+    refusals = [
+        ((single, mask, None, None, out), "use either --output-dir or --output/--overlay/--json, not both"),
+        (
+            (single, None, overlay, None, out),
+            "use either --output-dir or --output/--overlay/--json, not both",
+        ),
+        ((single, None, None, record, out), "use either --output-dir or --output/--overlay/--json, not both"),
+        (
+            (images, mask, None, None, None),
+            "several images (or a folder) need --output-dir DIR (one mask per image)",
+        ),
+        ((single, None, overlay, record, None), "give --output mask.png (or --output-dir DIR)"),
+        ((single, None, None, None, mask.parent / "m.png"), None),  # an existing file as the folder
+    ]
+    mask.write_bytes(b"")
+    for args, message in refusals:
+        with pytest.raises(SamDeployError) as caught:
+            _outputs(*args)
+        assert str(caught.value) == (message or f"--output-dir {mask} exists and is not a folder")
+
+
+def test_graph_tensor_labels() -> None:
+    # Why: `samdeploy graph` prints each tensor as name[dims], dynamic axes by their name.
+    from samdeploy.cli.segment import _tensor
+    from samdeploy.package import TensorSpec
+
+    assert (
+        _tensor(TensorSpec("point_coords", (1, "num_points", 2), "float32"))
+        == "point_coords[1, num_points, 2]"
+    )
+    assert _tensor(TensorSpec("scalar", (), "float32")) == "scalar[]"

@@ -17,7 +17,7 @@ import samdeploy.package as package_module
 from samdeploy import load_model
 from samdeploy.cli import main
 from samdeploy.errors import PackageError
-from samdeploy.package import ModelPackage, sha256_file
+from samdeploy.package import ChecksumCache, ModelPackage, TensorSpec, sha256_file
 from samdeploy.sam.model import DEFAULT_MODEL
 
 ENCODER_FILE = "image_encoder.onnx"
@@ -346,3 +346,225 @@ def test_a_manifest_holding_nan_is_never_written(tmp_path) -> None:
     with pytest.raises(PackageError, match="NaN or infinite"):
         write_manifest(tmp_path, {"export": {"validation": {"worst": {"embeddings_rel": float("nan")}}}})
     assert not (tmp_path / "model.json").exists()
+
+
+# -- exact behaviour of the package's parts (each test kills changes mutation testing found unnoticed) --
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(PackageError) as caught:
+        ModelPackage.load(path)
+    return str(caught.value)
+
+
+def test_tensor_specs_round_trip_through_json() -> None:
+    """The manifest's tensor entries read into TensorSpec and write back unchanged (the exporter writes them)."""
+    data = {"name": "point_coords", "shape": [1, "num_points", 2], "dtype": "float32"}
+    spec = TensorSpec.from_json(data)
+    assert spec == TensorSpec("point_coords", (1, "num_points", 2), "float32")
+    assert spec.to_json() == data
+
+
+def test_model_entries_and_runtime_are_read(package_copy) -> None:
+    """model(role) gives the file and both tensor lists; runtime(role) the package's wish for that role."""
+    folder = package_copy(_set("runtime", {"image_encoder": {"backend": "openvino"}}))
+    package = ModelPackage.load(folder)
+    assert package.root == folder  # as given: messages and `inspect` show the user's own path
+    entry = package.model("image_encoder")
+    assert entry.file == ENCODER_FILE
+    assert [spec.name for spec in entry.outputs] == [
+        t["name"] for t in package.manifest["models"]["image_encoder"]["outputs"]
+    ]
+    assert all(isinstance(spec, TensorSpec) for spec in entry.inputs + entry.outputs)
+    assert package.runtime("image_encoder") == {"backend": "openvino"}
+    assert package.runtime("mask_decoder") == {}
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path) -> None:
+    """SAMDEPLOY_CACHE_DIR, else $XDG_CACHE_HOME/samdeploy, else ~/.cache/samdeploy (the XDG convention)."""
+    monkeypatch.setenv("SAMDEPLOY_CACHE_DIR", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert package_module.cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("SAMDEPLOY_CACHE_DIR")
+    assert package_module.cache_dir() == tmp_path / "xdg" / "samdeploy"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert package_module.cache_dir() == tmp_path / "home" / ".cache" / "samdeploy"
+
+
+def test_manifest_is_written_readable_in_the_given_order(tmp_path) -> None:
+    """model.json is indented by 2, keeps the exporter's key order (not sorted) and ends with a newline."""
+    path = package_module.write_manifest(tmp_path, {"format": "x", "b": [1], "a": 2})
+    assert path == tmp_path / "model.json"
+    assert path.read_text() == '{\n  "format": "x",\n  "b": [\n    1\n  ],\n  "a": 2\n}\n'
+
+
+def test_checksum_cache_persists_evicts_and_clears(monkeypatch, tmp_path) -> None:
+    """Digests survive the process (a new cache reads the file), only the newest MAX_ENTRIES are kept, no
+    staging file is left behind, and clear() forgets them on disk too, also when nothing is stored."""
+    folder = tmp_path / "not" / "yet" / "there"
+    monkeypatch.setenv("SAMDEPLOY_CACHE_DIR", str(folder))
+    monkeypatch.setattr(ChecksumCache, "MAX_ENTRIES", 2)
+    first = ChecksumCache()
+    for key in "abc":
+        first.put(key, key * 64)
+    first.put("b", "d" * 64)  # a key put again becomes the newest
+    assert sorted(p.name for p in folder.iterdir()) == ["checksums.json"]
+    second = ChecksumCache()
+    assert (second.get("a"), second.get("b"), second.get("c")) == (None, "d" * 64, "c" * 64)
+    second.put("e", "e" * 64)
+    assert (second.get("c"), second.get("b")) == (None, "d" * 64)
+    second.clear()
+    assert not (folder / "checksums.json").exists() and second.get("b") is None
+    second.clear()  # nothing on disk: still fine
+    assert ChecksumCache().get("e") is None
+
+
+def test_checksum_cache_ignores_malformed_entries(monkeypatch, tmp_path) -> None:
+    """Entries of a damaged or foreign checksums.json (not a string, not a 64-digit digest) are dropped."""
+    monkeypatch.setenv("SAMDEPLOY_CACHE_DIR", str(tmp_path))
+    good = "f" * 64
+    stored = {"good": good, "short": "f" * 63, "number": 5, "list": [good]}
+    (tmp_path / "checksums.json").write_text(json.dumps(stored))
+    cache = ChecksumCache()
+    assert [cache.get(key) for key in stored] == [good, None, None, None]
+    # The file is read once per cache folder: a later change on disk is not merged in again.
+    (tmp_path / "checksums.json").write_text(json.dumps({"late": good}))
+    assert cache.get("late") is None
+
+
+def test_open_regular_refuses_with_a_clear_message(tmp_path) -> None:
+    """A missing path or a folder is a PackageError naming it and the reason; a file opens non-blocking (a FIFO
+    swapped in after the check could otherwise hang the reader)."""
+    import fcntl
+
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(PackageError) as caught:
+        package_module.open_regular(missing)
+    assert str(caught.value) == f"cannot read {missing}: No such file or directory"
+    with pytest.raises(PackageError) as caught:
+        package_module.open_regular(tmp_path)
+    assert str(caught.value) == f"{tmp_path} is not a regular file (a FIFO, device or folder)"
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    fd = package_module.open_regular(tmp_path / "a")
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+    finally:
+        os.close(fd)
+
+
+def test_load_messages_say_what_is_wrong(package_copy, tmp_path) -> None:
+    """Each refusal of ModelPackage.load is one sentence naming the path and what to do."""
+    assert _message(tmp_path / "nothing") == f"model package not found: {tmp_path / 'nothing'}"
+    (tmp_path / "file").write_text("x")
+    assert (
+        _message(tmp_path / "file") == f"model package must be a folder with model.json: {tmp_path / 'file'}"
+    )
+    (tmp_path / "empty").mkdir()
+    assert (
+        _message(tmp_path / "empty") == f"not a samdeploy model package (no model.json): {tmp_path / 'empty'}"
+    )
+    package = package_copy(_set("format", "other"))
+    assert (
+        _message(package)
+        == f"not a samdeploy model package ({package / 'model.json'} has no format 'samdeploy-model')"
+    )
+    package = package_copy(_set("format_version", 99), name="newer")
+    assert _message(package).endswith(
+        "has format version 99; this samdeploy reads up to 1: upgrade samdeploy"
+    )
+    (package / "model.json").write_bytes(b'{"format": "\xff"}')
+    assert _message(package).startswith(f"corrupt {package / 'model.json'}: 'utf-8' codec can't decode")
+    (package / "model.json").write_text("{" + " " * 16 * 2**20 + "}")
+    assert _message(package).startswith(f"{package / 'model.json'} size: ")
+
+
+def test_a_format_version_that_is_a_boolean_is_a_schema_error(package_copy) -> None:
+    """true is not a version (bool is an int in Python): the schema refuses it, not the version check."""
+    assert "format_version" in _message(package_copy(_set("format_version", True)))
+
+
+def test_a_listed_file_that_is_missing_or_resized(package_copy) -> None:
+    """A listed file gone or of another size than listed: PackageError naming it, at load and at verify."""
+    package = package_copy()
+    (package / ENCODER_FILE).unlink()
+    assert _message(package) == f"model package {package.resolve()} is missing {ENCODER_FILE}"
+    package = package_copy(name="resized")
+    loaded = ModelPackage.load(package)
+    listed = loaded.manifest["files"][ENCODER_FILE]["bytes"]
+    with open(package / ENCODER_FILE, "ab") as handle:
+        handle.write(b"\0")
+    assert _message(package) == (
+        f"model package {package.resolve()}: {ENCODER_FILE} has {listed + 1} bytes, the manifest says {listed}"
+        " (corrupt or replaced file; export the package again)"
+    )
+    with pytest.raises(PackageError) as caught:
+        loaded.verify()
+    assert str(caught.value) == (
+        f"{loaded.paths[ENCODER_FILE]} has {listed + 1} bytes, the manifest says {listed}"
+        " (corrupt or replaced file; export the package again)"
+    )
+
+
+def test_a_modified_file_fails_verify_with_the_advice(package_copy) -> None:
+    """Same size, other bytes: the checksum mismatch names the file and says to export again."""
+    package = package_copy()
+    loaded = ModelPackage.load(package)
+    data = bytearray((package / ENCODER_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (package / ENCODER_FILE).write_bytes(bytes(data))
+    with pytest.raises(PackageError) as caught:
+        loaded.verify()
+    assert str(caught.value) == (
+        f"checksum mismatch for {loaded.paths[ENCODER_FILE]}: the file is corrupt or was modified"
+        " (export the package again)"
+    )
+
+
+def test_verify_returns_every_digest_and_caches_by_the_file(package_copy) -> None:
+    """verify() returns each file's sha256; the cache is keyed by the file's path and identity."""
+    loaded = ModelPackage.load(package_copy())
+    digests = loaded.verify(cache=True)
+    assert digests == {name: info["sha256"] for name, info in loaded.manifest["files"].items()}
+    path = loaded.paths[ENCODER_FILE]
+    key = ChecksumCache.key(path, os.stat(path))
+    assert key.startswith(f"{path}|") and package_module.CHECKSUMS.get(key) == digests[ENCODER_FILE]
+
+
+def test_a_package_built_without_resolved_paths_resolves_them(package_copy, tmp_path) -> None:
+    """A ModelPackage made from its fields (no paths) finds its files itself, with the same checks as load."""
+    package = package_copy()
+    manifest = json.loads((package / "model.json").read_text())
+    bare = ModelPackage(root=package, manifest=manifest)
+    assert bare.encoder_path == (package / ENCODER_FILE).resolve()
+    assert bare.verify() == {name: info["sha256"] for name, info in manifest["files"].items()}
+    (tmp_path / "outside.onnx").write_bytes((package / ENCODER_FILE).read_bytes())
+    (package / ENCODER_FILE).unlink()
+    (package / ENCODER_FILE).symlink_to(tmp_path / "outside.onnx")
+    with pytest.raises(
+        PackageError, match=f"^model package {package.resolve()}: file {ENCODER_FILE} leads outside"
+    ):
+        bare.model_path("image_encoder")
+    with pytest.raises(
+        PackageError, match=f"file {ENCODER_FILE} leads outside .*; a package may use only its own files$"
+    ):
+        bare.verify()
+
+
+def test_a_broken_symlink_in_the_folder_is_refused(package_copy) -> None:
+    """A dangling symlink is refused by name (it would resolve later to whatever is created there)."""
+    package = package_copy()
+    (package / "extra.data").symlink_to(package / "not-there")
+    assert _message(package) == f"model package {package}: extra.data is a broken or looping symlink"
+
+
+def test_folder_entry_limit_counts_every_entry(package_copy, monkeypatch) -> None:
+    """The limit on a package folder's entries admits exactly its number and refuses one more."""
+    package = package_copy()
+    (package / "sub").mkdir()
+    (package / "sub" / "note.txt").write_text("x")
+    entries = sum(len(dirs) + len(files) for _, dirs, files in os.walk(package))
+    monkeypatch.setattr(package_module, "MAX_FOLDER_ENTRIES", entries)
+    ModelPackage.load(package)
+    monkeypatch.setattr(package_module, "MAX_FOLDER_ENTRIES", entries - 1)
+    assert _message(package) == f"model package {package} holds more than {entries - 1:,} files"
