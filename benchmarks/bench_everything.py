@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -74,16 +73,10 @@ def random_model(model_type: str, folder: Path, seed: int = 1) -> tuple[Path, Pa
 
 def cpu_name() -> str:
     """The CPU as /proc/cpuinfo names it, with its family and model (platform.processor() is often empty)."""
-    try:
-        info = dict(
-            line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
-        )
-    except OSError:
-        return platform.processor() or platform.machine()
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    return (
-        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
-    )
+    from samdeploy.cpu import cpu_info
+
+    info = cpu_info()
+    return f"{info.model_name}, family {info.family} model {info.model}"
 
 
 class StageTimer:

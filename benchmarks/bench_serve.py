@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -40,7 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from bench_everything import picture  # flat-coloured discs on a gradient
+from bench_everything import cpu_name, picture  # picture: flat-coloured discs on a gradient
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,17 +252,6 @@ def in_process(args: argparse.Namespace, image: np.ndarray, duration: float) -> 
         "calls_per_s": round(len(latencies) / elapsed, 1),
         **percentiles(latencies),
     }
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ import multiprocessing
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -124,11 +123,9 @@ class Prompts:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so bf16 training pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    from samdeploy.cpu import BF16_FLAGS, cpu_flags
+
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
 def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attention: bool = True) -> Sam:
