@@ -52,39 +52,8 @@ def _only(monkeypatch, prompts, pictures=("synthetic",)) -> None:
     monkeypatch.setattr(validate, "encoder_images", lambda: {name: PICTURES[name] for name in pictures})
 
 
-@pytest.fixture(scope="module")
-def full(tiny_sam, tiny_package, tiny_sam_config):
-    """The report of the package as the export makes it (low-res decoder, the manifest's constants;
-    every picture, three prompt kinds), and the mask each decoder case was fed, by prompt name."""
-    fed: dict[str, list] = {}
-    real = validate.decoder_feeds
-
-    def spy(sam, prompt, embeddings, mask_input):
-        fed.setdefault(prompt.name, []).append(mask_input)
-        return real(sam, prompt, embeddings, mask_input)
-
-    with pytest.MonkeyPatch.context() as patch:
-        _only(patch, PROMPT_NAMES, pictures=list(PICTURES))
-        patch.setattr(validate, "decoder_feeds", spy)
-        report = validate_package(
-            tiny_sam,
-            *_files(tiny_package),
-            pixel_mean=tiny_sam_config.pixel_mean,
-            pixel_std=tiny_sam_config.pixel_std,
-        )
-    return report, fed
-
-
-def test_the_package_passes_with_every_figure_finite(full):
-    """The package exported from the same checkpoint passes; a report with NaN would be refused."""
-    report, _ = full
-    assert failures(report) == []
-    assert non_finite(report) == []
-
-
-def test_the_report_names_the_picture_and_every_case(full):
+def _check_names(report) -> None:
     """``model.json`` records these keys; the docs and the verdict read them by name."""
-    report, _ = full
     assert set(report) == {
         "image",
         "encoder_inputs",
@@ -108,10 +77,9 @@ def test_the_report_names_the_picture_and_every_case(full):
     assert report["tolerances"] == TOLERANCES
 
 
-def test_worst_is_taken_over_every_picture_and_case(full):
+def _check_worst(report) -> None:
     """Each tolerance is held to the worst figure of all cases: a figure missing from ``worst`` is
     skipped by ``failures``, and one taken from a single case lets the others through."""
-    report, _ = full
     pictures = report["encoder_inputs"].values()
     assert report["embeddings"] == {
         "max_abs": max(case["max_abs"] for case in pictures),
@@ -133,10 +101,9 @@ def test_worst_is_taken_over_every_picture_and_case(full):
     assert report["worst"].keys() == TOLERANCES.keys()
 
 
-def test_the_mask_input_case_gets_a_mask_and_the_others_none(full):
+def _check_masks_fed(fed) -> None:
     """Only ``mask_input`` feeds a mask, to the PyTorch-embedding and the end-to-end run alike; a
     case fed none would leave the decoder's mask path unvalidated."""
-    _, fed = full
     assert list(fed) == PROMPT_NAMES
     for name, masks in fed.items():
         assert len(masks) == 2, name
@@ -146,6 +113,33 @@ def test_the_mask_input_case_gets_a_mask_and_the_others_none(full):
             assert masks[0] is masks[1]
         else:
             assert masks == [None, None], name
+
+
+def test_the_report_of_the_package_as_exported(tiny_sam, tiny_package, tiny_sam_config, monkeypatch):
+    """The package exported from the same checkpoint, validated as the export does (low-res decoder,
+    the manifest's constants; every picture, three prompt kinds), passes with every figure finite (a
+    NaN would be refused), under the names ``model.json`` records, with ``worst`` over every case,
+    and with a mask fed where the case says so. One test, one validation: the checks share it."""
+    fed: dict[str, list] = {}
+    real = validate.decoder_feeds
+
+    def spy(sam, prompt, embeddings, mask_input):
+        fed.setdefault(prompt.name, []).append(mask_input)
+        return real(sam, prompt, embeddings, mask_input)
+
+    _only(monkeypatch, PROMPT_NAMES, pictures=list(PICTURES))
+    monkeypatch.setattr(validate, "decoder_feeds", spy)
+    report = validate_package(
+        tiny_sam,
+        *_files(tiny_package),
+        pixel_mean=tiny_sam_config.pixel_mean,
+        pixel_std=tiny_sam_config.pixel_std,
+    )
+    assert failures(report) == []
+    assert non_finite(report) == []
+    _check_names(report)
+    _check_worst(report)
+    _check_masks_fed(fed)
 
 
 def test_the_mask_input_is_the_point_case_best_multimask_output(tiny_sam, tiny_package, monkeypatch):
@@ -181,6 +175,34 @@ def test_without_the_low_res_decoder_its_figures_are_left_out(tiny_sam, tiny_pac
     assert report["worst"]["iou_predictions_abs"] == case["iou_predictions_max_abs"]
     assert report["worst"].keys() == TOLERANCES.keys() - {"low_res_logits_rel"}
     assert failures(report) == []
+
+
+class _OffIoU:
+    """An ONNX session whose ``iou_predictions`` output is ``offset`` off; the other outputs as they are."""
+
+    def __init__(self, session, offset: float) -> None:
+        self.session, self.offset = session, offset
+
+    def run(self, names, feeds):
+        outputs = self.session.run(names, feeds)
+        order = [output.name for output in self.session.get_outputs()]
+        return [
+            value + self.offset if name == "iou_predictions" else value
+            for name, value in zip(order, outputs, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("broken", ["mask_decoder.onnx", "mask_decoder_low_res.onnx"])
+def test_either_decoder_iou_head_is_held_to_the_limit(tiny_sam, tiny_package, monkeypatch, broken):
+    """The runtime uses the low-res decoder for interactive prompts: its IoU predictions count for the
+    IoU limit as much as the full decoder's, so a low-res graph with a wrong IoU head fails alone."""
+    _only(monkeypatch, prompts=("point",))
+    real = validate._session
+    monkeypatch.setattr(
+        validate, "_session", lambda path: _OffIoU(real(path), 0.01) if path.name == broken else real(path)
+    )
+    report = validate_package(tiny_sam, *_files(tiny_package))
+    assert [problem.split()[0] for problem in failures(report)] == ["iou_predictions_abs"]
 
 
 @pytest.mark.parametrize("swap", ["mean", "std"])
