@@ -191,28 +191,33 @@ def _channels_last_upscaled_masks(
     ``tokens`` is the transformer's image output as BxHxWxC. The official path transposes it to
     NCHW, runs two stride-2 2x2 transposed convolutions (with a LayerNorm2d between) and multiplies
     by ``hyper_in``. A stride-2 2x2 transposed convolution writes each input cell into its own 2x2
-    output block, so it is a MatMul of the cell's channels with the weights laid out as
-    ``Cin x (2*2*Cout)`` followed by a pixel shuffle. Here the channels stay last throughout (the
-    layer norm runs where they already are), the first shuffle moves the C/4-channel map once, and
-    the second is folded into one transpose of the T final masks: same products and sums, without
-    the NCHW copies of the 4x and 16x larger feature maps. Tensors stay at rank 6 or less, which
-    every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose of this shape).
+    output block, so it is a matrix product of the cell's channels with the weights laid out as
+    ``Cin x (2*2*Cout)``, bias included (``addmm``: one Gemm, no pass of its own over the output).
+    The layer norm and the GELUs act on each output pixel alone, so the pixels stay in the order the
+    products make them (cell, then sub-pixel) until the T final masks exist; only those (C/8 times
+    smaller than the last feature map) are put in image order, in three transposes that each move
+    runs of contiguous values (ONNX Runtime's CPU Transpose is several times slower when the
+    innermost moved run is one value). Same products and sums as the official modules; tensors stay
+    at rank 6 or less, which every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose).
     """
     first, norm, act1, second, act2 = decoder.output_upscaling
-    batch, height, width, _ = tokens.shape
+    batch, height, width, channels = tokens.shape
 
     def block_matmul(x: torch.Tensor, conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
-        """B x h x w x Cin -> B x h x w x 2 x 2 x Cout: output pixel (2y + a, 2x + b) at [.., y, x, a, b, :]."""
+        """P x Cin pixels -> (P*2*2) x Cout: output pixel (2y + a, 2x + b) of input pixel p at row 4p + 2a + b."""
         cin, cout = conv.weight.shape[0], conv.weight.shape[1]
         weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-        return (x @ weight).view(batch, x.shape[1], x.shape[2], 2, 2, cout) + conv.bias
+        bias = conv.bias.repeat(4)
+        return torch.addmm(bias, x, weight).view(-1, cout)
 
-    x = block_matmul(tokens, first)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, -1)  # B 2H 2W C/4
+    x = block_matmul(tokens.reshape(-1, channels), first)  # (B H W a b) x C/4
     x = act1(F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps))
-    x = act2(block_matmul(x, second))  # B 2H 2W 2 2 C/8: pixel (2y + c, 2x + d)
-    masks = x.reshape(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (2H 2W 2 2) T
-    masks = masks.view(batch, 2 * height, 2 * width, 2, 2, -1).permute(0, 5, 1, 3, 2, 4)  # B T 2H c 2W d
+    x = act2(block_matmul(x, second))  # (B H W a b c d) x C/8
+    masks = x.view(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (H W a b c d) T
+    # pixel (4y + 2a + c, 4x + 2b + d): first (y, a) and (x, b) together, then c and d.
+    masks = masks.view(batch, height, width, 2, 2, -1).permute(0, 1, 3, 2, 4, 5)  # B H a W b (c d T)
+    masks = masks.reshape(batch, -1, hyper_in.shape[1]).transpose(1, 2)  # B T (2H 2W c d)
+    masks = masks.reshape(-1, 2 * width, 2, 2).transpose(1, 2)  # (B T 2H) c 2W d
     return masks.reshape(batch, -1, 4 * height, 4 * width)
 
 
