@@ -118,13 +118,26 @@ def official_run(
     timer.wrap(predictor.model.image_encoder, "forward", "image encoder")
     timer.wrap(predictor.model.mask_decoder, "forward", "mask decoder")
     timer.wrap(predictor.model, "postprocess_masks", "upscale masks")
+    counts = {"prompts": 0, "prompts_passing_pred_iou_thresh": 0, "masks_passing_pred_iou_thresh": 0}
+    predict_torch = predictor.predict_torch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        """How many prompts have a mask above pred_iou_thresh: the share whose masks are kept."""
+        masks, iou_preds, low_res = predict_torch(*args, **kwargs)
+        passing = iou_preds > generator.pred_iou_thresh
+        counts["prompts"] += len(iou_preds)
+        counts["prompts_passing_pred_iou_thresh"] += int(passing.any(dim=1).sum())
+        counts["masks_passing_pred_iou_thresh"] += int(passing.sum())
+        return masks, iou_preds, low_res
+
+    predictor.predict_torch = counted
     with torch.inference_mode():
         start = time.perf_counter()
         records = generator.generate(image)
         wall = time.perf_counter() - start
     stages = dict(timer.seconds)
     stages["everything else (filters, RLE, NMS, records)"] = wall - sum(stages.values())
-    return {"records": records, "wall_s": wall, "stages_s": stages}
+    return {"records": records, "wall_s": wall, "stages_s": stages, "counts": counts}
 
 
 def samdeploy_run(package: Path, image: np.ndarray, options: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -146,9 +159,18 @@ def samdeploy_run(package: Path, image: np.ndarray, options: dict[str, Any], thr
 def agreement(
     ours: list[dict[str, Any]], theirs: list[dict[str, Any]], threshold: float = 0.95
 ) -> dict[str, Any]:
-    """Masks of each side (uncompressed RLE records) with an IoU >= threshold match on the other side."""
+    """Masks of each side (uncompressed RLE records): how many are identical on the other side
+    (same run lengths), and of the rest, how many have a match with IoU >= threshold."""
     from samdeploy.sam.amg import rle_to_mask
 
+    def key(record: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(record["segmentation"]["size"]) + tuple(record["segmentation"]["counts"])
+
+    our_keys, their_keys = {key(r) for r in ours}, {key(r) for r in theirs}
+    ours = [r for r in ours if key(r) not in their_keys]
+    theirs_left = [r for r in theirs if key(r) not in our_keys]
+    identical = len(theirs) - len(theirs_left)
+    theirs = theirs_left
     ours_masks = [rle_to_mask(r["segmentation"]) for r in ours]
     their_masks = [rle_to_mask(r["segmentation"]) for r in theirs]
 
@@ -163,10 +185,11 @@ def agreement(
         return hits
 
     return {
-        "ours": len(ours),
-        "official": len(theirs),
-        "ours_matched": matched(ours_masks, their_masks),
-        "official_matched": matched(their_masks, ours_masks),
+        "ours": len(ours) + identical,
+        "official": len(theirs) + identical,
+        "identical": identical,
+        "ours_matched": identical + matched(ours_masks, their_masks),
+        "official_matched": identical + matched(their_masks, ours_masks),
     }
 
 
@@ -205,6 +228,13 @@ def decoder_sweep(package: Path, image: np.ndarray, sizes: list[int], threads: i
     return {"threads": threads, "sizes": rows}
 
 
+def session_inputs(path: str) -> list[Any]:
+    """The inputs of an ONNX file, as ONNX Runtime lists them."""
+    import onnxruntime as ort
+
+    return list(ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs())
+
+
 def decoder_sessions(package: Path, size: int, rounds: int = 3) -> dict[str, float]:
     """Milliseconds per prompt of the low-res decoder (ONNX Runtime directly, random embedding):
     one session on 2 threads answering ``size`` points per call, against two 1-thread sessions
@@ -214,8 +244,14 @@ def decoder_sessions(package: Path, size: int, rounds: int = 3) -> dict[str, flo
 
     import onnxruntime as ort
 
+    from samdeploy.package import MASK_FILTER_INPUT
+
     path = str(package / "mask_decoder_low_res.onnx")
     rng = np.random.default_rng(0)
+    inputs = {i.name: i for i in session_inputs(path)}
+    filter_feed = {}  # every prompt's masks, as the sweep is about the full decoder
+    if MASK_FILTER_INPUT in inputs:
+        filter_feed[MASK_FILTER_INPUT] = np.full(inputs[MASK_FILTER_INPUT].shape[0], -np.inf, np.float32)
     embedding = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
 
     def session(threads: int) -> Any:
@@ -229,7 +265,8 @@ def decoder_sessions(package: Path, size: int, rounds: int = 3) -> dict[str, flo
         labels = np.tile(np.array([[1, -1]], np.float32), (points, 1))
         mask = np.zeros((1, 1, 256, 256), np.float32)
         return {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
-                "mask_input": mask, "has_mask_input": np.zeros(1, np.float32)}  # fmt: skip
+                "mask_input": mask, "has_mask_input": np.zeros(1, np.float32),
+                **filter_feed}  # fmt: skip
 
     def timed(pairs: list[tuple[Any, dict[str, np.ndarray]]]) -> float:
         for one, inputs in pairs:
@@ -258,7 +295,12 @@ def run_side(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     image = picture(args.height, args.width)
-    options = {"points_per_side": args.points_per_side, "output_mode": "uncompressed_rle"}
+    options = {
+        "points_per_side": args.points_per_side,
+        "output_mode": "uncompressed_rle",
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+    }
     if args.side == "samdeploy":
         result = samdeploy_run(args.package, image, options, args.threads)
     else:
@@ -271,6 +313,14 @@ def main() -> None:
     parser.add_argument("--model-type", choices=["vit_b", "tiny"], default="vit_b")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.88,
+        help="both generators' IoU filter (official default 0.88; 0 keeps every mask, so no mask"
+        " computation can be skipped)",
+    )
+    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--package", type=Path, help="an exported random-weight package to reuse")
@@ -310,6 +360,8 @@ def main() -> None:
             forwarded += ["--checkpoint", str(args.checkpoint), "--model-type", args.model_type]
             forwarded += ["--threads", str(args.threads), "--points-per-side", str(args.points_per_side)]
             forwarded += ["--height", str(args.height), "--width", str(args.width)]
+            forwarded += ["--pred-iou-thresh", str(args.pred_iou_thresh)]
+            forwarded += ["--stability-score-thresh", str(args.stability_score_thresh)]
             subprocess.run([sys.executable, __file__, *forwarded], check=True)
             sides[side] = json.loads(side_output.read_text())
     ours, theirs = sides["samdeploy"], sides["official"]
@@ -317,7 +369,11 @@ def main() -> None:
     result = {
         "model": f"{args.model_type}, random weights",
         "image": [args.height, args.width],
-        "options": {"points_per_side": args.points_per_side},
+        "options": {
+            "points_per_side": args.points_per_side,
+            "pred_iou_thresh": args.pred_iou_thresh,
+            "stability_score_thresh": args.stability_score_thresh,
+        },
         "threads": args.threads,
         "cpu": cpu_name(),
         "cpus": os.cpu_count(),
@@ -329,6 +385,7 @@ def main() -> None:
         "speedup": round(ratio, 2),
         "official_stages_s": {k: round(v, 3) for k, v in theirs["stages_s"].items()},
         "samdeploy_stages_s": {k: round(v, 3) for k, v in ours["stages_s"].items()},
+        "official_counts": theirs["counts"],
         "agreement": agreement(ours["records"], theirs["records"]),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

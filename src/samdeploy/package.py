@@ -34,7 +34,10 @@ Layout of ``model.json`` (format version 1)::
 ``mask_decoder`` keeps the official six-input, three-output contract. ``mask_decoder_low_res`` (written
 by every export; packages from earlier samdeploy versions lack it) is the same prompt encoder and mask decoder
 without ``orig_im_size`` and the in-graph upscale to the image size: five inputs, two outputs
-(``iou_predictions``, ``low_res_masks``). The runtime upscales the low-res logits itself, only for the
+(``iou_predictions``, ``low_res_masks``), and in exports from samdeploy 0.2 on a mask filter:
+``mask_iou_threshold`` in (float32, one per mask token; ``-inf`` everywhere computes every mask) and
+``mask_indices`` out (int64, the prompts whose masks ``low_res_masks`` holds, see
+:attr:`ModelPackage.filters_masks`). The runtime upscales the low-res logits itself, only for the
 masks it returns, so it prompts with this one when the package has it (see
 :attr:`ModelPackage.prompt_decoder`).
 
@@ -95,6 +98,10 @@ DECODER_INPUTS = (
 # The companion decoder takes the same inputs but orig_im_size, and gives these outputs.
 LOW_RES_DECODER_INPUTS = DECODER_INPUTS[:-1]
 LOW_RES_DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
+# The low-res decoder's mask filter (exports from this version on): one IoU threshold per mask token
+# in, the indices of the prompts whose masks were computed out (see ModelPackage.filters_masks).
+MASK_FILTER_INPUT = "mask_iou_threshold"
+MASK_FILTER_OUTPUT = "mask_indices"
 # SAM 2.x packages (family "sam2.1" or "sam2"): the encoder's three feature maps, and samdeploy's SAM 2
 # decoder contract (see samdeploy.export.sam2).
 SAM_FAMILY = FAMILY
@@ -475,8 +482,26 @@ class ModelPackage:
 
     @property
     def prompt_decoder_inputs(self) -> tuple[str, ...]:
-        """Input names of :attr:`prompt_decoder`, in the official order."""
-        return LOW_RES_DECODER_INPUTS if self.prompt_decoder == LOW_RES_DECODER else DECODER_INPUTS
+        """Input names of :attr:`prompt_decoder`, in the official order (then the mask filter's)."""
+        if self.prompt_decoder == DECODER:
+            return DECODER_INPUTS
+        return LOW_RES_DECODER_INPUTS + ((MASK_FILTER_INPUT,) if self.filters_masks else ())
+
+    @property
+    def filters_masks(self) -> bool:
+        """Whether the low-res decoder takes ``mask_iou_threshold`` and gives ``mask_indices``: it then
+        upscales only the prompts with a mask token above its threshold (the automatic generator's
+        ``pred_iou_thresh``), and ``low_res_masks`` holds the rows of the prompts in ``mask_indices``.
+        Packages exported before it lack the filter and compute every mask."""
+        return self.mask_filter_tokens > 0
+
+    @property
+    def mask_filter_tokens(self) -> int:
+        """The number of mask tokens ``mask_iou_threshold`` takes (0: no mask filter)."""
+        entry = self.manifest["models"].get(LOW_RES_DECODER)
+        specs = [t for t in entry["inputs"] if t["name"] == MASK_FILTER_INPUT] if entry is not None else []
+        shape = specs[0]["shape"] if specs else []
+        return shape[0] if len(shape) == 1 and isinstance(shape[0], int) and shape[0] > 0 else 0
 
     @property
     def encoder_path(self) -> Path:

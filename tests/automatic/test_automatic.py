@@ -14,6 +14,7 @@ from segment_anything.utils.amg import MaskData, mask_to_rle_pytorch
 from torchvision.ops.boxes import batched_nms
 
 from samdeploy.engine import Graph, Profile
+from samdeploy.package import ModelPackage
 from samdeploy.sam import amg
 from samdeploy.sam.automatic import (
     GeneratorOptionError,
@@ -295,3 +296,101 @@ def test_fidelity_default_model(default_package) -> None:
         ours = SamAutomaticMaskGenerator(model, **FIDELITY_OPTIONS).generate(image)
     assert len(theirs) >= 5
     assert_fidelity(ours, theirs)
+
+
+def _grid_feeds(package, points: np.ndarray, embedding: np.ndarray) -> dict[str, np.ndarray]:
+    """The low-res decoder's inputs for one single-point prompt per row of ``points`` (model pixels)."""
+    batch = len(points)
+    low = ModelPackage.load(package).mask_input_size
+    return {
+        "image_embeddings": embedding,
+        "point_coords": np.stack([points, np.zeros_like(points)], axis=1).astype(np.float32),
+        "point_labels": np.tile(np.array([[1.0, -1.0]], np.float32), (batch, 1)),
+        "mask_input": np.zeros((1, 1, *low), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+    }
+
+
+def test_decoder_mask_filter_keeps_exactly_the_prompts_above_the_threshold(tiny_package) -> None:
+    """The low-res decoder's mask filter (mask_iou_threshold in, mask_indices out) is what lets the
+    generator skip the upscaling of masks it would drop; a filter that keeps one prompt too few loses
+    records, one too many or with other masks changes them. Against the same graph unfiltered."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(tiny_package / "mask_decoder_low_res.onnx"), providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal(session.get_inputs()[0].shape).astype(np.float32)
+    size = ModelPackage.load(tiny_package).image_size
+    feeds = _grid_feeds(tiny_package, rng.uniform(0, size, (24, 2)), embedding)
+
+    def run(threshold: list[float]) -> list[np.ndarray]:
+        return session.run(None, {**feeds, "mask_iou_threshold": np.array(threshold, np.float32)})
+
+    iou, low_res, kept = run([-np.inf] * 4)
+    assert kept.tolist() == list(range(24)) and low_res.shape[0] == 24
+    cut = float(np.median(iou[:, 1:].max(axis=1)))  # about half the prompts have a mask above it
+    filtered_iou, filtered, kept = run([np.inf, cut, cut, cut])
+    expected = np.flatnonzero((iou[:, 1:] > np.float32(cut)).any(axis=1))
+    assert 0 < expected.size < 24  # the cut really splits the prompts
+    assert kept.tolist() == expected.tolist()
+    np.testing.assert_array_equal(filtered_iou, iou)  # IoUs of every prompt, filtered or not
+    np.testing.assert_allclose(filtered, low_res[expected], rtol=1e-5, atol=1e-5)
+    # A token at -inf never drops a prompt; every token above every IoU drops them all.
+    assert run([-np.inf, np.inf, np.inf, np.inf])[2].tolist() == list(range(24))
+    none_iou, none, kept = run([np.inf] * 4)
+    assert kept.size == 0 and none.shape == (0, *low_res.shape[1:]) and none_iou.shape == iou.shape
+
+
+def test_generator_with_the_mask_filter_keeps_the_official_records(tiny_sam, tiny_model, scene) -> None:
+    """With pred_iou_thresh at the median of the prompts' IoUs, the decoder computes about half the
+    prompts' masks; every record the official generator keeps must still come out, prompt by prompt
+    (NMS off, so each prompt's masks are compared)."""
+    image = scene(90, 130, seed=3)
+    base = dict(points_per_side=6, stability_score_thresh=0.0, box_nms_thresh=1.0, points_per_batch=16)
+    assert tiny_model.package.filters_masks
+    everything = OfficialGenerator(tiny_sam, pred_iou_thresh=0.0, **base).generate(image)
+    cut = float(np.median([r["predicted_iou"] for r in everything]))
+    theirs = by_prompt(OfficialGenerator(tiny_sam, pred_iou_thresh=cut, **base).generate(image))
+    generator = SamAutomaticMaskGenerator(tiny_model, pred_iou_thresh=cut, **base)
+    generator.profile = Profile()
+    ours = by_prompt(generator.generate(image))
+    assert 0 < sum(map(len, theirs.values())) < len(everything)
+    assert ours.keys() == theirs.keys()
+    pairs = [(a, b) for key in ours for a, b in zip(ours[key], theirs[key], strict=True)]
+    assert np.mean([mask_iou(a["segmentation"], b["segmentation"]) >= 0.99 for a, b in pairs]) >= 0.99
+    np.testing.assert_allclose(
+        [a["predicted_iou"] for a, _ in pairs], [b["predicted_iou"] for _, b in pairs], atol=1e-4
+    )
+
+
+def test_filter_masks_maps_filtered_rows_to_their_prompts() -> None:
+    """FilterMasks with the decoder's mask_indices: row k of low_res_masks belongs to prompt
+    mask_indices[k]. Each prompt's masks here are a distinct square, so a mix-up moves the boxes;
+    a mask that passes pred_iou_thresh but was not computed is an error, not a silent loss."""
+    from samdeploy.sam.automatic import CropInfo, FilterMasks
+
+    low = np.full((4, 4, 16, 16), -10.0, np.float32)
+    for prompt in range(4):
+        low[prompt, :, 4 * prompt : 4 * prompt + 3, 4 * prompt : 4 * prompt + 3] = 10.0
+    iou = np.array(
+        [[0, 0.9, 0.1, 0.1], [0, 0.1, 0.1, 0.1], [0, 0.1, 0.95, 0.1], [0, 0.1, 0.1, 0.1]], np.float32
+    )
+    node = FilterMasks(
+        "f",
+        {"image_size": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.0, "mask_filter": True},
+    )
+    crop = CropInfo(box=(0, 0, 64, 64), layer=0, image_size=(64, 64))
+    points = np.arange(8, dtype=np.float64).reshape(4, 2)
+    kept = np.array([0, 2])
+    got = node.run(iou, low[kept], points, crop, mask_indices=kept)["candidates"]
+    want = FilterMasks("g", {"image_size": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.0}).run(
+        iou, low, points, crop
+    )["candidates"]
+    assert len(got) == 2
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_array_equal(got.points, [[0, 1], [4, 5]])
+    np.testing.assert_array_equal(got.iou_preds, np.float32([0.9, 0.95]))
+    with pytest.raises(RuntimeError, match="dropped a mask that passes"):
+        node.run(iou, low[[0]], points, crop, mask_indices=np.array([0]))

@@ -193,7 +193,9 @@ def test_low_res_decoder_equals_the_official_graph(decoder, tiny_package, tiny_s
         feeds = decoder_feeds(tiny_sam, prompt, embedding.numpy(), previous)
         _, official_iou, official_low_res = decoder.run(None, feeds)
         del feeds["orig_im_size"]
-        iou, logits = low_res.run(None, feeds)
+        feeds["mask_iou_threshold"] = np.full(4, -np.inf, np.float32)  # the filter off: every prompt
+        iou, logits, kept = low_res.run(None, feeds)
+        assert kept.tolist() == list(range(len(iou)))
         np.testing.assert_allclose(iou, official_iou, atol=1e-6)
         np.testing.assert_allclose(logits, official_low_res, atol=1e-5)
 

@@ -7,9 +7,11 @@
   1..3 = multimask outputs) and the runtime picks, as ``SamPredictor`` does.
 
 * ``mask_decoder_low_res``: the same prompt encoder and mask decoder without ``orig_im_size`` and the
-  upscale to the image size (five inputs; ``iou_predictions`` and ``low_res_masks``). ONNX Runtime
-  computes a graph's upscale even when only ``low_res_masks`` is fetched, and the runtime upscales
-  the few masks it returns itself; this graph is what it prompts with.
+  upscale to the image size (the five official inputs; ``iou_predictions`` and ``low_res_masks``),
+  plus a mask filter: ``mask_iou_threshold`` in, ``mask_indices`` out (see
+  :func:`filtered_predict_masks`). ONNX Runtime computes a graph's upscale even when only
+  ``low_res_masks`` is fetched, and the runtime upscales the few masks it returns itself; this graph
+  is what it prompts with.
 
 The decoder adds one freedom to the official export: axis 0 of ``point_coords``/``point_labels``
 (and of ``mask_input``) is a dynamic prompt batch. ``MaskDecoder.predict_masks`` already
@@ -40,6 +42,8 @@ from samdeploy.package import (
     DECODER_INPUTS,
     LOW_RES_DECODER_INPUTS,
     LOW_RES_DECODER_OUTPUTS,
+    MASK_FILTER_INPUT,
+    MASK_FILTER_OUTPUT,
     TensorSpec,
 )
 
@@ -81,7 +85,12 @@ class DecoderOnnxModel(SamOnnxModel):
 
 
 class LowResDecoderOnnxModel(SamOnnxModel):
-    """The official decoder graph up to the low-res logits: no ``orig_im_size``, no upscale."""
+    """The official decoder graph up to the low-res logits: no ``orig_im_size``, no upscale.
+
+    One input and one output more than the official contract let a caller skip the masks it would
+    throw away (see :func:`filtered_predict_masks`): ``mask_iou_threshold`` (one float32 per mask
+    token) and ``mask_indices`` (int64, the prompts whose rows ``low_res_masks`` holds).
+    """
 
     def forward(  # type: ignore[override]
         self,
@@ -90,14 +99,17 @@ class LowResDecoderOnnxModel(SamOnnxModel):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, scores = self.model.mask_decoder.predict_masks(
+        mask_iou_threshold: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        masks, scores, indices = filtered_predict_masks(
+            self.model.mask_decoder,
             image_embeddings=image_embeddings,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=self._embed_points(point_coords, point_labels),
             dense_prompt_embeddings=self._embed_masks(mask_input, has_mask_input),
+            mask_iou_threshold=mask_iou_threshold,
         )
-        return scores, masks
+        return scores, masks, indices
 
 
 def encoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -129,11 +141,17 @@ def decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]
 
 
 def low_res_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output tensor specs of ``mask_decoder_low_res.onnx``."""
+    """Input and output tensor specs of ``mask_decoder_low_res.onnx`` (with the mask filter)."""
     inputs, outputs = decoder_specs(config)
+    low, tokens = config.mask_input_size, config.num_mask_tokens
     return (
-        [spec for spec in inputs if spec.name in LOW_RES_DECODER_INPUTS],
-        [spec for spec in outputs if spec.name in LOW_RES_DECODER_OUTPUTS],
+        [spec for spec in inputs if spec.name in LOW_RES_DECODER_INPUTS]
+        + [TensorSpec(MASK_FILTER_INPUT, (tokens,), "float32")],
+        [
+            TensorSpec("iou_predictions", ("batch", tokens), "float32"),
+            TensorSpec("low_res_masks", ("kept", tokens, low, low), "float32"),
+            TensorSpec(MASK_FILTER_OUTPUT, ("kept",), "int64"),
+        ],
     )
 
 
@@ -150,23 +168,24 @@ def _channels_last_layer_norm(self: LayerNorm2d, x: torch.Tensor) -> torch.Tenso
     return normalized.permute(0, 3, 1, 2)
 
 
-def _shared_image_predict_masks(
+def _decoder_tokens(
     self: MaskDecoder,
     image_embeddings: torch.Tensor,
     image_pe: torch.Tensor,
     sparse_prompt_embeddings: torch.Tensor,
     dense_prompt_embeddings: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``MaskDecoder.predict_masks`` without copying the image once per prompt.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transformer and the heads of ``MaskDecoder.predict_masks``, without copying the image per prompt.
 
-    The official method ``repeat_interleave``-s the image embedding and its positional encoding over
-    the B prompts before the transformer. Until the first image-to-token attention writes into them,
-    the image tokens are the same for every prompt (or for every ``mask_input``, when those come
-    batched), so here they stay one copy and broadcast: the first layer's key and value projections
-    of the 4096 image tokens (and the query projection of its image-to-token attention) run once per
-    call instead of once per prompt. Same arithmetic, prompt by prompt. The later layers' attention
-    products over the image tokens are grouped as :func:`~samdeploy.export.twoway.two_way_transformer`
-    describes.
+    Returns the image tokens BxHxWxC (channels last), ``hyper_in`` BxTxC/8 and the IoU
+    predictions BxT. The official method ``repeat_interleave``-s the image embedding and its
+    positional encoding over the B prompts before the transformer. Until the first image-to-token
+    attention writes into them, the image tokens are the same for every prompt (or for every
+    ``mask_input``, when those come batched), so here they stay one copy and broadcast: the first
+    layer's key and value projections of the 4096 image tokens (and the query projection of its
+    image-to-token attention) run once per call instead of once per prompt. Same arithmetic, prompt
+    by prompt. The later layers' attention products over the image tokens are grouped as
+    :func:`~samdeploy.export.twoway.two_way_transformer` describes.
     """
     output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
@@ -179,8 +198,50 @@ def _shared_image_predict_masks(
     hyper_in = torch.stack(
         [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
     )
-    masks = _channels_last_upscaled_masks(self, src.reshape(tokens.shape[0], h, w, c), hyper_in)
-    return masks, self.iou_prediction_head(iou_token_out)
+    return src.reshape(tokens.shape[0], h, w, c), hyper_in, self.iou_prediction_head(iou_token_out)
+
+
+def _shared_image_predict_masks(
+    self: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` as :func:`_decoder_tokens` and :func:`_channels_last_upscaled_masks`
+    compute it: the same (masks, iou_pred)."""
+    image, hyper_in, iou = _decoder_tokens(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+    )
+    return _channels_last_upscaled_masks(self, image, hyper_in), iou
+
+
+def filtered_predict_masks(
+    decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+    mask_iou_threshold: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``predict_masks`` that upscales only the prompts with a mask its caller can keep.
+
+    ``mask_iou_threshold`` holds one threshold per mask token. A prompt is dropped when every
+    token's predicted IoU is ``<=`` its threshold; a token whose threshold is ``-inf`` never drops
+    it (all ``-inf``: every prompt kept, the official output), nor does a NaN IoU. Returns the masks
+    KxTxRxR of the K kept prompts, the IoU predictions BxT of all B and the kept prompts' indices K
+    (ascending). The transformer and the IoU head run for every prompt; only the output upscaling,
+    about half of a prompt's arithmetic, is skipped. ``SamAutomaticMaskGenerator`` drops masks with
+    ``iou_pred <= pred_iou_thresh`` before it looks at their logits, so it asks for
+    ``[inf, t, t, t]`` (tokens 1..3, the multimask outputs it keeps) and the records do not change.
+    """
+    image, hyper_in, iou = _decoder_tokens(
+        decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+    )
+    fails = (iou <= mask_iou_threshold) & (mask_iou_threshold > float("-inf"))
+    indices = torch.nonzero(~fails.all(dim=1)).reshape(-1)
+    image, hyper_in = image.index_select(0, indices), hyper_in.index_select(0, indices)
+    return _channels_last_upscaled_masks(decoder, image, hyper_in), iou, indices
 
 
 def _channels_last_upscaled_masks(
@@ -191,29 +252,37 @@ def _channels_last_upscaled_masks(
     ``tokens`` is the transformer's image output as BxHxWxC. The official path transposes it to
     NCHW, runs two stride-2 2x2 transposed convolutions (with a LayerNorm2d between) and multiplies
     by ``hyper_in``. A stride-2 2x2 transposed convolution writes each input cell into its own 2x2
-    output block, so it is a MatMul of the cell's channels with the weights laid out as
-    ``Cin x (2*2*Cout)`` followed by a pixel shuffle. Here the channels stay last throughout (the
-    layer norm runs where they already are), the first shuffle moves the C/4-channel map once, and
-    the second is folded into one transpose of the T final masks: same products and sums, without
-    the NCHW copies of the 4x and 16x larger feature maps. Tensors stay at rank 6 or less, which
-    every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose of this shape).
+    output block, so it is a matrix product of the cell's channels with the weights laid out as
+    ``Cin x (2*2*Cout)``, bias included (``addmm``: one Gemm, no pass of its own over the output).
+    The layer norm and the GELUs act on each output pixel alone, so the pixels stay in the order the
+    products make them (cell, then sub-pixel) until the T final masks exist; only those (C/8 times
+    smaller than the last feature map) are put in image order, in three transposes that each move
+    runs of contiguous values (ONNX Runtime's CPU Transpose is several times slower when the
+    innermost moved run is one value). Same products and sums as the official modules; tensors stay
+    at rank 6 or less, which every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose).
     """
     first, norm, act1, second, act2 = decoder.output_upscaling
-    batch, height, width, _ = tokens.shape
+    _, height, width, channels = tokens.shape
 
     def block_matmul(x: torch.Tensor, conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
-        """B x h x w x Cin -> B x h x w x 2 x 2 x Cout: output pixel (2y + a, 2x + b) at [.., y, x, a, b, :]."""
+        """P x Cin pixels -> (P*2*2) x Cout: output pixel (2y + a, 2x + b) of input pixel p at row 4p + 2a + b."""
         cin, cout = conv.weight.shape[0], conv.weight.shape[1]
         weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-        return (x @ weight).view(batch, x.shape[1], x.shape[2], 2, 2, cout) + conv.bias
+        bias = conv.bias.repeat(4)
+        return torch.addmm(bias, x, weight).view(-1, cout)
 
-    x = block_matmul(tokens, first)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, -1)  # B 2H 2W C/4
+    x = block_matmul(tokens.reshape(-1, channels), first)  # (B H W a b) x C/4
     x = act1(F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps))
-    x = act2(block_matmul(x, second))  # B 2H 2W 2 2 C/8: pixel (2y + c, 2x + d)
-    masks = x.reshape(batch, -1, second.weight.shape[1]) @ hyper_in.transpose(1, 2)  # B (2H 2W 2 2) T
-    masks = masks.view(batch, 2 * height, 2 * width, 2, 2, -1).permute(0, 5, 1, 3, 2, 4)  # B T 2H c 2W d
-    return masks.reshape(batch, -1, 4 * height, 4 * width)
+    x = act2(block_matmul(x, second))  # (B H W a b c d) x C/8
+    # No reshape below names the batch, which may be 0 (the mask filter kept no prompt): a 0 there
+    # would be ambiguous beside a -1, and ONNX's Reshape reads a 0 as "keep this axis".
+    tokens_out = hyper_in.shape[1]
+    masks = x.view(-1, 16 * height * width, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B (H W a b c d) T
+    # pixel (4y + 2a + c, 4x + 2b + d): first (y, a) and (x, b) together, then c and d.
+    masks = masks.view(-1, height, width, 2, 2, 4 * tokens_out).permute(0, 1, 3, 2, 4, 5)  # B H a W b (c d T)
+    masks = masks.reshape(-1, 16 * height * width, tokens_out).transpose(1, 2)  # B T (2H 2W c d)
+    masks = masks.reshape(-1, 2 * width, 2, 2).transpose(1, 2)  # (B T 2H) c 2W d
+    return masks.reshape(-1, tokens_out, 4 * height, 4 * width)
 
 
 @contextmanager
@@ -292,14 +361,19 @@ def export_low_res_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) 
     """Trace the prompt encoder + mask decoder, without the upscale, to ``path``."""
     _export(
         LowResDecoderOnnxModel(sam, return_single_mask=False).eval(),
-        _decoder_dummies(config)[: len(LOW_RES_DECODER_INPUTS)],
+        # The threshold's value does not shape the trace (-inf: the dummy prompt is kept).
+        (
+            *_decoder_dummies(config)[: len(LOW_RES_DECODER_INPUTS)],
+            torch.full((config.num_mask_tokens,), float("-inf")),
+        ),
         path,
         opset,
-        input_names=list(LOW_RES_DECODER_INPUTS),
-        output_names=list(LOW_RES_DECODER_OUTPUTS),
+        input_names=[*LOW_RES_DECODER_INPUTS, MASK_FILTER_INPUT],
+        output_names=[*LOW_RES_DECODER_OUTPUTS, MASK_FILTER_OUTPUT],
         dynamic_axes={
-            name: axes
-            for name, axes in DECODER_DYNAMIC_AXES.items()
-            if name in LOW_RES_DECODER_INPUTS + LOW_RES_DECODER_OUTPUTS
+            **{name: axes for name, axes in DECODER_DYNAMIC_AXES.items() if name in LOW_RES_DECODER_INPUTS},
+            "iou_predictions": {0: "batch"},
+            "low_res_masks": {0: "kept"},
+            MASK_FILTER_OUTPUT: {0: "kept"},
         },
     )

@@ -14,7 +14,8 @@ the raw image tokens, and the value projection is applied after the soft-max has
 (``(P_h v) Wv_h``: soft-max rows sum to one, so the value bias passes through unchanged; the key
 bias adds a constant to each score row, which the soft-max ignores). For image -> tokens, the key
 side is folded into the image's query weights (``x (Wq_h K_h^T)``) and the output projection into
-the token values (``P_h (V_h Wo_h)``). What runs over the N image tokens is then a product with
+the token values (``P_h (V_h Wo_h)``), its bias too: each head's soft-max row sums to one, so 1/h of
+the bias on every value row of each head adds it once to every image token inside the product. What runs over the N image tokens is then a product with
 h*T columns (56 for one point) instead of the internal width (128), twice per attention::
 
                                 per prompt, vit_b decoder, one point     official   here
@@ -81,8 +82,10 @@ def image_to_tokens(attention: nn.Module, x: Tensor, k: Tensor, v: Tensor, share
     probs = F.softmax(scores / math.sqrt(dim), dim=-1)
     values = attention.v_proj(v).view(batch, tokens, heads, dim).transpose(1, 2)  # B h T d
     out_weight = attention.out_proj.weight.view(channels, heads, dim).permute(1, 2, 0)  # h d C
-    values = (values @ out_weight).reshape(batch, heads * tokens, channels)  # B hT C
-    return probs.reshape(batch, -1, heads * tokens) @ values + attention.out_proj.bias
+    # Each head's soft-max row sums to one, so a 1/h share of the output bias on each head's values
+    # adds the bias once per image token, inside the product (no pass over the BxNxC output).
+    values = values @ out_weight + attention.out_proj.bias / heads  # B h T C
+    return probs.reshape(batch, -1, heads * tokens) @ values.reshape(batch, heads * tokens, channels)
 
 
 def two_way_transformer(

@@ -27,6 +27,8 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from samdeploy.package import LOW_RES_DECODER_OUTPUTS, MASK_FILTER_INPUT, MASK_FILTER_OUTPUT
+
 # Relative tolerances: max |onnx - torch| / max(1, max |torch|). float32 exports measure 2e-6 or
 # less on the embeddings (random-weight vit_b and vit_h, trained 256 px models); a graph that
 # normalizes differently from PyTorch (another LayerNorm eps) is 1e-3 off on uniform areas.
@@ -361,9 +363,7 @@ def validate_package(
             "low_res_cosine": cosine(got[2], want[2]),
         }
         if low_res_decoder is not None:
-            iou, low_res = low_res_decoder.run(
-                None, {name: value for name, value in feeds.items() if name != "orig_im_size"}
-            )
+            iou, low_res = low_res_run(low_res_decoder, feeds)
             report["decoder"][prompt.name].update(
                 low_res_max_rel=_max_rel(low_res, want[2]),
                 low_res_iou_max_abs=_max_abs(iou, want[1]),
@@ -395,6 +395,47 @@ def validate_package(
         report["worst"]["low_res_logits_rel"] = _worst(max, (case["low_res_max_rel"] for case in cases))
     report["tolerances"] = dict(TOLERANCES)
     return report
+
+
+def low_res_run(session: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(iou_predictions, low_res_masks) of the low-res decoder for the official decoder's ``feeds``.
+
+    A decoder with the mask filter (``mask_iou_threshold``) runs unfiltered, and once more with a
+    threshold between this prompt batch's IoUs: the prompts it keeps must be exactly those with a
+    multimask IoU above it (the automatic generator relies on that), with the same masks.
+    """
+    feeds = {name: value for name, value in feeds.items() if name != "orig_im_size"}
+    names = {i.name for i in session.get_inputs()}
+    if MASK_FILTER_INPUT not in names:
+        iou, low_res = session.run(list(LOW_RES_DECODER_OUTPUTS), feeds)
+        return iou, low_res
+    iou, low_res, kept = session.run(
+        [*LOW_RES_DECODER_OUTPUTS, MASK_FILTER_OUTPUT],
+        {**feeds, MASK_FILTER_INPUT: np.full(iou_tokens(session), -np.inf, np.float32)},
+    )
+    if not np.array_equal(kept, np.arange(len(iou))):
+        raise ValueError(f"the mask filter at -inf kept prompts {kept.tolist()} of {len(iou)}")
+    multimask = iou[:, 1:]
+    cut = np.float32(np.median(multimask.max(axis=1)))  # one prompt: none kept; more: about half
+    threshold = np.array([np.inf] + [cut] * multimask.shape[1], np.float32)
+    _, filtered, kept = session.run(
+        ["iou_predictions", "low_res_masks", MASK_FILTER_OUTPUT], {**feeds, MASK_FILTER_INPUT: threshold}
+    )
+    expected = np.flatnonzero((multimask > cut).any(axis=1))
+    if not np.array_equal(kept, expected) or filtered.shape[0] != expected.size:
+        raise ValueError(
+            f"the mask filter at {float(cut)} kept prompts {kept.tolist()}, expected {expected.tolist()}"
+        )
+    scale = 1e-4 * max(1.0, float(np.abs(low_res).max(initial=0.0)))
+    if not np.allclose(filtered, low_res[expected], rtol=1e-4, atol=scale):
+        raise ValueError("the mask filter's masks differ from the unfiltered decoder's")
+    return iou, low_res
+
+
+def iou_tokens(session: Any) -> int:
+    """The number of mask tokens of a low-res decoder session (its ``mask_iou_threshold`` length)."""
+    spec = next(i for i in session.get_inputs() if i.name == MASK_FILTER_INPUT)
+    return int(spec.shape[0])
 
 
 def _worst(pick: Callable[[Iterable[float]], float], values: Iterable[float]) -> float:

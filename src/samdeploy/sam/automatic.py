@@ -32,6 +32,7 @@ import numpy as np
 from samdeploy import limits
 from samdeploy.engine import Graph, ItemResult, Node, Profile, register_node
 from samdeploy.errors import NodeError, PackageError, SamDeployError
+from samdeploy.package import MASK_FILTER_OUTPUT
 from samdeploy.sam.amg import (
     MaskCandidates,
     area_from_rle,
@@ -126,6 +127,9 @@ class PointPrompts(Node):
         return {"prompt": prompt, "original_size": crop.size}
 
 
+MULTIMASK_TOKENS = slice(1, None)  # SAM's decoder: token 0 is the single-mask output
+
+
 @register_node("amg.FilterMasks")
 class FilterMasks(Node):
     """Decoder outputs for B points -> the candidate masks that pass the filters, as RLEs.
@@ -137,6 +141,10 @@ class FilterMasks(Node):
 
     ``iou_predictions`` Bx4, ``low_res_masks`` Bx4xRxR, ``points`` Bx2 (crop pixels). The output
     :class:`MaskCandidates` has boxes and points in the crop's frame and RLEs in the image's.
+
+    With ``mask_filter`` the decoder has already dropped the prompts whose tokens all fail the IoU
+    filter (:func:`~samdeploy.sam.nodes.mask_iou_threshold`): ``low_res_masks`` is KxTxRxR for the
+    K prompts of the ``mask_indices`` input, and every mask the filter keeps is among them.
     """
 
     @dataclass
@@ -147,6 +155,7 @@ class FilterMasks(Node):
         stability_score_offset: float = 1.0
         chunk: int = 16  # masks upscaled at once: bounds memory at chunk x h x w float32
         mask_threshold: float = MASK_THRESHOLD
+        mask_filter: bool = False  # low_res_masks holds only the prompts of mask_indices
 
     inputs = {
         "iou_predictions": np.ndarray,
@@ -156,11 +165,25 @@ class FilterMasks(Node):
     }
     outputs = {"candidates": MaskCandidates}
 
+    def input_ports(self) -> dict[str, Any]:
+        ports = dict(self.inputs)
+        if self.params.mask_filter:
+            ports[MASK_FILTER_OUTPUT] = np.ndarray
+        return ports
+
     def run(
-        self, iou_predictions: np.ndarray, low_res_masks: np.ndarray, points: np.ndarray, crop: CropInfo
+        self,
+        iou_predictions: np.ndarray,
+        low_res_masks: np.ndarray,
+        points: np.ndarray,
+        crop: CropInfo,
+        mask_indices: np.ndarray | None = None,
     ) -> dict[str, Any]:
         p = self.params
-        low_res, iou = self.select_tokens(low_res_masks, iou_predictions)
+        if mask_indices is None:
+            low_res, iou = self.select_tokens(low_res_masks, iou_predictions)
+        else:  # B IoU rows but K mask rows: SAM's multimask tokens (the filter's tokens), as select_tokens
+            low_res, iou = low_res_masks[:, MULTIMASK_TOKENS], iou_predictions[:, MULTIMASK_TOKENS]
         iou = np.ascontiguousarray(iou, dtype=np.float32)
         per_point = iou.shape[1]
         iou = iou.reshape(-1)  # point-major: point 0's three masks, then point 1's, ...
@@ -169,9 +192,20 @@ class FilterMasks(Node):
         keep = np.arange(iou.size)
         if p.pred_iou_thresh > 0.0:
             keep = np.flatnonzero(iou > np.float32(p.pred_iou_thresh))
+        rows = keep  # mask i of the batch is row rows[i] of low_res
+        if mask_indices is not None:  # low_res holds the prompts of mask_indices only
+            row_of = np.full(len(iou_predictions), -1, dtype=np.int64)
+            row_of[mask_indices] = np.arange(len(mask_indices))
+            prompt_rows = row_of[keep // per_point]
+            if (prompt_rows < 0).any():
+                raise RuntimeError(
+                    f"node '{self.name}': the decoder's mask filter dropped a mask that passes"
+                    f" pred_iou_thresh {p.pred_iou_thresh}"
+                )
+            rows = prompt_rows * per_point + keep % per_point
         parts = [
-            self._filter_chunk(low_res[chunk], iou[chunk], points[chunk], crop)
-            for chunk in np.split(keep, range(p.chunk, keep.size, p.chunk))
+            self._filter_chunk(low_res[rows[chunk]], iou[keep[chunk]], points[keep[chunk]], crop)
+            for chunk in np.split(np.arange(keep.size), range(p.chunk, keep.size, p.chunk))
             if chunk.size
         ]
         return {"candidates": MaskCandidates.concat(parts)}
@@ -180,7 +214,7 @@ class FilterMasks(Node):
         self, low_res_masks: np.ndarray, iou_predictions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The mask tokens the generator keeps (Bx4 -> BxC): the three multimask outputs."""
-        return low_res_masks[:, 1:], iou_predictions[:, 1:]
+        return low_res_masks[:, MULTIMASK_TOKENS], iou_predictions[:, MULTIMASK_TOKENS]
 
     def upscale(self, low_res: np.ndarray, crop: CropInfo) -> np.ndarray:
         """N low-res logits -> N x h x w logits at the crop's size (SAM's resize, crop, resize)."""
@@ -412,10 +446,17 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
     """``image_embeddings``, ``points`` (Bx2 crop pixels), ``crop`` -> ``candidates`` of the batch."""
     graph = Graph("everything_points")
     graph.add(PointPrompts("point_prompts"))
+    mask_filter = model.package.filters_masks  # upscale only prompts with a mask above pred_iou_thresh
     graph.add(
         PromptBuild(
             "prompt_build",
-            {"image_size": model.image_size, "mask_input_size": list(model.mask_input_size)},
+            {
+                "image_size": model.image_size,
+                "mask_input_size": list(model.mask_input_size),
+                "mask_filter": mask_filter,
+                "num_mask_tokens": model.package.mask_filter_tokens,
+                "pred_iou_thresh": config.pred_iou_thresh,
+            },
         )
     )
     graph.add(decoder_node(model.package, model.options))
@@ -427,6 +468,7 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
                 "pred_iou_thresh": config.pred_iou_thresh,
                 "stability_score_thresh": config.stability_score_thresh,
                 "stability_score_offset": config.stability_score_offset,
+                "mask_filter": mask_filter,
             },
         )
     )
@@ -435,6 +477,8 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
     connect_prompt_ports(graph, model.package)
     graph.connect("mask_decoder.iou_predictions", "filter_masks.iou_predictions")
     graph.connect("mask_decoder.low_res_masks", "filter_masks.low_res_masks")
+    if mask_filter:
+        graph.connect(f"mask_decoder.{MASK_FILTER_OUTPUT}", f"filter_masks.{MASK_FILTER_OUTPUT}")
     graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")
     graph.input("points", "point_prompts.points", "filter_masks.points")
     graph.input("crop", "point_prompts.crop", "filter_masks.crop")

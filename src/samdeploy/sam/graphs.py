@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from samdeploy.engine import Graph, Inference
-from samdeploy.package import ENCODER, ModelPackage
+from samdeploy.package import ENCODER, MASK_FILTER_OUTPUT, ModelPackage
 from samdeploy.sam.nodes import Postprocess, Preprocess, PromptBuild, ReadImage
 
 # The decoder outputs postprocess needs; its own upscaled ``masks`` output is not used.
@@ -105,7 +105,8 @@ def decoder_node(package: ModelPackage, options: BackendOptions) -> Inference:
     """The ``mask_decoder`` node: the package's low-res decoder when it has one (see
     :attr:`~samdeploy.package.ModelPackage.prompt_decoder`), else the official six-input graph."""
     path = package.model_path(package.prompt_decoder)
-    params = options.params(str(path), list(DECODER_OUTPUTS), role=package.prompt_decoder)
+    outputs = DECODER_OUTPUTS + ([MASK_FILTER_OUTPUT] if package.filters_masks else [])
+    params = options.params(str(path), outputs, role=package.prompt_decoder)
     return Inference("mask_decoder", params)
 
 
@@ -127,6 +128,8 @@ def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: b
                 "image_size": package.image_size,
                 "mask_input_size": list(package.mask_input_size),
                 "inside_image": inside_image,
+                "mask_filter": package.filters_masks,  # every prompt's masks (no threshold)
+                "num_mask_tokens": package.mask_filter_tokens,
             },
         )
     )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from samdeploy.engine import Node, register_node
+from samdeploy.package import MASK_FILTER_INPUT
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, load_image
 from samdeploy.sam.prompts import Prompt, check_inside, decoder_inputs
 from samdeploy.sam.transforms import (
@@ -92,6 +93,11 @@ class PromptBuild(Node):
         mask_input_size: list[int] = field(default_factory=lambda: [256, 256])
         inside_image: bool = False  # refuse points/boxes outside the image (the CLI sets it)
         decoder_masks: bool = False
+        # The decoder has the mask filter (ModelPackage.filters_masks): also give its threshold,
+        # which keeps a prompt when a multimask token's IoU is > pred_iou_thresh (<= 0: every prompt).
+        mask_filter: bool = False
+        num_mask_tokens: int = 4
+        pred_iou_thresh: float = 0.0
 
     inputs = {"prompt": Prompt, "original_size": tuple}
     outputs = {
@@ -102,6 +108,12 @@ class PromptBuild(Node):
         "orig_im_size": np.ndarray,
     }
 
+    def output_ports(self) -> dict[str, Any]:
+        ports = dict(self.outputs)
+        if self.params.mask_filter:
+            ports[MASK_FILTER_INPUT] = np.ndarray
+        return ports
+
     def run(self, prompt: Prompt, original_size: tuple) -> dict[str, Any]:
         p = self.params
         if p.inside_image:
@@ -109,7 +121,18 @@ class PromptBuild(Node):
         feeds = decoder_inputs(prompt, original_size, p.image_size, tuple(p.mask_input_size))
         if not p.decoder_masks:
             feeds["orig_im_size"] = np.ones(2, dtype=np.float32)
+        if p.mask_filter:
+            feeds[MASK_FILTER_INPUT] = mask_iou_threshold(p.num_mask_tokens, p.pred_iou_thresh)
         return feeds
+
+
+def mask_iou_threshold(num_mask_tokens: int, pred_iou_thresh: float) -> np.ndarray:
+    """The decoder's ``mask_iou_threshold`` for a generator's ``pred_iou_thresh``: token 0 (the
+    single-mask output, which the generator never keeps) at ``inf``, the multimask tokens at the
+    threshold; ``-inf`` everywhere (every prompt's masks) when the threshold is <= 0 (no filter)."""
+    if pred_iou_thresh <= 0.0:
+        return np.full(num_mask_tokens, -np.inf, dtype=np.float32)
+    return np.array([np.inf] + [pred_iou_thresh] * (num_mask_tokens - 1), dtype=np.float32)
 
 
 @register_node("sam.Postprocess")
