@@ -176,9 +176,16 @@ def test_openvino_f32_runs_the_exported_graphs_like_onnxruntime(tiny_package) ->
             "point_labels": np.array([[1, -1], [1, 0], [2, 3]], np.float32),
             "mask_input": rng.standard_normal((1, 1, *low), np.float32),
             "has_mask_input": np.ones(1, np.float32),
+            "mask_iou_threshold": np.full(4, -np.inf, np.float32),  # the mask filter off
         },
     }
+    # and the filter on, at a cut between the prompts' IoUs (NonZero and Gather on both backends)
+    decoder = feeds["mask_decoder_low_res"]
+    iou = create_backend("onnxruntime", package.model_path("mask_decoder_low_res")).run(decoder)
+    cut = float(np.median(iou["iou_predictions"][:, 1:].max(axis=1)))
+    feeds["filtered"] = {**decoder, "mask_iou_threshold": np.array([np.inf] + [cut] * 3, np.float32)}
     for role, feed in feeds.items():
+        role = "mask_decoder_low_res" if role == "filtered" else role
         path = package.model_path(role)
         expected = create_backend("onnxruntime", path).run(feed)
         got = create_backend("openvino", path, precision="f32").run(feed)
