@@ -405,21 +405,21 @@ def low_res_run(session: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray,
     multimask IoU above it (the automatic generator relies on that), with the same masks.
     """
     feeds = {name: value for name, value in feeds.items() if name != "orig_im_size"}
-    names = {i.name for i in session.get_inputs()}
-    if MASK_FILTER_INPUT not in names:
+    spec = next((i for i in session.get_inputs() if i.name == MASK_FILTER_INPUT), None)
+    if spec is None:
         iou, low_res = session.run(list(LOW_RES_DECODER_OUTPUTS), feeds)
         return iou, low_res
     iou, low_res, kept = session.run(
         [*LOW_RES_DECODER_OUTPUTS, MASK_FILTER_OUTPUT],
-        {**feeds, MASK_FILTER_INPUT: np.full(iou_tokens(session), -np.inf, np.float32)},
+        {**feeds, MASK_FILTER_INPUT: np.full(int(spec.shape[0]), -np.inf, np.float32)},
     )
     if not np.array_equal(kept, np.arange(len(iou))):
         raise ValueError(f"the mask filter at -inf kept prompts {kept.tolist()} of {len(iou)}")
     multimask = iou[:, 1:]
     cut = np.float32(np.median(multimask.max(axis=1)))  # one prompt: none kept; more: about half
     threshold = np.array([np.inf] + [cut] * multimask.shape[1], np.float32)
-    _, filtered, kept = session.run(
-        ["iou_predictions", "low_res_masks", MASK_FILTER_OUTPUT], {**feeds, MASK_FILTER_INPUT: threshold}
+    filtered, kept = session.run(
+        ["low_res_masks", MASK_FILTER_OUTPUT], {**feeds, MASK_FILTER_INPUT: threshold}
     )
     expected = np.flatnonzero((multimask > cut).any(axis=1))
     if not np.array_equal(kept, expected) or filtered.shape[0] != expected.size:
@@ -430,12 +430,6 @@ def low_res_run(session: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray,
     if not np.allclose(filtered, low_res[expected], rtol=1e-4, atol=scale):
         raise ValueError("the mask filter's masks differ from the unfiltered decoder's")
     return iou, low_res
-
-
-def iou_tokens(session: Any) -> int:
-    """The number of mask tokens of a low-res decoder session (its ``mask_iou_threshold`` length)."""
-    spec = next(i for i in session.get_inputs() if i.name == MASK_FILTER_INPUT)
-    return int(spec.shape[0])
 
 
 def _worst(pick: Callable[[Iterable[float]], float], values: Iterable[float]) -> float:

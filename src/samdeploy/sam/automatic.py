@@ -453,8 +453,7 @@ def point_graph(model: SamModel, config: GeneratorConfig) -> Graph:
             {
                 "image_size": model.image_size,
                 "mask_input_size": list(model.mask_input_size),
-                "mask_filter": mask_filter,
-                "num_mask_tokens": model.package.mask_filter_tokens,
+                "mask_filter_tokens": model.package.mask_filter_tokens,
                 "pred_iou_thresh": config.pred_iou_thresh,
             },
         )

@@ -128,8 +128,7 @@ def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: b
                 "image_size": package.image_size,
                 "mask_input_size": list(package.mask_input_size),
                 "inside_image": inside_image,
-                "mask_filter": package.filters_masks,  # every prompt's masks (no threshold)
-                "num_mask_tokens": package.mask_filter_tokens,
+                "mask_filter_tokens": package.mask_filter_tokens,  # every prompt's masks (no threshold)
             },
         )
     )

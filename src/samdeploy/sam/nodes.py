@@ -93,10 +93,10 @@ class PromptBuild(Node):
         mask_input_size: list[int] = field(default_factory=lambda: [256, 256])
         inside_image: bool = False  # refuse points/boxes outside the image (the CLI sets it)
         decoder_masks: bool = False
-        # The decoder has the mask filter (ModelPackage.filters_masks): also give its threshold,
-        # which keeps a prompt when a multimask token's IoU is > pred_iou_thresh (<= 0: every prompt).
-        mask_filter: bool = False
-        num_mask_tokens: int = 4
+        # The decoder's mask filter takes this many tokens (ModelPackage.mask_filter_tokens; 0: no
+        # filter): also give its threshold, which keeps a prompt when a multimask token's IoU is
+        # > pred_iou_thresh (<= 0: every prompt).
+        mask_filter_tokens: int = 0
         pred_iou_thresh: float = 0.0
 
     inputs = {"prompt": Prompt, "original_size": tuple}
@@ -110,7 +110,7 @@ class PromptBuild(Node):
 
     def output_ports(self) -> dict[str, Any]:
         ports = dict(self.outputs)
-        if self.params.mask_filter:
+        if self.params.mask_filter_tokens:
             ports[MASK_FILTER_INPUT] = np.ndarray
         return ports
 
@@ -121,8 +121,8 @@ class PromptBuild(Node):
         feeds = decoder_inputs(prompt, original_size, p.image_size, tuple(p.mask_input_size))
         if not p.decoder_masks:
             feeds["orig_im_size"] = np.ones(2, dtype=np.float32)
-        if p.mask_filter:
-            feeds[MASK_FILTER_INPUT] = mask_iou_threshold(p.num_mask_tokens, p.pred_iou_thresh)
+        if p.mask_filter_tokens:
+            feeds[MASK_FILTER_INPUT] = mask_iou_threshold(p.mask_filter_tokens, p.pred_iou_thresh)
         return feeds
 
 
