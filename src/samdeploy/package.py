@@ -102,6 +102,13 @@ LOW_RES_DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 # in, the indices of the prompts whose masks were computed out (see ModelPackage.filters_masks).
 MASK_FILTER_INPUT = "mask_iou_threshold"
 MASK_FILTER_OUTPUT = "mask_indices"
+# The low-res decoder cut in two for prompts without a mask_input:
+# the per-image side, run once per image, and the decoder that prompts with what it gives. Packages
+# exported before them lack both.
+IMAGE_SIDE = "mask_decoder_image"
+PREPARED_DECODER = "mask_decoder_prepared"
+IMAGE_SIDE_OUTPUTS = ("image_tokens", "image_keys", "image_values", "image_queries")
+PREPARED_DECODER_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
 # SAM 2.x packages (family "sam2.1" or "sam2"): the encoder's three feature maps, and samdeploy's SAM 2
 # decoder contract (see samdeploy.export.sam2).
 SAM_FAMILY = FAMILY
@@ -486,6 +493,15 @@ class ModelPackage:
         if self.prompt_decoder == DECODER:
             return DECODER_INPUTS
         return LOW_RES_DECODER_INPUTS + ((MASK_FILTER_INPUT,) if self.filters_masks else ())
+
+    @property
+    def has_prepared_decoder(self) -> bool:
+        """Whether the package has its low-res decoder cut in two for prompts without a
+        ``mask_input``: ``mask_decoder_image`` (once per image: the image tokens and the first
+        transformer layer's projections of them) and ``mask_decoder_prepared`` (per prompt batch,
+        on those). Interactive prompting then skips about a quarter of a one-point decoder call."""
+        models = self.manifest["models"]
+        return IMAGE_SIDE in models and PREPARED_DECODER in models
 
     @property
     def filters_masks(self) -> bool:

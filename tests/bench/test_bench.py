@@ -69,6 +69,7 @@ def test_bench_package_reports_every_section(tiny_package) -> None:
         "preprocess",
         "image_encoder",
         "prompt_build",
+        "image_side",  # the prepared decoder's, once per image (the predict calls)
         "mask_decoder",
         "postprocess",
     ]

@@ -256,3 +256,72 @@ def test_concurrent_runs_on_one_backend(tiny_model: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+class _CountingBackend:
+    """Wraps a backend and counts its runs (the memo's whole point is to skip some)."""
+
+    def __init__(self, backend: object) -> None:
+        self.backend, self.runs = backend, 0
+
+    def run(self, feeds: dict, names: list) -> dict:
+        self.runs += 1
+        return self.backend.run(feeds, names)  # type: ignore[attr-defined]
+
+
+def _memo_node(tiny_model: Path, memo: int) -> tuple[Inference, _CountingBackend]:
+    node = Inference("m", {"model": str(tiny_model), "memo": memo})
+    node.ensure_setup()
+    counting = _CountingBackend(node._backend)
+    node._backend = counting  # type: ignore[assignment]
+    return node, counting
+
+
+def test_memo_answers_the_same_read_only_inputs_without_a_run(tiny_model: Path) -> None:
+    """Why: the SAM decoder's image side runs once per image only because the Inference node
+    remembers it; a memo that missed would cost every prompt ~6 ms, one that matched the wrong
+    array would answer for another image."""
+    node, counting = _memo_node(tiny_model, memo=2)
+    a, b, c = (np.array(X * k) for k in (1, 2, 3))
+    for array in (a, b, c):
+        array.setflags(write=False)
+    first = node.run(x=a)
+    np.testing.assert_allclose(first["sum"], SUM)
+    assert not first["sum"].flags.writeable  # shared between callers: nobody may change it
+    np.testing.assert_allclose(node.run(x=a)["sum"], SUM)
+    assert counting.runs == 1
+    np.testing.assert_allclose(node.run(x=b)["sum"], 2 * SUM)
+    np.testing.assert_allclose(node.run(x=c)["sum"], 3 * SUM)  # evicts a (two entries)
+    assert counting.runs == 3
+    np.testing.assert_allclose(node.run(x=a)["sum"], SUM)
+    assert counting.runs == 4
+    # A writable array may change between calls: it always runs.
+    w = np.array(X)
+    node.run(x=w)
+    w *= 5
+    np.testing.assert_allclose(node.run(x=w)["sum"], 5 * SUM)
+    assert counting.runs == 6
+
+
+def test_memo_never_answers_for_a_dead_array(tiny_model: Path) -> None:
+    """Why: the key is the array's identity; once it is freed, CPython may give a new array the
+    same id, and the memo must then run the model, not return the dead array's outputs."""
+    node, counting = _memo_node(tiny_model, memo=4)
+    for k in range(1, 6):
+        array = np.array(X * k)  # the previous one is freed here: its id may come back
+        array.setflags(write=False)
+        np.testing.assert_allclose(node.run(x=array)["sum"], k * SUM)
+    assert counting.runs == 5
+    assert len(node._memo) == 1  # the dead arrays' entries went at the next insert
+    node.close()
+    assert len(node._memo) == 0
+
+
+def test_no_memo_by_default(tiny_model: Path) -> None:
+    """Why: most models take fresh inputs each call; remembering them would only hold memory."""
+    node, counting = _memo_node(tiny_model, memo=0)
+    a = np.array(X)
+    a.setflags(write=False)
+    node.run(x=a)
+    out = node.run(x=a)
+    assert counting.runs == 2 and out["sum"].flags.writeable

@@ -22,7 +22,13 @@ def test_tiny_package_loads_and_verifies(tiny_package, tiny_sam_config):
     assert SamConfig.from_json(manifest["architecture"]) == tiny_sam_config
     assert manifest["preprocessing"]["normalize"] == "runtime"
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17
-    assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx", "mask_decoder_low_res.onnx"}
+    assert set(manifest["files"]) == {
+        "image_encoder.onnx",
+        "mask_decoder.onnx",
+        "mask_decoder_low_res.onnx",
+        "mask_decoder_image.onnx",
+        "mask_decoder_prepared.onnx",
+    }
     assert package.prompt_decoder == "mask_decoder_low_res"
     report = manifest["export"]
     assert {"load", "trace_image_encoder", "trace_mask_decoder", "validate"} <= set(report["timings"])
@@ -158,6 +164,9 @@ def test_external_data_package_loads_from_anywhere(tmp_path, tiny_checkpoint, mo
         "mask_decoder.onnx.data",
         "mask_decoder_low_res.onnx",
         "mask_decoder_low_res.onnx.data",
+        "mask_decoder_image.onnx",  # its weights are under the 1 MiB limit set here
+        "mask_decoder_prepared.onnx",
+        "mask_decoder_prepared.onnx.data",
     }
     assert (tmp_path / "pkg" / "image_encoder.onnx").stat().st_size < data.stat().st_size
     assert data.stat().st_mode & 0o777 == (tmp_path / "pkg" / "image_encoder.onnx").stat().st_mode & 0o777

@@ -20,7 +20,13 @@ def test_vit_b_package_manifest(vit_b_package):
     assert package.mask_input_size == (256, 256)
     assert package.model("image_encoder").outputs[0].shape == (1, 256, 64, 64)
     # Weights under the protobuf limit stay inside the .onnx: no external-data file.
-    assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx", "mask_decoder_low_res.onnx"}
+    assert set(manifest["files"]) == {
+        "image_encoder.onnx",
+        "mask_decoder.onnx",
+        "mask_decoder_low_res.onnx",
+        "mask_decoder_image.onnx",
+        "mask_decoder_prepared.onnx",
+    }
     report = manifest["export"]
     assert report["validation"]["passed"]
     # The 64x64 grid's four global blocks are banded (export default), and validated as such.

@@ -137,10 +137,11 @@ def test_package_without_low_res_decoder_gives_the_same_answers(tiny_package, tm
     old = tmp_path / "old"
     shutil.copytree(tiny_package, old)
     manifest = json.loads((old / "model.json").read_text())
-    del manifest["models"]["mask_decoder_low_res"]
-    del manifest["files"]["mask_decoder_low_res.onnx"]
+    for role in ("mask_decoder_low_res", "mask_decoder_image", "mask_decoder_prepared"):  # all came later
+        del manifest["models"][role]
+        del manifest["files"][f"{role}.onnx"]
+        (old / f"{role}.onnx").unlink()
     (old / "model.json").write_text(json.dumps(manifest))
-    (old / "mask_decoder_low_res.onnx").unlink()
     new_predictor = SamPredictor(load_model(tiny_package, threads=1))
     old_predictor = SamPredictor(load_model(old, threads=1))
     assert new_predictor.model.package.prompt_decoder == "mask_decoder_low_res"

@@ -45,8 +45,12 @@ from samdeploy.export.models import (
     encoder_specs,
     export_decoder,
     export_encoder,
+    export_image_side,
     export_low_res_decoder,
+    export_prepared_decoder,
+    image_side_specs,
     low_res_decoder_specs,
+    prepared_decoder_specs,
 )
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
 from samdeploy.export.validate import failures, non_finite, norm_eps_sensitivity, validate_package
@@ -55,8 +59,10 @@ from samdeploy.package import (
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
+    IMAGE_SIDE,
     LOW_RES_DECODER,
     MANIFEST,
+    PREPARED_DECODER,
     ModelPackage,
     describe_files,
     sha256_file,
@@ -418,6 +424,16 @@ def export_model(
                 "low-res mask decoder",
                 lambda path: export_low_res_decoder(sam, sam_config, path, opset),
             ),
+            (
+                IMAGE_SIDE,
+                "decoder's image side",
+                lambda path: export_image_side(sam, sam_config, path, opset),
+            ),
+            (
+                PREPARED_DECODER,
+                "prepared mask decoder",
+                lambda path: export_prepared_decoder(sam, sam_config, path, opset),
+            ),
         )
         for role, label, trace in graphs:
             current, counts = trace_and_simplify(role, label, trace, work, simplify, steps)
@@ -454,6 +470,7 @@ def export_model(
                         staging / f"{ENCODER}.onnx",
                         staging / f"{DECODER}.onnx",
                         staging / f"{LOW_RES_DECODER}.onnx",
+                        (staging / f"{IMAGE_SIDE}.onnx", staging / f"{PREPARED_DECODER}.onnx"),
                         # What the manifest will say, so a wrong constant there fails validation.
                         pixel_mean=sam_config.pixel_mean,
                         pixel_std=sam_config.pixel_std,
@@ -482,6 +499,8 @@ def export_model(
         enc_in, enc_out = encoder_specs(sam_config)
         dec_in, dec_out = decoder_specs(sam_config)
         low_in, low_out = low_res_decoder_specs(sam_config)
+        side_in, side_out = image_side_specs(sam_config)
+        prepared_in, prepared_out = prepared_decoder_specs(sam_config)
         # Token 0 is the single-mask output, tokens 1..3 the multimask ones (both decoders).
         mask_tokens = {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))}
         manifest = {
@@ -520,6 +539,17 @@ def export_model(
                     "file": f"{LOW_RES_DECODER}.onnx",
                     "inputs": [t.to_json() for t in low_in],
                     "outputs": [t.to_json() for t in low_out],
+                    "mask_tokens": mask_tokens,
+                },
+                IMAGE_SIDE: {
+                    "file": f"{IMAGE_SIDE}.onnx",
+                    "inputs": [t.to_json() for t in side_in],
+                    "outputs": [t.to_json() for t in side_out],
+                },
+                PREPARED_DECODER: {
+                    "file": f"{PREPARED_DECODER}.onnx",
+                    "inputs": [t.to_json() for t in prepared_in],
+                    "outputs": [t.to_json() for t in prepared_out],
                     "mask_tokens": mask_tokens,
                 },
             },

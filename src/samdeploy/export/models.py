@@ -12,6 +12,12 @@
   :func:`filtered_predict_masks`). ONNX Runtime computes a graph's upscale even when only
   ``low_res_masks`` is fetched, and the runtime upscales the few masks it returns itself; this graph
   is what it prompts with.
+* ``mask_decoder_image`` and ``mask_decoder_prepared``: the low-res decoder cut in two where no
+  ``mask_input`` is given, for interactive prompting. The first runs once per image:
+  ``image_embeddings`` -> the image tokens and the first transformer layer's projections of them
+  (:data:`~samdeploy.package.IMAGE_SIDE_OUTPUTS`), which are the same for every prompt of the image.
+  The second takes those and ``point_coords``/``point_labels`` to ``iou_predictions`` and
+  ``low_res_masks``; about a quarter of a one-point call's arithmetic is gone from it.
 
 The decoder adds one freedom to the official export: axis 0 of ``point_coords``/``point_labels``
 (and of ``mask_input``) is a dynamic prompt batch. ``MaskDecoder.predict_masks`` already
@@ -37,13 +43,15 @@ from segment_anything.utils.onnx import SamOnnxModel
 from torch.nn import functional as F
 
 from samdeploy.export.config import SamConfig
-from samdeploy.export.twoway import two_way_transformer
+from samdeploy.export.twoway import image_side, two_way_transformer
 from samdeploy.package import (
     DECODER_INPUTS,
+    IMAGE_SIDE_OUTPUTS,
     LOW_RES_DECODER_INPUTS,
     LOW_RES_DECODER_OUTPUTS,
     MASK_FILTER_INPUT,
     MASK_FILTER_OUTPUT,
+    PREPARED_DECODER_INPUTS,
     TensorSpec,
 )
 
@@ -112,6 +120,47 @@ class LowResDecoderOnnxModel(SamOnnxModel):
         return scores, masks, indices
 
 
+class ImageSideOnnxModel(SamOnnxModel):
+    """``image_embeddings`` -> what :class:`PreparedDecoderOnnxModel` takes from an image (see
+    :func:`~samdeploy.export.twoway.image_side`): the image tokens with the no-mask embedding added,
+    1xNxC, and the first layer's keys, values and queries, 1xhxNxd each."""
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        prompt_encoder = self.model.prompt_encoder
+        # The official decoder's dense embedding without a mask_input: no_mask_embed at every cell.
+        src = image_embeddings + prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        tokens = src.flatten(2).permute(0, 2, 1)
+        key_pe = prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+        return (tokens, *image_side(self.model.mask_decoder.transformer.layers[0], tokens, key_pe))
+
+
+class PreparedDecoderOnnxModel(SamOnnxModel):
+    """The low-res decoder for prompts without a ``mask_input``, on :class:`ImageSideOnnxModel`'s
+    outputs: ``iou_predictions`` BxT and ``low_res_masks`` BxTxRxR, the official values."""
+
+    def forward(  # type: ignore[override]
+        self,
+        image_tokens: torch.Tensor,
+        image_keys: torch.Tensor,
+        image_values: torch.Tensor,
+        image_queries: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.model.mask_decoder
+        grid = self.model.prompt_encoder.image_embedding_size
+        image, hyper_in, iou = _decoder_tokens(
+            decoder,
+            image_tokens,
+            self.model.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1),
+            self._embed_points(point_coords, point_labels),
+            None,
+            grid=grid,
+            projected=(image_keys, image_values, image_queries),
+        )
+        return iou, _channels_last_upscaled_masks(decoder, image, hyper_in)
+
+
 def encoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output tensor specs of ``image_encoder.onnx``."""
     size, grid = config.image_size, config.embedding_size
@@ -155,6 +204,28 @@ def low_res_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[Ten
     )
 
 
+def image_side_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of ``mask_decoder_image.onnx``."""
+    grid, channels, heads = config.embedding_size, config.prompt_embed_dim, config.decoder_num_heads
+    cells, dim = grid * grid, channels // config.decoder_attention_downsample_rate // heads
+    projected = (1, heads, cells, dim)
+    return (
+        [TensorSpec("image_embeddings", (1, channels, grid, grid), "float32")],
+        [TensorSpec(IMAGE_SIDE_OUTPUTS[0], (1, cells, channels), "float32")]
+        + [TensorSpec(name, projected, "float32") for name in IMAGE_SIDE_OUTPUTS[1:]],
+    )
+
+
+def prepared_decoder_specs(config: SamConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of ``mask_decoder_prepared.onnx``."""
+    point_specs = {spec.name: spec for spec in decoder_specs(config)[0]}
+    _, outputs = decoder_specs(config)
+    return (
+        image_side_specs(config)[1] + [point_specs["point_coords"], point_specs["point_labels"]],
+        [spec for spec in outputs if spec.name in LOW_RES_DECODER_OUTPUTS],
+    )
+
+
 def _channels_last_layer_norm(self: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``LayerNorm2d.forward`` as one LayerNormalization over the last axis of an NHWC view.
 
@@ -173,7 +244,9 @@ def _decoder_tokens(
     image_embeddings: torch.Tensor,
     image_pe: torch.Tensor,
     sparse_prompt_embeddings: torch.Tensor,
-    dense_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor | None,
+    grid: tuple[int, int] | None = None,
+    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The transformer and the heads of ``MaskDecoder.predict_masks``, without copying the image per prompt.
 
@@ -186,13 +259,22 @@ def _decoder_tokens(
     image-to-token attention) run once per call instead of once per prompt. Same arithmetic, prompt
     by prompt. The later layers' attention products over the image tokens are grouped as
     :func:`~samdeploy.export.twoway.two_way_transformer` describes.
+
+    With ``projected`` (the first layer's image side, see
+    :func:`~samdeploy.export.twoway.image_side`), ``image_embeddings`` and ``image_pe`` are 1xNxC
+    tokens with the dense embedding already added (``dense_prompt_embeddings`` None) on a ``grid``
+    of (H, W) cells.
     """
     output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
     tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-    src = image_embeddings + dense_prompt_embeddings  # 1 or B copies, broadcast against B prompts
-    _, c, h, w = src.shape
-    hs, src = two_way_transformer(self.transformer, src, image_pe, tokens)
+    if dense_prompt_embeddings is None:
+        assert grid is not None
+        src, (h, w), c = image_embeddings, grid, image_embeddings.shape[-1]
+    else:
+        src = image_embeddings + dense_prompt_embeddings  # 1 or B copies, broadcast against B prompts
+        _, c, h, w = src.shape
+    hs, src = two_way_transformer(self.transformer, src, image_pe, tokens, projected)
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
     hyper_in = torch.stack(
@@ -375,5 +457,38 @@ def export_low_res_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) 
             "iou_predictions": {0: "batch"},
             "low_res_masks": {0: "kept"},
             MASK_FILTER_OUTPUT: {0: "kept"},
+        },
+    )
+
+
+def export_image_side(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
+    """Trace the decoder's per-image side (:class:`ImageSideOnnxModel`) to ``path``."""
+    _export(
+        ImageSideOnnxModel(sam, return_single_mask=False).eval(),
+        _decoder_dummies(config)[:1],
+        path,
+        opset,
+        input_names=["image_embeddings"],
+        output_names=list(IMAGE_SIDE_OUTPUTS),
+    )
+
+
+def export_prepared_decoder(sam: Sam, config: SamConfig, path: Path, opset: int) -> None:
+    """Trace the decoder for prompts without a mask (:class:`PreparedDecoderOnnxModel`) to ``path``."""
+    model = ImageSideOnnxModel(sam, return_single_mask=False).eval()
+    embeddings, coords, labels = _decoder_dummies(config)[:3]
+    with torch.no_grad():
+        image = model(embeddings)
+    _export(
+        PreparedDecoderOnnxModel(sam, return_single_mask=False).eval(),
+        (*image, coords, labels),
+        path,
+        opset,
+        input_names=list(PREPARED_DECODER_INPUTS),
+        output_names=list(LOW_RES_DECODER_OUTPUTS),
+        dynamic_axes={
+            **{name: axes for name, axes in DECODER_DYNAMIC_AXES.items() if name.startswith("point_")},
+            "iou_predictions": {0: "batch"},
+            "low_res_masks": {0: "batch"},
         },
     )

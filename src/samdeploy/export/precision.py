@@ -55,9 +55,7 @@ from samdeploy.export.exporter import check_output, move_into_place, new_staging
 from samdeploy.export.optimize import compress_weights_int8, quantize_int8
 from samdeploy.export.validate import cosine
 from samdeploy.package import (
-    DECODER,
     ENCODER,
-    LOW_RES_DECODER,
     ModelPackage,
     describe_files,
     write_manifest,
@@ -390,8 +388,8 @@ def optimize_package(
                 transforms.append("bf16 inference precision on OpenVINO (the graph stays float32)")
         onnx.checker.check_model(str(encoder_path))
         files = [encoder_entry["file"]]
-        for role in (DECODER, LOW_RES_DECODER):
-            if role in package.manifest["models"]:
+        for role in package.manifest["models"]:
+            if role != ENCODER:  # the decoders, whichever the package has
                 decoder_file = package.manifest["models"][role]["file"]
                 shutil.copy2(package.model_path(role), staging / decoder_file)
                 files.append(decoder_file)

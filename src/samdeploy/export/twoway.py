@@ -61,18 +61,49 @@ def tokens_to_image(attention: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Te
     return attention.out_proj(out.transpose(1, 2).reshape(batch, tokens, heads * dim))
 
 
-def image_to_tokens(attention: nn.Module, x: Tensor, k: Tensor, v: Tensor, shared_image: bool) -> Tensor:
+def split_heads(attention: nn.Module, x: Tensor) -> Tensor:
+    """BxNx(h*d) projections -> BxhxNxd, as the official ``Attention._separate_heads``."""
+    heads, dim = _heads(attention)
+    return x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
+
+
+def image_side(layer: nn.Module, keys: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The first layer's projections of the image tokens, the same for every prompt of an image
+    (while no ``mask_input`` changes them): the keys and values its prompt tokens attend to and the
+    queries its image tokens attend with, each 1xhxNxd."""
+    k = keys + key_pe
+    to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    return (
+        split_heads(to_image, to_image.k_proj(k)),
+        split_heads(to_image, to_image.v_proj(keys)),
+        split_heads(to_tokens, to_tokens.q_proj(k)),
+    )
+
+
+def tokens_to_projected_image(attention: nn.Module, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """``attention(q=q, k=k, v=v)`` with the image side already projected (:func:`image_side`):
+    the official order of operations for the rest."""
+    query = split_heads(attention, attention.q_proj(q))  # B h T d
+    probs = F.softmax((query @ keys.transpose(2, 3)) / math.sqrt(query.shape[-1]), dim=-1)  # B h T N
+    out = probs @ values  # B h T d
+    return attention.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1))
+
+
+def image_to_tokens(
+    attention: nn.Module, x: Tensor, k: Tensor, v: Tensor, shared_image: bool, query: Tensor | None = None
+) -> Tensor:
     """``attention(q=x, k=k, v=v)`` for (1|B)xNxC image tokens attending to BxTxC prompt tokens.
 
     ``shared_image``: ``x`` is the same for every prompt (batch 1), so its query projection runs
-    once, in the official order; otherwise the key side is folded into the query weights.
+    once, in the official order (or comes projected already: ``query`` 1xhxNxd); otherwise the key
+    side is folded into the query weights.
     """
     heads, dim = _heads(attention)
     batch, tokens, channels = k.shape
     keys = attention.k_proj(k).view(batch, tokens, heads, dim).transpose(1, 2)  # B h T d
     if shared_image:
-        query = attention.q_proj(x)
-        query = query.view(query.shape[0], query.shape[1], heads, dim).transpose(1, 2)  # 1 h N d
+        if query is None:
+            query = split_heads(attention, attention.q_proj(x))  # 1 h N d
         scores = (query @ keys.transpose(2, 3)).permute(0, 2, 1, 3)  # B N h T
     else:
         query_weight = attention.q_proj.weight.view(heads, dim, channels)
@@ -89,15 +120,21 @@ def image_to_tokens(attention: nn.Module, x: Tensor, k: Tensor, v: Tensor, share
 
 
 def two_way_transformer(
-    transformer: nn.Module, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+    transformer: nn.Module,
+    image_embedding: Tensor,
+    image_pe: Tensor,
+    point_embedding: Tensor,
+    projected: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``TwoWayTransformer.forward`` (SAM's and SAM 2's) with the grouping above.
 
-    ``image_embedding`` and ``image_pe`` are (1|B)xCxHxW, ``point_embedding`` BxTxC; returns the
-    processed tokens BxTxC and image tokens BxNxC, as the official forward does.
+    ``image_embedding`` and ``image_pe`` are (1|B)xCxHxW (or already 1xNxC tokens), ``point_embedding``
+    BxTxC; returns the processed tokens BxTxC and image tokens BxNxC, as the official forward does.
+    ``projected``: the first layer's image-side projections (:func:`image_side` of the same 1xNxC
+    image tokens), computed once per image instead of once per call.
     """
-    keys = image_embedding.flatten(2).permute(0, 2, 1)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    keys = image_embedding.flatten(2).permute(0, 2, 1) if image_embedding.dim() == 4 else image_embedding
+    key_pe = image_pe.flatten(2).permute(0, 2, 1) if image_pe.dim() == 4 else image_pe
     queries = query_pe = point_embedding
     for index, layer in enumerate(transformer.layers):
         first = index == 0  # the image tokens are still the same for every prompt
@@ -109,11 +146,19 @@ def two_way_transformer(
         queries = layer.norm1(queries)
         q, k = queries + query_pe, keys + key_pe
         attention = layer.cross_attn_token_to_image
-        out = attention(q=q, k=k, v=keys) if first else tokens_to_image(attention, q, k, keys)
+        if not first:
+            out = tokens_to_image(attention, q, k, keys)
+        elif projected is None:
+            out = attention(q=q, k=k, v=keys)
+        else:
+            out = tokens_to_projected_image(attention, q, projected[0], projected[1])
         queries = layer.norm2(queries + out)
         queries = layer.norm3(queries + layer.mlp(queries))
         q, k = queries + query_pe, keys + key_pe
-        out = image_to_tokens(layer.cross_attn_image_to_token, k, q, queries, shared_image=first)
+        image_queries = projected[2] if first and projected is not None else None
+        out = image_to_tokens(
+            layer.cross_attn_image_to_token, k, q, queries, shared_image=first, query=image_queries
+        )
         keys = layer.norm4(keys + out)
     q, k = queries + query_pe, keys + key_pe
     queries = transformer.norm_final_attn(

@@ -27,7 +27,12 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samdeploy.package import LOW_RES_DECODER_OUTPUTS, MASK_FILTER_INPUT, MASK_FILTER_OUTPUT
+from samdeploy.package import (
+    IMAGE_SIDE_OUTPUTS,
+    LOW_RES_DECODER_OUTPUTS,
+    MASK_FILTER_INPUT,
+    MASK_FILTER_OUTPUT,
+)
 
 # Relative tolerances: max |onnx - torch| / max(1, max |torch|). float32 exports measure 2e-6 or
 # less on the embeddings (random-weight vit_b and vit_h, trained 256 px models); a graph that
@@ -294,6 +299,7 @@ def validate_package(
     encoder_path: Path,
     decoder_path: Path,
     low_res_decoder_path: Path | None = None,
+    prepared_paths: tuple[Path, Path] | None = None,
     pixel_mean: Sequence[float] | None = None,
     pixel_std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
@@ -301,7 +307,9 @@ def validate_package(
 
     Keys: ``embeddings`` (max_abs, max_rel, cosine), ``decoder`` (per prompt kind: masks max_abs /
     max_rel / agreement, iou_predictions max_abs, low_res cosine; with ``low_res_decoder_path``
-    also the low-res decoder's logits max_rel and iou_predictions max_abs), ``end_to_end`` (mask
+    also the low-res decoder's logits max_rel and iou_predictions max_abs; with ``prepared_paths``,
+    the decoder's image side and the prepared decoder, the same two figures of the pair for the
+    prompts without a ``mask_input``), ``end_to_end`` (mask
     agreement with the ONNX embedding), ``worst`` (the figures the tolerances apply to) and
     ``tolerances``. The caller decides whether to fail (see :func:`failures`).
 
@@ -345,6 +353,11 @@ def validate_package(
     }
     decoder = _session(decoder_path)
     low_res_decoder = _session(low_res_decoder_path) if low_res_decoder_path is not None else None
+    prepared = None
+    if prepared_paths is not None:
+        image_side = _session(prepared_paths[0])
+        side = image_side.run(list(IMAGE_SIDE_OUTPUTS), {"image_embeddings": expected})
+        prepared = (dict(zip(IMAGE_SIDE_OUTPUTS, side, strict=True)), _session(prepared_paths[1]))
     previous_low_res: np.ndarray | None = None
     for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
         mask_input = previous_low_res if prompt.use_mask_input else None
@@ -368,6 +381,15 @@ def validate_package(
                 low_res_max_rel=_max_rel(low_res, want[2]),
                 low_res_iou_max_abs=_max_abs(iou, want[1]),
             )
+        if prepared is not None and mask_input is None:
+            image_feeds, session = prepared
+            iou, low_res = session.run(
+                list(LOW_RES_DECODER_OUTPUTS),
+                {**image_feeds, "point_coords": feeds["point_coords"], "point_labels": feeds["point_labels"]},
+            )
+            report["decoder"][prompt.name].update(
+                prepared_max_rel=_max_rel(low_res, want[2]), prepared_iou_max_abs=_max_abs(iou, want[1])
+            )
         chained = decoder.run(None, decoder_feeds(sam, prompt, embeddings, mask_input))
         report["end_to_end"][prompt.name] = {
             "mask_agreement": _agreement(chained[0], want[0]),
@@ -383,7 +405,11 @@ def validate_package(
             (
                 v
                 for case in cases
-                for v in (case["iou_predictions_max_abs"], case.get("low_res_iou_max_abs", 0.0))
+                for v in (
+                    case["iou_predictions_max_abs"],
+                    case.get("low_res_iou_max_abs", 0.0),
+                    case.get("prepared_iou_max_abs", 0.0),
+                )
             ),
         ),
         "mask_agreement": _worst(min, (case["mask_agreement"] for case in cases)),
@@ -392,7 +418,10 @@ def validate_package(
         ),
     }
     if low_res_decoder is not None:
-        report["worst"]["low_res_logits_rel"] = _worst(max, (case["low_res_max_rel"] for case in cases))
+        report["worst"]["low_res_logits_rel"] = _worst(
+            max,
+            (v for case in cases for v in (case["low_res_max_rel"], case.get("prepared_max_rel", 0.0))),
+        )
     report["tolerances"] = dict(TOLERANCES)
     return report
 

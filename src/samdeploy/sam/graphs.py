@@ -8,6 +8,12 @@ Five nodes in two nested graphs, so an image is encoded once and prompted many t
 
 ``encode`` and ``decode`` run on their own (the predictor's ``set_image`` and ``predict``); ``sam``
 runs both for one image and one prompt (the command line streams several through it).
+
+A package whose decoder comes cut in two (see :attr:`~samdeploy.package.ModelPackage.has_prepared_decoder`)
+also gets ``decode_prepared``, for prompts without a ``mask_input``::
+
+    decode_prepared: image_embeddings -> image_side (once per image) ─┐
+                     prompt -> prompt_build ──────────────────────────┴-> mask_decoder -> postprocess
 ``segment_files`` puts a file reader in front, so a bad file fails its own item only.
 """
 
@@ -17,12 +23,24 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from samdeploy.engine import Graph, Inference
-from samdeploy.package import ENCODER, MASK_FILTER_OUTPUT, ModelPackage
+from samdeploy.errors import PackageError
+from samdeploy.package import (
+    ENCODER,
+    IMAGE_SIDE,
+    IMAGE_SIDE_OUTPUTS,
+    MASK_FILTER_OUTPUT,
+    PREPARED_DECODER,
+    PREPARED_DECODER_INPUTS,
+    ModelPackage,
+)
 from samdeploy.sam.nodes import Postprocess, Preprocess, PromptBuild, ReadImage
 
 # The decoder outputs postprocess needs; its own upscaled ``masks`` output is not used.
 DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
 EMBEDDINGS = "image_embeddings"
+# Images whose decoder image side (about 10 MiB each for the official models) the prepared decode
+# graph keeps: a few, for the few images being prompted at once.
+IMAGE_SIDE_MEMO = 4
 
 
 class RoleRuntime(NamedTuple):
@@ -117,10 +135,18 @@ def connect_prompt_ports(graph: Graph, package: ModelPackage) -> None:
             graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
 
 
-def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: bool = False) -> Graph:
+def decode_graph(
+    package: ModelPackage, options: BackendOptions, inside_image: bool = False, prepared: bool = False
+) -> Graph:
     """``image_embeddings``, ``prompt``, ``original_size``, ``multimask_output``, ``return_logits``
-    -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR)."""
-    graph = Graph("decode")
+    -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR).
+
+    ``prepared``: the graph ``decode_prepared`` for prompts without a ``mask_input`` (the package
+    must have the prepared decoder): the decoder's image side runs once per image (its node
+    remembers the outputs for the last :data:`IMAGE_SIDE_MEMO` embeddings), the prepared decoder
+    once per prompt batch.
+    """
+    graph = Graph("decode_prepared" if prepared else "decode")
     graph.add(
         PromptBuild(
             "prompt_build",
@@ -128,16 +154,42 @@ def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: b
                 "image_size": package.image_size,
                 "mask_input_size": list(package.mask_input_size),
                 "inside_image": inside_image,
-                "mask_filter_tokens": package.mask_filter_tokens,  # every prompt's masks (no threshold)
+                # every prompt's masks (no threshold)
+                "mask_filter_tokens": 0 if prepared else package.mask_filter_tokens,
             },
         )
     )
-    graph.add(decoder_node(package, options))
+    if prepared:
+        side = options.params(str(package.model_path(IMAGE_SIDE)), list(IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE)
+        path = package.model_path(PREPARED_DECODER)
+        nodes = (
+            (Inference("image_side", {**side, "memo": IMAGE_SIDE_MEMO}), IMAGE_SIDE, (EMBEDDINGS,)),
+            (
+                Inference("mask_decoder", options.params(str(path), DECODER_OUTPUTS, role=PREPARED_DECODER)),
+                PREPARED_DECODER,
+                PREPARED_DECODER_INPUTS,
+            ),
+        )
+        for node, role, wanted in nodes:
+            names = [spec.name for spec in node.input_specs]
+            if missing := [name for name in wanted if name not in names]:
+                raise PackageError(
+                    f"model package {package.root}: {package.model(role).file} lacks the inputs"
+                    f" {', '.join(missing)}"
+                )
+            graph.add(node)
+        for port in IMAGE_SIDE_OUTPUTS:
+            graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
+        for port in ("point_coords", "point_labels"):
+            graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+        graph.input(EMBEDDINGS, f"image_side.{EMBEDDINGS}")
+    else:
+        graph.add(decoder_node(package, options))
+        connect_prompt_ports(graph, package)
+        graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")
     graph.add(Postprocess("postprocess", {"image_size": package.image_size}))
-    connect_prompt_ports(graph, package)
     graph.connect("mask_decoder.low_res_masks", "postprocess.low_res_masks")
     graph.connect("mask_decoder.iou_predictions", "postprocess.iou_predictions")
-    graph.input(EMBEDDINGS, f"mask_decoder.{EMBEDDINGS}")
     graph.input("prompt", "prompt_build.prompt")
     graph.input("original_size", "prompt_build.original_size", "postprocess.original_size")
     graph.input("multimask_output", "postprocess.multimask_output")

@@ -31,9 +31,20 @@ from samdeploy.errors import (
     PromptLimitError,
     SamDeployError,
 )
-from samdeploy.package import ENCODER, FAMILY, ModelPackage
+from samdeploy.package import (
+    ENCODER,
+    FAMILY,
+    ModelPackage,
+)
 from samdeploy.sam.blas import hold_single_threaded_blas
-from samdeploy.sam.graphs import EMBEDDINGS, BackendOptions, RoleRuntime, sam_graph, segment_files_graph
+from samdeploy.sam.graphs import (
+    EMBEDDINGS,
+    BackendOptions,
+    RoleRuntime,
+    decode_graph,
+    sam_graph,
+    segment_files_graph,
+)
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, as_rgb_array
 from samdeploy.sam.prompts import Prompt
 from samdeploy.sam.results import Segmentation
@@ -167,8 +178,10 @@ def run_graph(graph: Graph, inputs: dict[str, Any], executor: Any, profile: Any 
 class SamModel:
     """A SAM model package loaded into its graph (see :mod:`samdeploy.sam.graphs`).
 
-    ``graph`` is the five-node graph; ``encode_graph`` / ``decode_graph`` its two halves. The
-    embedding ``cache`` is shared by every predictor of this model.
+    ``graph`` is the five-node graph; ``encode_graph`` / ``decode_graph`` its two halves, and
+    ``prepared_decode_graph`` (None when the package lacks the prepared decoder) the decode graph
+    that prompts without a ``mask_input`` take. The embedding ``cache`` is shared by every
+    predictor of this model.
     """
 
     def __init__(
@@ -185,6 +198,11 @@ class SamModel:
         self.options = options
         self.mode = mode
         self.graph, self.encode_graph, self.decode_graph = self.build_graphs(package, options, inside_image)
+        self.prepared_decode_graph = (
+            decode_graph(package, options, inside_image, prepared=True)
+            if package.has_prepared_decoder and not package.is_sam2
+            else None
+        )
         self.executor = make_executor(mode)
         self.cache = EmbeddingCache(cache_mb)
         # numpy's BLAS on one thread for the model's life, set once on the loading thread:
@@ -276,7 +294,10 @@ class SamModel:
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        out = run_graph(self.decode_graph, inputs, self.executor, profile)
+        graph = self.decode_graph
+        if prompt.mask_input is None and self.prepared_decode_graph is not None:
+            graph = self.prepared_decode_graph  # the image side once per image (exact, see graphs)
+        out = run_graph(graph, inputs, self.executor, profile)
         # Prompts are bounded so that a sound model stays finite; NaN here means broken weights,
         # which would otherwise come out as empty masks with no word of warning.
         if not (np.isfinite(out["scores"]).all() and np.isfinite(out["low_res_logits"]).all()):
@@ -319,6 +340,8 @@ class SamModel:
         """Release the inference sessions and executor threads."""
         self.executor.close()
         self.graph.close()
+        if self.prepared_decode_graph is not None:
+            self.prepared_decode_graph.close()
         self._blas.release()
 
     def __enter__(self) -> SamModel:
@@ -364,6 +387,8 @@ def _check_package(package: ModelPackage, model: SamModel) -> None:
             f"model package {root}: the decoder takes mask_input {list(mask_shape)}, but the manifest"
             f" says mask_input_size {list(package.mask_input_size)}"
         )
+    if model.prepared_decode_graph is not None:
+        model.prepared_decode_graph.validate()
 
 
 def package_runtime(package: ModelPackage, backend: str | None) -> tuple[RoleRuntime, ...]:
@@ -504,6 +529,8 @@ def open_model(
     try:
         check(package, model)
         model.graph.setup()
+        if model.prepared_decode_graph is not None:
+            model.prepared_decode_graph.setup()
     except BaseException:
         model.close()
         raise
