@@ -43,9 +43,7 @@ def test_a_bf16_package_that_cannot_run_here_falls_back_to_fp32(tiny_package, tm
         model = samdeploy.load_model(package_dir)
     assert len(caught) == 1  # one warning for the package, not one per model
     models = "image_encoder, mask_decoder, mask_decoder_low_res, mask_decoder_image, mask_decoder_prepared"
-    assert f"asks for {models} on openvino at bf16" in str(
-        caught[0].message
-    )
+    assert f"asks for {models} on openvino at bf16" in str(caught[0].message)
     assert "running the graphs in float32 on onnxruntime" in str(caught[0].message)
     with model:
         assert model.backend_summary == "onnxruntime"
