@@ -8,13 +8,13 @@ Five nodes in two nested graphs, so an image is encoded once and prompted many t
 
 ``encode`` and ``decode`` run on their own (the predictor's ``set_image`` and ``predict``); ``sam``
 runs both for one image and one prompt (the command line streams several through it).
+``segment_files`` puts a file reader in front, so a bad file fails its own item only.
 
 A package whose decoder comes cut in two (see :attr:`~samdeploy.package.ModelPackage.has_prepared_decoder`)
 also gets ``decode_prepared``, for prompts without a ``mask_input``::
 
     decode_prepared: image_embeddings -> image_side (once per image) ─┐
                      prompt -> prompt_build ──────────────────────────┴-> mask_decoder -> postprocess
-``segment_files`` puts a file reader in front, so a bad file fails its own item only.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def decode_graph(
                 "image_size": package.image_size,
                 "mask_input_size": list(package.mask_input_size),
                 "inside_image": inside_image,
-                # every prompt's masks (no threshold)
+                # every prompt's masks: no threshold (the prepared decoder has no mask filter)
                 "mask_filter_tokens": 0 if prepared else package.mask_filter_tokens,
             },
         )

@@ -31,11 +31,7 @@ from samdeploy.errors import (
     PromptLimitError,
     SamDeployError,
 )
-from samdeploy.package import (
-    ENCODER,
-    FAMILY,
-    ModelPackage,
-)
+from samdeploy.package import ENCODER, FAMILY, ModelPackage
 from samdeploy.sam.blas import hold_single_threaded_blas
 from samdeploy.sam.graphs import (
     EMBEDDINGS,
