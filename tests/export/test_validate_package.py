@@ -236,3 +236,66 @@ def test_sessions_run_on_the_cpu_without_a_memory_arena(tiny_package, capfd):
     assert options.enable_cpu_mem_arena is False
     assert options.log_severity_level == 3
     assert capfd.readouterr() == ("", "")
+
+
+PREPARED = ("mask_decoder_image.onnx", "mask_decoder_prepared.onnx")
+
+
+class _Shifted:
+    """An ONNX session whose output ``name`` comes out ``offset`` off."""
+
+    def __init__(self, session, name: str, offset: float) -> None:
+        self.session, self.name, self.offset = session, name, offset
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, names, feeds):
+        outputs = self.session.run(names, feeds)
+        return [
+            value + self.offset if name == self.name else value
+            for name, value in zip(names, outputs, strict=True)
+        ]
+
+
+def test_the_prepared_pair_is_checked_on_the_prompts_without_a_mask(tiny_sam, tiny_package, monkeypatch):
+    """Why: every click without a mask_input runs the image side and the prepared decoder. Their
+    figures must be in the report for those prompts (not for the mask-input case, which they never
+    answer) and count in ``worst``, or a wrong pair would pass the export."""
+    _only(monkeypatch, prompts=("point", "mask_input"))
+    prepared = tuple(tiny_package / name for name in PREPARED)
+    report = validate_package(tiny_sam, *_files(tiny_package), prepared)
+    point, mask_case = report["decoder"]["point"], report["decoder"]["mask_input"]
+    assert point.keys() == DECODER_FIGURES | LOW_RES_FIGURES | {"prepared_max_rel", "prepared_iou_max_abs"}
+    assert mask_case.keys() == DECODER_FIGURES | LOW_RES_FIGURES
+    assert 0.0 < point["prepared_max_rel"] <= 1e-4 and point["prepared_iou_max_abs"] <= 1e-5
+    assert failures(report) == []
+
+
+@pytest.mark.parametrize(
+    ("broken", "output", "figures"),
+    [
+        ("mask_decoder_prepared.onnx", "iou_predictions", {"iou_predictions_abs"}),
+        # the values feed the tokens, so the IoU head reads them too
+        ("mask_decoder_image.onnx", "image_values", {"low_res_logits_rel", "iou_predictions_abs"}),
+    ],
+    ids=["prepared-iou-head", "image-side-values"],
+)
+def test_a_wrong_prepared_pair_fails_alone(tiny_sam, tiny_package, monkeypatch, broken, output, figures):
+    """Either half of the pair off (the prepared decoder's IoU head, or the image side's values that
+    the first layer's prompt tokens read) fails its figure while the other decoders pass."""
+    _only(monkeypatch, prompts=("point",))
+    real = validate._session
+    monkeypatch.setattr(
+        validate,
+        "_session",
+        lambda path: _Shifted(real(path), output, 0.5) if path.name == broken else real(path),
+    )
+    report = validate_package(
+        tiny_sam, *_files(tiny_package), tuple(tiny_package / name for name in PREPARED)
+    )
+    assert {problem.split()[0] for problem in failures(report)} == figures
+    case = report["decoder"]["point"]
+    assert (
+        case["low_res_max_rel"] <= 1e-3 and case["low_res_iou_max_abs"] <= 1e-3
+    )  # the low-res decoder itself is fine
