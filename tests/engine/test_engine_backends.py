@@ -291,16 +291,36 @@ def test_memo_answers_the_same_read_only_inputs_without_a_run(tiny_model: Path) 
     np.testing.assert_allclose(node.run(x=a)["sum"], SUM)
     assert counting.runs == 1
     np.testing.assert_allclose(node.run(x=b)["sum"], 2 * SUM)
-    np.testing.assert_allclose(node.run(x=c)["sum"], 3 * SUM)  # evicts a (two entries)
-    assert counting.runs == 3
+    np.testing.assert_allclose(node.run(x=a)["sum"], SUM)  # both kept: a is still there
+    assert counting.runs == 2
+    np.testing.assert_allclose(node.run(x=c)["sum"], 3 * SUM)  # evicts b, the least recent
     np.testing.assert_allclose(node.run(x=a)["sum"], SUM)
-    assert counting.runs == 4
+    assert counting.runs == 3
+    np.testing.assert_allclose(node.run(x=b)["sum"], 2 * SUM)  # evicts c
+    np.testing.assert_allclose(node.run(x=c)["sum"], 3 * SUM)  # evicts a
+    assert counting.runs == 5
+    np.testing.assert_allclose(node.run(x=a)["sum"], SUM)
+    assert counting.runs == 6
     # A writable array may change between calls: it always runs.
     w = np.array(X)
     node.run(x=w)
     w *= 5
     np.testing.assert_allclose(node.run(x=w)["sum"], 5 * SUM)
-    assert counting.runs == 6
+    assert counting.runs == 8
+
+
+def test_memo_of_one_and_of_chosen_outputs(tiny_model: Path) -> None:
+    """A memo of one still answers the same input twice; a node asked for some outputs gets only
+    those, remembered or not."""
+    node = Inference("m", {"model": str(tiny_model), "memo": 1, "outputs": ["sum"]})
+    node.ensure_setup()
+    counting = _CountingBackend(node._backend)
+    node._backend = counting  # type: ignore[assignment]
+    a = np.array(X)
+    a.setflags(write=False)
+    assert set(node.run(x=a)) == set(node.run(x=a)) == {"sum"}
+    assert counting.runs == 1
+    assert set(node.run(x=np.array(X))) == {"sum"}  # writable: not remembered, same outputs
 
 
 def test_memo_never_answers_for_a_dead_array(tiny_model: Path) -> None:
