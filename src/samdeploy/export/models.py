@@ -1,4 +1,4 @@
-"""The two ONNX graphs of a package, traced from the official torch modules.
+"""The ONNX graphs of a package, traced from the official torch modules.
 
 * ``image_encoder``: ``image`` float32 ``1x3xSxS`` (resized, normalized and zero-padded by the
   runtime) -> ``image_embeddings`` float32 ``1xCxGxG``.

@@ -417,10 +417,14 @@ def validate_package(
             min, (case["mask_agreement"] for case in report["end_to_end"].values())
         ),
     }
-    if low_res_decoder is not None:
+    if low_res_decoder is not None or prepared is not None:  # the decoders that give low-res logits
         report["worst"]["low_res_logits_rel"] = _worst(
             max,
-            (v for case in cases for v in (case["low_res_max_rel"], case.get("prepared_max_rel", 0.0))),
+            (
+                v
+                for case in cases
+                for v in (case.get("low_res_max_rel", 0.0), case.get("prepared_max_rel", 0.0))
+            ),
         )
     report["tolerances"] = dict(TOLERANCES)
     return report

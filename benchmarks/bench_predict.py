@@ -1,0 +1,84 @@
+"""One-point predict on model packages, alternating call by call: the interactive click.
+
+Each package gets a ``SamPredictor`` on the same picture; after a warm-up, the packages answer the
+same one-point prompt in turn, round after round, so a machine that changes speed during the run
+(shared hosts do) slows every package alike. Prints each package's median and best time and, for
+two or more packages, the median of the per-round ratios against the first. No PyTorch needed.
+
+    .venv/bin/python benchmarks/bench_predict.py models/old-export models/new-export --rounds 40
+    .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --json predict.json
+
+Alternating packages in one process makes each call find the other model's data in the caches, so
+the times are above those of one package alone; the ratio is what this measures. Run one package
+alone for its own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from samdeploy import SamPredictor, load_model
+
+
+def bench_predict(packages: list[str], rounds: int, warmup: int, threads: int) -> dict:
+    """Per package: ``median_ms``, ``best_ms`` and (from the second on) ``ratio_to_first``, the median
+    of per-round time ratios (the first package's time / this one's). A package named again is
+    reported again under its name with a ``'`` added."""
+    image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    prompt = {"point_coords": np.array([[500, 375]]), "point_labels": np.array([1])}
+    predictors = {}
+    for package in packages:
+        label = package
+        while label in predictors:  # the same package twice (a noise check): its own entry
+            label += "'"
+        predictor = SamPredictor(load_model(package, threads=threads))
+        predictor.set_image(image)
+        for _ in range(warmup):
+            predictor.predict(**prompt)
+        predictors[label] = predictor
+    times: dict[str, list[float]] = {label: [] for label in predictors}
+    for _ in range(rounds):
+        for label, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor.predict(**prompt)
+            times[label].append((time.perf_counter() - start) * 1e3)
+    first = times[packages[0]]
+    report = {}
+    for label, values in times.items():
+        row = {"median_ms": statistics.median(values), "best_ms": min(values), "rounds": len(values)}
+        if label != packages[0]:
+            row["ratio_to_first"] = statistics.median(a / b for a, b in zip(first, values, strict=True))
+        report[label] = row
+    for predictor in predictors.values():
+        predictor.model.close()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("packages", nargs="+", help="model package folders")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be at least 1 and --warmup at least 0")
+    report = bench_predict(args.packages, args.rounds, args.warmup, args.threads)
+    for package, row in report.items():
+        ratio = f", {row['ratio_to_first']:.2f}x the first" if "ratio_to_first" in row else ""
+        print(f"{package}: median {row['median_ms']:.1f} ms, best {row['best_ms']:.1f} ms{ratio}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
