@@ -141,3 +141,24 @@ def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
     """``build_once(name, build)``: run ``build(folder)`` once per test run (across xdist workers)
     and return the folder; for fixtures of other test folders (e.g. the SAM 2 packages)."""
     return lambda name, build: _build_once(tmp_path_factory, name, build)
+
+
+@pytest.fixture
+def package_without(tmp_path) -> Callable[..., Path]:
+    """``package_without(package, *roles)``: a copy of ``package`` whose manifest and folder lack the
+    models ``roles``, as a package exported by an earlier version that had no such graphs."""
+    import json
+    import shutil
+
+    def copy(package: Path, *roles: str) -> Path:
+        old = tmp_path / "old"
+        shutil.copytree(package, old)
+        manifest = json.loads((old / "model.json").read_text())
+        for role in roles:
+            file = manifest["models"].pop(role)["file"]
+            del manifest["files"][file]
+            (old / file).unlink()
+        (old / "model.json").write_text(json.dumps(manifest))
+        return old
+
+    return copy

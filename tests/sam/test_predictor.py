@@ -129,19 +129,10 @@ def test_every_executor_gives_the_same_result(
             np.testing.assert_array_equal(ours, reference)
 
 
-def test_package_without_low_res_decoder_gives_the_same_answers(tiny_package, tmp_path, image) -> None:
+def test_package_without_low_res_decoder_gives_the_same_answers(tiny_package, package_without, image) -> None:
     """Packages from before the low-res decoder prompt the official six-input graph instead."""
-    import json
-    import shutil
-
-    old = tmp_path / "old"
-    shutil.copytree(tiny_package, old)
-    manifest = json.loads((old / "model.json").read_text())
-    for role in ("mask_decoder_low_res", "mask_decoder_image", "mask_decoder_prepared"):  # all came later
-        del manifest["models"][role]
-        del manifest["files"][f"{role}.onnx"]
-        (old / f"{role}.onnx").unlink()
-    (old / "model.json").write_text(json.dumps(manifest))
+    # all three came later
+    old = package_without(tiny_package, "mask_decoder_low_res", "mask_decoder_image", "mask_decoder_prepared")
     new_predictor = SamPredictor(load_model(tiny_package, threads=1))
     old_predictor = SamPredictor(load_model(old, threads=1))
     assert new_predictor.model.package.prompt_decoder == "mask_decoder_low_res"

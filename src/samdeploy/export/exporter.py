@@ -64,6 +64,7 @@ from samdeploy.package import (
     MANIFEST,
     PREPARED_DECODER,
     ModelPackage,
+    TensorSpec,
     describe_files,
     sha256_file,
     write_manifest,
@@ -269,6 +270,18 @@ def _is_sam2(checkpoint: Any, config: Any, model_type: str) -> bool:
     if isinstance(checkpoint, (str, Path)):
         return is_sam2_state(load_state_dict(Path(checkpoint)))
     return not isinstance(checkpoint, Sam) and hasattr(checkpoint, "sam_mask_decoder")
+
+
+def model_entry(role: str, specs: tuple[list[TensorSpec], list[TensorSpec]], **extra: Any) -> dict[str, Any]:
+    """The manifest's entry of model ``role``: its file ``<role>.onnx``, its input and output tensor
+    ``specs`` and any ``extra`` fields (``mask_tokens``, ``contract``)."""
+    inputs, outputs = specs
+    return {
+        "file": f"{role}.onnx",
+        "inputs": [t.to_json() for t in inputs],
+        "outputs": [t.to_json() for t in outputs],
+        **extra,
+    }
 
 
 def trace_and_simplify(
@@ -496,11 +509,6 @@ def export_model(
                     f"validation against PyTorch failed: {'; '.join(problems)}; nothing was written"
                 )
 
-        enc_in, enc_out = encoder_specs(sam_config)
-        dec_in, dec_out = decoder_specs(sam_config)
-        low_in, low_out = low_res_decoder_specs(sam_config)
-        side_in, side_out = image_side_specs(sam_config)
-        prepared_in, prepared_out = prepared_decoder_specs(sam_config)
         # Token 0 is the single-mask output, tokens 1..3 the multimask ones (both decoders).
         mask_tokens = {"single": 0, "multimask": list(range(1, sam_config.num_mask_tokens))}
         manifest = {
@@ -524,34 +532,15 @@ def export_model(
             "precision": precision,
             "opset": opset,
             "models": {
-                ENCODER: {
-                    "file": f"{ENCODER}.onnx",
-                    "inputs": [t.to_json() for t in enc_in],
-                    "outputs": [t.to_json() for t in enc_out],
-                },
-                DECODER: {
-                    "file": f"{DECODER}.onnx",
-                    "inputs": [t.to_json() for t in dec_in],
-                    "outputs": [t.to_json() for t in dec_out],
-                    "mask_tokens": mask_tokens,
-                },
-                LOW_RES_DECODER: {
-                    "file": f"{LOW_RES_DECODER}.onnx",
-                    "inputs": [t.to_json() for t in low_in],
-                    "outputs": [t.to_json() for t in low_out],
-                    "mask_tokens": mask_tokens,
-                },
-                IMAGE_SIDE: {
-                    "file": f"{IMAGE_SIDE}.onnx",
-                    "inputs": [t.to_json() for t in side_in],
-                    "outputs": [t.to_json() for t in side_out],
-                },
-                PREPARED_DECODER: {
-                    "file": f"{PREPARED_DECODER}.onnx",
-                    "inputs": [t.to_json() for t in prepared_in],
-                    "outputs": [t.to_json() for t in prepared_out],
-                    "mask_tokens": mask_tokens,
-                },
+                ENCODER: model_entry(ENCODER, encoder_specs(sam_config)),
+                DECODER: model_entry(DECODER, decoder_specs(sam_config), mask_tokens=mask_tokens),
+                LOW_RES_DECODER: model_entry(
+                    LOW_RES_DECODER, low_res_decoder_specs(sam_config), mask_tokens=mask_tokens
+                ),
+                IMAGE_SIDE: model_entry(IMAGE_SIDE, image_side_specs(sam_config)),
+                PREPARED_DECODER: model_entry(
+                    PREPARED_DECODER, prepared_decoder_specs(sam_config), mask_tokens=mask_tokens
+                ),
             },
             "files": describe_files(staging, files),
             "export": {

@@ -53,6 +53,7 @@ from samdeploy.export.exporter import (
     _version,
     check_finite_weights,
     check_output,
+    model_entry,
     move_into_place,
     save_graph,
     trace_and_simplify,
@@ -696,22 +697,12 @@ def _manifest(
     report: dict[str, Any] | None,
 ) -> dict[str, Any]:
     decoder = model.sam_mask_decoder
-    enc_in, enc_out = encoder_specs(config)
-    dec_in, dec_out = decoder_specs(config)
     mask_tokens = {"single": 0, "multimask": [1, 2, 3]}
     models: dict[str, Any] = {
-        ENCODER: {
-            "file": f"{ENCODER}.onnx",
-            "inputs": [t.to_json() for t in enc_in],
-            "outputs": [t.to_json() for t in enc_out],
-        },
-        DECODER: {
-            "file": f"{DECODER}.onnx",
-            "inputs": [t.to_json() for t in dec_in],
-            "outputs": [t.to_json() for t in dec_out],
-            "mask_tokens": mask_tokens,
-            "contract": "samdeploy-sam2",
-        },
+        ENCODER: model_entry(ENCODER, encoder_specs(config)),
+        DECODER: model_entry(
+            DECODER, decoder_specs(config), mask_tokens=mask_tokens, contract="samdeploy-sam2"
+        ),
     }
     grid = config.embedding_size
     return {
