@@ -327,13 +327,34 @@ def drawn_prompt_layer(page) -> np.ndarray:
     return np.frombuffer(base64.b64decode(rgba), np.uint8).reshape(480, 640, 4)[..., 3] > 0
 
 
+def held_until(page, held: list, count: int) -> None:
+    """Wait (at most 10 s) until ``count`` segment requests are held by the route."""
+    for _ in range(100):
+        if len(held) >= count:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{len(held)} segment requests were sent, {count} expected")
+
+
 def test_hover_preview_follows_the_pointer_and_drops_stale_answers(page, predictor) -> None:
+    """The server's answers are held back by the test, so which moves happen while a request is in
+    flight does not depend on how fast the server answers."""
     open_image(page, EXAMPLE)
     asked = []
     page.on("request", lambda request: asked.append(request) if request.url.endswith("/segment") else None)
+    held = []
+    page.route("**/v1/images/*/segment", lambda route: held.append(route))
     page.mouse.move(*page_position(page, *STAR))
+    held_until(page, held, 1)
     x, y = page_position(page, *README_POINT)
-    page.mouse.move(x, y, steps=30)  # 30 pointer moves, most of them while a request is in flight
+    page.mouse.move(x, y, steps=30)  # 30 pointer moves while the star's request is in flight
+    page.wait_for_timeout(300)
+    assert len(held) == 1  # one request in flight at a time: the moves meanwhile were not sent
+    held[0].continue_()  # the star's answer comes back after the pointer left the star
+    held_until(page, held, 2)  # ... and the point under the pointer is asked next, not the moves between
+    assert "/segment" in held[1].request.url
+    assert not drawn_prompt_layer(page).any()  # the stale answer was dropped, not drawn
+    held[1].continue_()
     expected = predicted(predictor, [README_POINT], [1])
     for _ in range(100):  # the preview settles on the point where the pointer stopped
         if np.array_equal(drawn_prompt_layer(page), expected):
@@ -341,7 +362,8 @@ def test_hover_preview_follows_the_pointer_and_drops_stale_answers(page, predict
         page.wait_for_timeout(100)
     else:
         raise AssertionError("the hover preview never showed the mask of the point under the pointer")
-    assert len(asked) < 31  # one request in flight at a time: moves meanwhile were not all sent
+    assert len(asked) == len(held) == 2
+    page.unroute("**/v1/images/*/segment")
     assert page.locator("#candidates li").count() == 0  # a preview, not a prompt
     page.mouse.move(1, 1)  # off the picture: the preview goes
     page.wait_for_function("!document.querySelector('#status').textContent.includes('Segmenting')")
