@@ -12,6 +12,7 @@ import pytest
 import samdeploy
 from samdeploy.errors import ExportError
 from samdeploy.export import precision
+from samdeploy.export.attention import unchunk_global_attention
 from samdeploy.export.precision import chunk_global_attention, optimize_package
 from samdeploy.package import ModelPackage
 
@@ -40,6 +41,82 @@ def test_chunked_attention_gives_the_same_embeddings(tiny_package) -> None:
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Softmax") == softmaxes - 1 + 4  # the global block's softmax became four bands
     np.testing.assert_allclose(encoder_output(model, x), reference, rtol=0, atol=1e-5)
+
+
+def test_unchunking_restores_the_traced_chain_for_another_band_height(tiny_package) -> None:
+    path = str(ModelPackage.load(tiny_package).encoder_path)
+    x = np.random.default_rng(1).standard_normal((1, 3, 256, 256), dtype=np.float32)
+    traced = onnx.load(path)
+    reference = encoder_output(traced, x)
+    model = onnx.load(path)
+    assert unchunk_global_attention(model) == 0  # nothing banded: nothing to do
+    assert chunk_global_attention(model, rows=4, min_tokens=100) == 1
+    assert unchunk_global_attention(model) == 1
+    onnx.checker.check_model(model)
+    assert sorted(n.op_type for n in model.graph.node) == sorted(n.op_type for n in traced.graph.node)
+    assert len(model.graph.initializer) == len(traced.graph.initializer)  # the bands' constants went
+    np.testing.assert_allclose(encoder_output(model, x), reference, rtol=0, atol=1e-5)
+    assert chunk_global_attention(model, rows=8, min_tokens=100) == 1  # banded again, two bands
+    assert [n.op_type for n in model.graph.node].count("Softmax") == sum(
+        n.op_type == "Softmax" for n in traced.graph.node
+    ) - 1 + 2
+    np.testing.assert_allclose(encoder_output(model, x), reference, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def banded_package(tiny_package, tmp_path_factory):
+    """The tiny package with its one global block in 4-row bands, as ``samdeploy export`` bands the
+    official 64x64 grid (the tiny 16x16 grid is under the size export bands)."""
+    import shutil
+
+    from samdeploy.package import describe_files, write_manifest
+
+    output = tmp_path_factory.mktemp("banded") / "tiny-banded"
+    shutil.copytree(tiny_package, output)
+    package = ModelPackage.load(output)
+    model = onnx.load(str(package.encoder_path))
+    assert chunk_global_attention(model, rows=4, min_tokens=100) == 1
+    onnx.save(model, str(package.encoder_path))
+    manifest = dict(package.manifest, files=describe_files(output, package.manifest["files"]))
+    manifest["export"] = dict(manifest["export"], attention_rows=4)
+    write_manifest(output, manifest)
+    return output
+
+
+def band_heights(package: ModelPackage) -> list[int]:
+    """Query rows per band of each banded global block of the package's encoder (16x16 grid)."""
+    model = onnx.load(str(package.encoder_path))
+    concats = [n for n in model.graph.node if n.name.endswith("/bands/concat")]
+    return [16 // len(n.input) for n in concats]
+
+
+def test_optimize_bands_the_attention_again_for_the_package(banded_package, tmp_path, monkeypatch) -> None:
+    report = optimize_package(banded_package, tmp_path / "eight", "fp32", attention_rows=8, measure_runs=0)
+    eight = ModelPackage.load(tmp_path / "eight", verify=True)
+    assert band_heights(eight) == [8]
+    assert eight.manifest["export"]["attention_rows"] == 8
+    assert eight.manifest["export"]["nodes"]["image_encoder"]["chunked_attention_blocks"] == 1
+    assert "chunked global attention: 1 blocks, 8 rows per band" in report.transforms
+    assert report.accuracy["worst"]["embeddings_cosine"] > 0.999999  # the same arithmetic
+
+    optimize_package(banded_package, tmp_path / "traced", "fp32", attention_rows=0, measure_runs=0)
+    traced = ModelPackage.load(tmp_path / "traced", verify=True)
+    assert band_heights(traced) == []
+    assert traced.manifest["export"]["attention_rows"] is None
+    assert "chunked_attention_blocks" not in traced.manifest["export"]["nodes"]["image_encoder"]
+
+    with pytest.raises(ExportError, match="attention_rows=5 cannot band"):
+        optimize_package(banded_package, tmp_path / "five", "fp32", attention_rows=5, measure_runs=0)
+    assert not (tmp_path / "five").exists()
+    # A default that does not divide the grid (OpenVINO's 32 rows on a 16-row grid) keeps the source's bands.
+    monkeypatch.setattr(precision, "DEFAULT_ATTENTION_ROWS", 32)
+    optimize_package(banded_package, tmp_path / "default", "fp32", measure_runs=0, check_images=1)
+    assert band_heights(ModelPackage.load(tmp_path / "default")) == [4]
+
+
+def test_default_attention_rows_follow_the_backend() -> None:
+    assert precision.default_attention_rows("fp32") == precision.default_attention_rows("int8") == 4
+    assert precision.default_attention_rows("bf16") == precision.default_attention_rows("int8-bf16") == 32
 
 
 def test_chunking_leaves_small_or_indivisible_grids_alone(tiny_package) -> None:

@@ -74,12 +74,14 @@ def export(
         ),
     ] = "fp32",
     attention_rows: Annotated[
-        int,
+        int | None,
         typer.Option(
+            metavar="N",
             help="run the encoder's global attention in bands of this many query rows (same numbers,"
-            " GBs less memory; applies to grids of 2048+ tokens such as the official 64x64); 0 keeps it as traced"
+            " GBs less memory; applies to grids of 2048+ tokens such as the official 64x64); 0 keeps it as"
+            " traced [default: 4, or 32 for the packages that run on OpenVINO: bf16, int8-bf16]",
         ),
-    ] = 4,
+    ] = None,
     encoder_norm_eps: Annotated[
         float | None,
         typer.Option(
@@ -104,6 +106,7 @@ def export(
             f"export needs PyTorch and the official segment-anything ({exc.name} is missing):"
             " pip install 'samdeploy[export]'"
         ) from None
+    from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS
     from samdeploy.export.precision import PRECISIONS
 
     if precision not in (*PRECISIONS, "auto"):
@@ -136,7 +139,7 @@ def export(
         opset=opset,
         simplify=simplify,
         quantize=quantize,
-        attention_rows=attention_rows,
+        attention_rows=DEFAULT_ATTENTION_ROWS if attention_rows is None else attention_rows,
         encoder_norm_eps=encoder_norm_eps,
         validate=validate,
         force=force,
@@ -179,7 +182,7 @@ def _export_fast(
     model_type: str,
     opset: int,
     simplify: str,
-    attention_rows: int,
+    attention_rows: int | None,
     force: bool,
     console: Console,
     encoder_norm_eps: float | None = None,
@@ -191,6 +194,7 @@ def _export_fast(
     import shutil
 
     from samdeploy.export import export_model
+    from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS
     from samdeploy.export.exporter import check_checkpoint_outside, check_output, new_staging
     from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
 
@@ -208,7 +212,7 @@ def _export_fast(
             model_type,
             opset=opset,
             simplify=simplify,
-            attention_rows=attention_rows,
+            attention_rows=DEFAULT_ATTENTION_ROWS if attention_rows is None else attention_rows,
             encoder_norm_eps=encoder_norm_eps,
             console=console,
             config=config,

@@ -6,8 +6,10 @@
 Three kinds, measured on 2-core machines (docs/performance.md has the numbers):
 
 * **Chunked global attention** (every precision; :mod:`samdeploy.export.attention`). ``samdeploy
-  export`` applies it already; here it upgrades packages exported with ``attention_rows=0`` or by
-  earlier versions (a package whose attention is already banded is left as it is).
+  export`` bands it in 4-row bands already, the fastest for ONNX Runtime (fp32, int8). Here the
+  encoder's attention is banded again for the package's backend: packages that run on OpenVINO (bf16,
+  int8-bf16) take 32-row bands, which its fused attention kernel runs 2-3% faster, and packages
+  exported with ``attention_rows=0`` or by earlier versions get bands.
 * **int8** (``precision="int8"``): the encoder's 48 linear layers (qkv, proj, MLP: 70% of its
   FLOPs) run as int8 MatMulInteger with per-call activation quantization (ONNX Runtime dynamic
   quantization), weights int8 per output channel with ``reduce_range`` (7-bit). Without VNNI, x86 multiplies u8 x s8
@@ -50,7 +52,13 @@ import numpy as np
 import onnx
 
 from samdeploy.errors import ExportError
-from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS, chunk_global_attention
+from samdeploy.export.attention import (
+    DEFAULT_ATTENTION_ROWS,
+    MIN_CHUNK_TOKENS,
+    OPENVINO_ATTENTION_ROWS,
+    chunk_global_attention,
+    unchunk_global_attention,
+)
 from samdeploy.export.exporter import check_output, move_into_place, new_staging
 from samdeploy.export.optimize import compress_weights_int8, quantize_int8
 from samdeploy.export.validate import cosine
@@ -66,6 +74,36 @@ PRECISIONS = ("fp32", "int8", "bf16", "int8-bf16")
 BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
 # The precisions whose packages run on OpenVINO at bf16, so can only be made (and checked) where that runs.
 OPENVINO_PRECISIONS = ("bf16", "int8-bf16")
+
+
+def default_attention_rows(precision: str) -> int:
+    """Query rows per global-attention band for a package of ``precision``, the fastest measured for
+    the backend it runs on (docs/performance.md)."""
+    return OPENVINO_ATTENTION_ROWS if precision in OPENVINO_PRECISIONS else DEFAULT_ATTENTION_ROWS
+
+
+def _band_attention(
+    encoder: onnx.ModelProto, precision: str, rows: int | None, source_rows: int
+) -> tuple[int, int, int]:
+    """Band ``encoder``'s global attention (in place) for a package of ``precision``, whatever bands
+    it has: ``rows`` per band (0: as traced; None: :func:`default_attention_rows`, or ``source_rows``
+    where that does not divide the grid). Returns (rows, blocks banded, blocks the source had banded).
+    """
+    unbanded = unchunk_global_attention(encoder)
+    # Blocks the source had banded are banded again whatever their size (a test model's small grid).
+    min_tokens = 1 if unbanded else MIN_CHUNK_TOKENS
+    wanted = default_attention_rows(precision) if rows is None else rows
+    blocks = chunk_global_attention(encoder, rows=wanted, min_tokens=min_tokens) if wanted else 0
+    if not wanted or blocks >= unbanded:
+        return wanted, blocks, unbanded
+    if rows is None:  # the default does not divide this grid: the bands the source had
+        return source_rows, chunk_global_attention(encoder, rows=source_rows, min_tokens=min_tokens), unbanded
+    raise ExportError(
+        f"attention_rows={rows} cannot band this encoder's global attention: choose a divisor of its"
+        " grid's rows smaller than the grid (or 0 for the attention as traced)"
+    )
+
+
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
 # SAM 2's decoder reads two more encoder outputs, the high-resolution feature maps: each is held to
@@ -284,7 +322,7 @@ def optimize_package(
     output: str | Path,
     precision: str = "int8",
     *,
-    attention_rows: int | None = DEFAULT_ATTENTION_ROWS,
+    attention_rows: int | None = None,
     threads: int | None = None,
     measure_runs: int = 2,
     check_images: int = 2,
@@ -305,7 +343,8 @@ def optimize_package(
             inference precision; needs OpenVINO and a CPU with native bf16 to be made) or
             ``int8-bf16`` (bf16, with the encoder's linear layers on int8 weights that OpenVINO
             multiplies in int8; needs the same).
-        attention_rows: query-grid rows per attention band; ``None`` or 0 keeps the attention as traced.
+        attention_rows: query-grid rows per global-attention band, whatever bands the source has
+            (0: the attention as traced; None: :func:`default_attention_rows` of ``precision``).
         threads: threads for the speed measurement (None: ONNX Runtime's default, all cores).
         measure_runs: encoder runs per model when timing new against source (0: skip timing).
         check_images: images for the accuracy check (each with every parity prompt).
@@ -326,6 +365,10 @@ def optimize_package(
         say(f"precision auto: {precision} ({auto.reason})")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)} or auto")
+    if attention_rows is not None and attention_rows < 0:
+        raise ExportError(
+            f"attention_rows must be positive (or 0 for the traced attention), got {attention_rows}"
+        )
     if precision in OPENVINO_PRECISIONS:
         check_bf16_runtime(precision)
     package = ModelPackage.load(source, verify=True)
@@ -352,13 +395,13 @@ def optimize_package(
         transforms: list[str] = []
         start = time.perf_counter()
         encoder = onnx.load(str(package.encoder_path))
-        if attention_rows:
-            say(f"chunking global attention ({attention_rows} rows per band)")
-            blocks = chunk_global_attention(encoder, rows=attention_rows)
-            if blocks:
-                transforms.append(
-                    f"chunked global attention: {blocks} blocks, {attention_rows} rows per band"
-                )
+        source_rows = package.manifest.get("export", {}).get("attention_rows") or DEFAULT_ATTENTION_ROWS
+        attention_rows, blocks, unbanded = _band_attention(encoder, precision, attention_rows, source_rows)
+        if blocks:
+            say(f"global attention in bands of {attention_rows} rows ({blocks} blocks)")
+            transforms.append(f"chunked global attention: {blocks} blocks, {attention_rows} rows per band")
+        elif unbanded:
+            transforms.append(f"global attention as traced ({unbanded} blocks)")
         timings["rewrite"] = round(time.perf_counter() - start, 2)
         if precision == "int8-bf16":
             say("storing the encoder's linear-layer weights as int8 (per output channel)")
@@ -404,6 +447,15 @@ def optimize_package(
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
         export["quantize"] = {"int8": "int8-dynamic", "int8-bf16": "int8-weights"}.get(precision, "none")
+        if blocks or unbanded:  # the encoder's attention as this package has it
+            export["attention_rows"] = attention_rows if blocks else None
+            nodes = {role: dict(counts) for role, counts in export.get("nodes", {}).items()}
+            encoder_nodes = nodes.setdefault(ENCODER, {})
+            if blocks:
+                encoder_nodes["chunked_attention_blocks"] = blocks
+            else:
+                encoder_nodes.pop("chunked_attention_blocks", None)
+            export["nodes"] = nodes
         export["precision"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {
