@@ -220,6 +220,19 @@ def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> 
     assert side.process.returncode == 0
 
 
+def test_judged_ratios_are_cut_not_rounded_up() -> None:
+    # Why: a run's report once read "single-point predict >= 3x | 3.00x | no" for 2.997x.
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_sam
+    finally:
+        sys.path.remove(str(ROOT))
+    assert bench_sam.cut_ratio(2.997) == "2.99x"
+    assert bench_sam.cut_ratio(3.0) == "3.00x"
+    assert bench_sam.cut_ratio(1.7) == "1.70x"  # 1.7 * 100 is 170.00000000000003 in floats
+    assert bench_sam.cut_ratio(0.29) == "0.29x"  # and 0.29 * 100 is 28.999999999999996
+
+
 def test_interleaved_runs_round_robin_and_settles_before_each_call(monkeypatch) -> None:
     # Why: the settling idle must come before every timed call and stay out of the figures, and
     # each figure must be its own function's. A fake clock makes that exact: each call advances
