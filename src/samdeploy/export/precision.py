@@ -74,36 +74,6 @@ PRECISIONS = ("fp32", "int8", "bf16", "int8-bf16")
 BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
 # The precisions whose packages run on OpenVINO at bf16, so can only be made (and checked) where that runs.
 OPENVINO_PRECISIONS = ("bf16", "int8-bf16")
-
-
-def default_attention_rows(precision: str) -> int:
-    """Query rows per global-attention band for a package of ``precision``, the fastest measured for
-    the backend it runs on (docs/performance.md)."""
-    return OPENVINO_ATTENTION_ROWS if precision in OPENVINO_PRECISIONS else DEFAULT_ATTENTION_ROWS
-
-
-def _band_attention(
-    encoder: onnx.ModelProto, precision: str, rows: int | None, source_rows: int
-) -> tuple[int, int, int]:
-    """Band ``encoder``'s global attention (in place) for a package of ``precision``, whatever bands
-    it has: ``rows`` per band (0: as traced; None: :func:`default_attention_rows`, or ``source_rows``
-    where that does not divide the grid). Returns (rows, blocks banded, blocks the source had banded).
-    """
-    unbanded = unchunk_global_attention(encoder)
-    # Blocks the source had banded are banded again whatever their size (a test model's small grid).
-    min_tokens = 1 if unbanded else MIN_CHUNK_TOKENS
-    wanted = default_attention_rows(precision) if rows is None else rows
-    blocks = chunk_global_attention(encoder, rows=wanted, min_tokens=min_tokens) if wanted else 0
-    if not wanted or blocks >= unbanded:
-        return wanted, blocks, unbanded
-    if rows is None:  # the default does not divide this grid: the bands the source had
-        return source_rows, chunk_global_attention(encoder, rows=source_rows, min_tokens=min_tokens), unbanded
-    raise ExportError(
-        f"attention_rows={rows} cannot band this encoder's global attention: choose a divisor of its"
-        " grid's rows smaller than the grid (or 0 for the attention as traced)"
-    )
-
-
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
 # SAM 2's decoder reads two more encoder outputs, the high-resolution feature maps: each is held to
@@ -315,6 +285,34 @@ def check_bf16_runtime(precision: str = "bf16") -> None:
             f"this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a {precision} package could"
             " neither be checked nor run fast here; make an int8 package instead"
         )
+
+
+def default_attention_rows(precision: str) -> int:
+    """Query rows per global-attention band for a package of ``precision``, the fastest measured for
+    the backend it runs on (docs/performance.md)."""
+    return OPENVINO_ATTENTION_ROWS if precision in OPENVINO_PRECISIONS else DEFAULT_ATTENTION_ROWS
+
+
+def _band_attention(
+    encoder: onnx.ModelProto, precision: str, rows: int | None, source_rows: int
+) -> tuple[int, int, int]:
+    """Band ``encoder``'s global attention (in place) for a package of ``precision``, whatever bands
+    it has: ``rows`` per band (0: as traced; None: :func:`default_attention_rows`, or ``source_rows``
+    where that does not divide the grid). Returns (rows, blocks banded, blocks the source had banded).
+    """
+    unbanded = unchunk_global_attention(encoder)
+    # Blocks the source had banded are banded again whatever their size (a test model's small grid).
+    min_tokens = 1 if unbanded else MIN_CHUNK_TOKENS
+    wanted = default_attention_rows(precision) if rows is None else rows
+    blocks = chunk_global_attention(encoder, rows=wanted, min_tokens=min_tokens) if wanted else 0
+    if not wanted or blocks >= unbanded:
+        return wanted, blocks, unbanded
+    if rows is None:  # the default does not divide this grid: the bands the source had
+        return source_rows, chunk_global_attention(encoder, rows=source_rows, min_tokens=min_tokens), unbanded
+    raise ExportError(
+        f"attention_rows={rows} cannot band this encoder's global attention: choose a divisor of its"
+        " grid's rows smaller than the grid (or 0 for the attention as traced)"
+    )
 
 
 def optimize_package(
