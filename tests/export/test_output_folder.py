@@ -138,3 +138,27 @@ def test_a_sigkilled_export_s_partial_folder_is_removed_by_the_next(tmp_path, ti
     assert f"removed {stale[0]}" in stderr and "interrupted export" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
     ModelPackage.load(tmp_path / "pkg", verify=True)
+
+
+@pytest.mark.parametrize("where", [".owner", ".work"])
+def test_an_interrupt_right_after_the_partial_folder_appears_removes_it(
+    tmp_path, tiny_checkpoint, monkeypatch, where
+):
+    # Why: CI once found the partial folder left after a SIGTERM that landed between the folder's
+    # creation and the export's clean-up `try` (the owner file and the `.work` folder came between).
+    # Here the interrupt lands at each of those two steps, every time.
+    real_write_text, real_mkdir = Path.write_text, Path.mkdir
+
+    def interrupted(step):
+        def call(self, *args, **kwargs):
+            if self.name == where and ".partial-" in self.parent.name:
+                raise KeyboardInterrupt
+            return step(self, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Path, "write_text", interrupted(real_write_text))
+    monkeypatch.setattr(Path, "mkdir", interrupted(real_mkdir))
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_checkpoint, tmp_path / "pkg", validate=False, simplify="none")
+    assert list(tmp_path.iterdir()) == []

@@ -422,11 +422,11 @@ def export_model(
 
     try:
         staging = new_staging(output, console)
-        work = staging / ".work"
-        work.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
-    try:
+    try:  # from here on, an error or an interrupt removes the staging folder (below)
+        work = staging / ".work"
+        work.mkdir()
         files: list[str] = []
         nodes: dict[str, dict[str, int]] = {}
         graphs = (
@@ -629,7 +629,12 @@ def remove_stale_partials(output: Path) -> list[tuple[Path, int]]:
 
 def new_staging(output: Path, console: Console | None = None) -> Path:
     """Create the hidden staging folder beside ``output`` (stale ones of the same target are removed
-    first, and said so) and record this process as its owner."""
+    first, and said so) and record this process as its owner.
+
+    Interrupted after the folder exists (Ctrl-C, or SIGTERM turned into KeyboardInterrupt), it removes
+    the folder itself: the caller's clean-up only covers what follows the return. Callers enter their
+    own ``try`` right after it, with nothing in between that could be interrupted.
+    """
     for folder, size in remove_stale_partials(output):
         message = f"removed {folder.name} ({size / 2**20:.1f} MiB), left by an interrupted export of {output}"
         logger.warning(message)
@@ -637,7 +642,11 @@ def new_staging(output: Path, console: Console | None = None) -> Path:
             console.print(f"[yellow]note[/]: {message}", highlight=False, soft_wrap=True)
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
-    (staging / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        (staging / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return staging
 
 

@@ -387,9 +387,9 @@ def optimize_package(
     group = quantization_group(package)
     bar = accuracy_bar(package)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = new_staging(output)
     timings: dict[str, float] = {}
-    try:
+    staging = new_staging(output)
+    try:  # from here on, an error or an interrupt removes the staging folder (below)
         transforms: list[str] = []
         start = time.perf_counter()
         encoder = onnx.load(str(package.encoder_path))

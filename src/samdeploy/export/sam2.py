@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from samdeploy.export.exporter import (
     check_output,
     model_entry,
     move_into_place,
+    new_staging,
     save_graph,
     trace_and_simplify,
 )
@@ -622,13 +622,13 @@ def export_sam2(
         model, sam2_config, source = _load(checkpoint, config)
     check_finite_weights(model)
     _check_disk(output, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    work = staging / ".work"
     try:
-        work.mkdir(parents=True)
+        staging = new_staging(output, console)
     except OSError as exc:
         raise ExportError(f"cannot create {output}: {exc.strerror or exc}") from None
-    try:
+    try:  # from here on, an error or an interrupt removes the staging folder (below)
+        work = staging / ".work"
+        work.mkdir()
         graphs = [
             (ENCODER, "image encoder", export_encoder),
             (DECODER, "mask decoder", export_decoder),
