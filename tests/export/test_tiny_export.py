@@ -229,6 +229,7 @@ def test_large_grid_export_chunks_global_attention_and_still_matches_pytorch(tmp
     state = build_sam(config).state_dict()
     report = export_model(state, tmp_path / "chunked")
     assert report.nodes["image_encoder"]["chunked_attention_blocks"] == 1
+    assert report.nodes["image_encoder"]["token_rows"] > 0  # samdeploy.export.layout
     assert report.validation["passed"]
     assert report.manifest["export"]["attention_rows"] == 4
     traced = export_model(state, tmp_path / "traced", attention_rows=0, validate=False)

@@ -197,3 +197,37 @@ def test_cli_export_with_precision_writes_a_checked_sam2_package(sam2_checkpoint
     assert recorded["passed"] and recorded["accuracy_bar"] == SAM2_ACCURACY_BAR
     assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "mask_decoder.onnx", "model.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["int8"]  # the scratch fp32 export is gone
+
+
+def test_hiera_stages_carried_as_rows_of_tokens_give_the_same_maps(
+    sam2_model, sam2_config, sam2_package, tmp_path
+):
+    import onnxruntime as ort
+
+    from samdeploy.export.layout import flatten_token_grid, token_grids
+    from samdeploy.export.optimize import simplify
+    from samdeploy.export.sam2 import export_encoder
+
+    assert token_grids(onnx.load(str(sam2_package / "image_encoder.onnx"))) == set()  # as exported
+    export_encoder(sam2_model, sam2_config, tmp_path / "traced.onnx", 17)
+    simplify(tmp_path / "traced.onnx", tmp_path / "simplified.onnx", "onnxsim")  # as samdeploy export does
+    model = onnx.load(str(tmp_path / "simplified.onnx"))
+    image = np.random.default_rng(0).standard_normal((1, 3, 256, 256), dtype=np.float32)
+
+    def run() -> list[np.ndarray]:
+        options = ort.SessionOptions()  # as written: a fusion may round a little differently
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: image})
+
+    before = run()
+    grids = token_grids(model)
+    assert len(grids) == 4  # each stage's grid, (H, W, C)
+
+    assert flatten_token_grid(model) > 0
+
+    onnx.checker.check_model(model, full_check=True)
+    assert token_grids(model) == set()
+    after = run()
+    assert len(after) == 3  # the embedding and both high-resolution maps
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))

@@ -40,6 +40,7 @@ from samdeploy.export.checkpoint import (
     resolve_config,
 )
 from samdeploy.export.config import SamConfig, detect_config, preset_name
+from samdeploy.export.layout import flatten_token_grid
 from samdeploy.export.models import (
     decoder_specs,
     encoder_specs,
@@ -318,6 +319,30 @@ def trace_and_simplify(
     return current, counts
 
 
+def rewrite_encoder(
+    current: Path, work: Path, steps: _Steps, attention_rows: int
+) -> tuple[Path, dict[str, int]]:
+    """Rewrite the traced image encoder for CPUs: its global attention in bands of ``attention_rows``
+    query rows (:func:`~samdeploy.export.attention.chunk_global_attention`; 0 leaves it as traced)
+    and its token grid carried as rows of tokens (:func:`~samdeploy.export.layout.flatten_token_grid`).
+    The same arithmetic either way. Returns the file to carry on from and what was rewritten."""
+    rewritten = work / f"{ENCODER}.rewritten" / f"{ENCODER}.onnx"
+    rewritten.parent.mkdir()
+    with steps.step("rewrite_encoder", "rewriting the image encoder (attention bands, token rows)"):
+        model = onnx.load(str(current))
+        counts = {
+            "chunked_attention_blocks": chunk_global_attention(model, rows=attention_rows)
+            if attention_rows
+            else 0,
+            "token_rows": flatten_token_grid(model),
+        }
+        if any(counts.values()):
+            optimize.save(model, rewritten)
+            current = rewritten
+        del model
+    return current, {key: value for key, value in counts.items() if value}
+
+
 def save_graph(current: Path, staging: Path, role: str, label: str, steps: _Steps) -> list[str]:
     """Save the finished graph as ``<role>.onnx`` in the package folder, checked; its file names."""
     with steps.step(f"save_{role}", f"saving the {label}"):
@@ -450,18 +475,9 @@ def export_model(
         )
         for role, label, trace in graphs:
             current, counts = trace_and_simplify(role, label, trace, work, simplify, steps)
-            if role == ENCODER and attention_rows:
-                chunked = work / f"{role}.chunked" / f"{role}.onnx"
-                chunked.parent.mkdir()
-                with steps.step("chunk_attention", "chunking global attention"):
-                    model = onnx.load(str(current))
-                    blocks = chunk_global_attention(model, rows=attention_rows)
-                    if blocks:
-                        optimize.save(model, chunked)
-                    del model
-                if blocks:
-                    current = chunked
-                    counts["chunked_attention_blocks"] = blocks
+            if role == ENCODER:
+                current, rewrites = rewrite_encoder(current, work, steps, attention_rows)
+                counts.update(rewrites)
             # Only the encoder: the decoders are a few ms a prompt, and stay faithful in float32.
             if quantize == "int8" and role == ENCODER:
                 quantized = work / f"{role}.int8" / f"{role}.onnx"

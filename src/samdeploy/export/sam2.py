@@ -55,6 +55,7 @@ from samdeploy.export.exporter import (
     model_entry,
     move_into_place,
     new_staging,
+    rewrite_encoder,
     save_graph,
     trace_and_simplify,
 )
@@ -644,6 +645,9 @@ def export_sam2(
                 simplify,
                 steps,
             )
+            if role == ENCODER:  # Hiera's global blocks have no relative-position terms to band
+                current, rewrites = rewrite_encoder(current, work, steps, attention_rows=0)
+                counts.update(rewrites)
             files += save_graph(current, staging, role, label, steps)
             nodes[role] = counts
         shutil.rmtree(work)
