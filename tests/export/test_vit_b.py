@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from samdeploy.export import PRESETS, SamConfig, synthetic_image
+from samdeploy.export.layout import token_grids
 from samdeploy.export.validate import Prompt, _encoder_input, decoder_feeds, torch_decoder
 from samdeploy.package import ModelPackage
 
@@ -32,6 +34,9 @@ def test_vit_b_package_manifest(vit_b_package):
     # The 64x64 grid's four global blocks are banded (export default), and validated as such.
     assert report["nodes"]["image_encoder"]["chunked_attention_blocks"] == 4
     assert report["nodes"]["image_encoder"]["simplified"] < report["nodes"]["image_encoder"]["traced"]
+    # ... and its residual stream runs as rows of tokens: no layer norm reads the 64x64 grid.
+    assert report["nodes"]["image_encoder"]["token_rows"] > 0
+    assert token_grids(onnx.load(str(package.encoder_path))) == set()
 
 
 def test_vit_b_matches_pytorch(vit_b_package, vit_b_sam):

@@ -145,11 +145,11 @@ def chunk_global_attention(
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unused(graph)
+    drop_unused(graph)
     return len(rewrites)
 
 
-def _drop_unused(graph: onnx.GraphProto) -> None:
+def drop_unused(graph: onnx.GraphProto) -> None:
     """Drop the value infos of tensors no node makes any more, and initializers no node reads."""
     produced = {out for node in graph.node for out in node.output}
     value_info = [v for v in graph.value_info if v.name in produced]
@@ -212,5 +212,5 @@ def unchunk_global_attention(model: onnx.ModelProto) -> int:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    _drop_unused(graph)
+    drop_unused(graph)
     return len(restored)

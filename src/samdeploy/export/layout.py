@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from samdeploy.export.attention import drop_unused
+
 # Operators that work on every element (or every token's channels, for the layer norm) the same way
 # whatever the tensor's leading dimensions: they take the flat stream as they took the grid.
 TOKENWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Sqrt", "Pow", "Relu", "Sigmoid", "Tanh", "Cast"})
@@ -216,11 +218,5 @@ def flatten_token_grid(model: onnx.ModelProto) -> int:
                 )
     del graph.node[:]
     graph.node.extend(nodes)
-    produced = {out for node in graph.node for out in node.output}
-    value_info = [v for v in graph.value_info if v.name in produced and v.name not in stream]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
-    used = {name for node in graph.node for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
+    drop_unused(graph)  # the grid-shaped constants now read flat, the value infos of renamed tensors
     return len(stream)
