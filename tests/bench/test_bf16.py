@@ -88,6 +88,7 @@ def test_bf16_package_runs_on_openvino(tmp_path) -> None:
         if name != source.manifest["models"]["image_encoder"]["file"]:
             assert package.manifest["files"][name]["sha256"] == info["sha256"]
     assert any(t.startswith("token grid carried as [B, H*W, C]") for t in report.transforms)
+    assert package.manifest["export"]["nodes"]["image_encoder"]["token_rows"] > 0
     image = np.random.default_rng(1).standard_normal((1, 3, 256, 256), dtype=np.float32)
     embeddings = [
         ort.InferenceSession(str(p.encoder_path), providers=["CPUExecutionProvider"]).run(

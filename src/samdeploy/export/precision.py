@@ -10,9 +10,10 @@ Four kinds, measured on 2-core machines (docs/performance.md has the numbers):
   encoder's attention is banded again for the package's backend: packages that run on OpenVINO (bf16,
   int8-bf16) take 32-row bands, which its fused attention kernel runs 2-3% faster, and packages
   exported with ``attention_rows=0`` or by earlier versions get bands.
-* **Token rows** (bf16, int8-bf16; :mod:`samdeploy.export.layout`): the encoder's channels-last
-  residual stream is carried as ``[B, H*W, C]``, so OpenVINO does not transpose it around every layer
-  norm and residual add (3-5% of the int8-bf16 encoder). The same arithmetic, reshaped.
+* **Token rows** (:mod:`samdeploy.export.layout`): the encoder's channels-last residual stream
+  carried as ``[B, H*W, C]``, so OpenVINO does not transpose it around every layer norm and residual
+  add (3-5% of the int8-bf16 encoder; the same arithmetic, reshaped). ``samdeploy export`` does it
+  for every package; here it is done for the bf16 and int8-bf16 packages of sources exported before.
 * **int8** (``precision="int8"``): the encoder's 48 linear layers (qkv, proj, MLP: 70% of its
   FLOPs) run as int8 MatMulInteger with per-call activation quantization (ONNX Runtime dynamic
   quantization), weights int8 per output channel with ``reduce_range`` (7-bit). Without VNNI, x86 multiplies u8 x s8
@@ -405,13 +406,12 @@ def optimize_package(
             transforms.append(f"chunked global attention: {blocks} blocks, {attention_rows} rows per band")
         elif unbanded:
             transforms.append(f"global attention as traced ({unbanded} blocks)")
-        if precision in OPENVINO_PRECISIONS:
-            flat = flatten_token_grid(encoder)
-            if flat:
-                say(f"residual stream as rows of tokens ({flat} tensors)")
-                transforms.append(
-                    f"token grid carried as [B, H*W, C] ({flat} tensors): no layout reorders on OpenVINO"
-                )
+        flat = flatten_token_grid(encoder) if precision in OPENVINO_PRECISIONS else 0
+        if flat:  # a source exported before samdeploy export did this itself
+            say(f"residual stream as rows of tokens ({flat} tensors)")
+            transforms.append(
+                f"token grid carried as [B, H*W, C] ({flat} tensors): no layout reorders on OpenVINO"
+            )
         timings["rewrite"] = round(time.perf_counter() - start, 2)
         if precision == "int8-bf16":
             say("storing the encoder's linear-layer weights as int8 (per output channel)")
@@ -457,14 +457,17 @@ def optimize_package(
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
         export["quantize"] = {"int8": "int8-dynamic", "int8-bf16": "int8-weights"}.get(precision, "none")
-        if blocks or unbanded:  # the encoder's attention as this package has it
-            export["attention_rows"] = attention_rows if blocks else None
+        if blocks or unbanded or flat:  # the encoder's graph as this package has it
             nodes = {role: dict(counts) for role, counts in export.get("nodes", {}).items()}
             encoder_nodes = nodes.setdefault(ENCODER, {})
-            if blocks:
-                encoder_nodes["chunked_attention_blocks"] = blocks
-            else:
-                encoder_nodes.pop("chunked_attention_blocks", None)
+            if blocks or unbanded:
+                export["attention_rows"] = attention_rows if blocks else None
+                if blocks:
+                    encoder_nodes["chunked_attention_blocks"] = blocks
+                else:
+                    encoder_nodes.pop("chunked_attention_blocks", None)
+            if flat:
+                encoder_nodes["token_rows"] = flat
             export["nodes"] = nodes
         export["precision"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
