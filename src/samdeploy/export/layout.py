@@ -126,17 +126,16 @@ def flatten_token_grid(model: onnx.ModelProto) -> int:
             graph.initializer.append(constants[new])
         return new
 
-    def reshape_target(node: onnx.NodeProto) -> np.ndarray | None:
-        return numpy_helper.to_array(constants[node.input[1]]) if node.input[1] in constants else None
-
     # Which nodes read and write the flat stream (decided before any is changed).
     old_nodes = list(graph.node)
     flat_inputs: dict[int, list[str]] = {}  # node index -> its new inputs
+    made_flat: set[str] = set()  # stream tensors whose maker writes the rows directly
     for index, node in enumerate(old_nodes):
         out = node.output[0] if node.output else ""
-        if node.op_type == "Reshape" and node.input[0] in stream:
-            target = reshape_target(node)
-            if target is not None and 0 not in target:  # a 0 would copy a dimension the flat input lacks
+        constant_shape = node.op_type == "Reshape" and node.input[1] in constants
+        if constant_shape and node.input[0] in stream:
+            # a 0 would copy a dimension the flat input lacks
+            if 0 not in numpy_helper.to_array(constants[node.input[1]]):
                 flat_inputs[index] = [node.input[0] + _SUFFIX, node.input[1]]
         elif (
             len(node.output) == 1
@@ -155,13 +154,8 @@ def flatten_token_grid(model: onnx.ModelProto) -> int:
                     break
             else:
                 flat_inputs[index] = inputs
-    made_flat = {
-        node.output[0]
-        for index, node in enumerate(old_nodes)
-        if node.output
-        and node.output[0] in stream
-        and (index in flat_inputs or node.op_type == "Reshape" and reshape_target(node) is not None)
-    }
+        if out in stream and (index in flat_inputs or constant_shape):  # a reshape just changes target
+            made_flat.add(out)
     read_as_grid = {
         name
         for index, node in enumerate(old_nodes)
