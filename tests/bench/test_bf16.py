@@ -224,10 +224,33 @@ def test_int8_bf16_package_runs_int8_weights_on_openvino(tmp_path, monkeypatch) 
     encoder = onnx.load(str(package.encoder_path))
     int8 = [i for i in encoder.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
     linear = 4 * package.manifest["architecture"]["encoder_depth"]  # qkv, proj, two MLP layers
-    assert len(int8) == linear == sum(n.op_type == "DequantizeLinear" for n in encoder.graph.node)
+    weights = {i.name for i in int8}
+    assert (
+        len(int8)
+        == linear
+        == sum(n.op_type == "DequantizeLinear" and n.input[0] in weights for n in encoder.graph.node)
+    )
     # Each of those weights takes one byte instead of four.
     saved = ModelPackage.load(DEFAULT_MODEL).encoder_path.stat().st_size - package.encoder_path.stat().st_size
     assert saved > 0.95 * 3 * sum(int(np.prod(i.dims)) for i in int8)
+    # Every block's attention scores from q and k rounded to int8 (one QuantizeLinear each), which
+    # OpenVINO multiplies in int8 inside its fused attention kernel.
+    chains = package.manifest["architecture"]["encoder_depth"]
+    assert package.manifest["export"]["nodes"]["image_encoder"]["int8_attention_scores"] == chains
+    assert any(
+        line.startswith(f"attention scores QK^T in int8 ({chains} chains)") for line in report.transforms
+    )
+    assert sum(n.op_type == "QuantizeLinear" for n in encoder.graph.node) == 2 * chains
+    assert sum(n.op_type == "DequantizeLinear" for n in encoder.graph.node) == linear + 2 * chains
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(package.encoder_path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    kernels = [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Subgraph"
+    ]
+    assert kernels.count("i8") == chains, f"OpenVINO no longer fuses the int8 attention: {kernels}"
     worst = report.accuracy["worst"]
     assert 0.999 <= worst["embeddings_cosine"] < 1.0 and worst["mask_agreement"] >= 0.98
     assert set(report.speed["encoder_s"]) == {"source", "int8-bf16"}

@@ -286,3 +286,92 @@ def test_compress_weights_int8_quantizes_each_weight_per_output_channel() -> Non
     for new, old in zip(got, reference, strict=True):
         assert not np.array_equal(new, old)  # the weights did change
         np.testing.assert_allclose(new, old, rtol=0.05, atol=0.05 * np.abs(old).max())
+
+
+def sam_attention_chain(heads: int = 2, grid: int = 3, dim: int = 4) -> onnx.ModelProto:
+    """The attention chain SAM's ``Attention.forward`` traces to, alone: inputs q, k, v, rel_h, rel_w."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tokens = grid * grid
+    shape5 = numpy_helper.from_array(np.asarray([heads, grid, grid, grid, grid], np.int64), "shape5")
+    shape3 = numpy_helper.from_array(np.asarray([heads, tokens, tokens], np.int64), "shape3")
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["k_t"], "k_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k_t"], ["scores"], "qk"),
+        helper.make_node("Reshape", ["scores", "shape5"], ["scores5"], "reshape5"),
+        helper.make_node("Add", ["scores5", "rel_h"], ["plus_h"], "add_h"),
+        helper.make_node("Add", ["plus_h", "rel_w"], ["plus_w"], "add_w"),
+        helper.make_node("Reshape", ["plus_w", "shape3"], ["logits"], "reshape3"),
+        helper.make_node("Softmax", ["logits"], ["probs"], "softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["out"], "av"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+        for name, shape in (
+            ("q", [heads, tokens, dim]),
+            ("k", [heads, tokens, dim]),
+            ("v", [heads, tokens, dim]),
+            ("rel_h", [heads, grid, grid, grid, 1]),
+            ("rel_w", [heads, grid, grid, 1, grid]),
+        )
+    ]
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [heads, tokens, dim])
+    graph = helper.make_graph(nodes, "chain", inputs, [output], [shape5, shape3])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int8_attention_scores_round_q_and_k_per_token() -> None:
+    from samdeploy.export.attention import int8_attention_scores
+
+    model = sam_attention_chain()
+    rng = np.random.default_rng(0)
+    feeds = {
+        i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in model.graph.input
+    }
+    feeds["q"][0, 3] *= 100.0  # one loud query token and one loud key: per-token scales keep the others fine
+    feeds["k"][1, 5] *= 100.0
+    assert int8_attention_scores(model) == 1
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )[0]
+
+    def rounded(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scale = np.abs(x).max(axis=-1, keepdims=True)
+        return np.clip(np.rint(x / scale / np.float32(1 / 127)), -128, 127) / 127, scale
+
+    def chain(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        logits = q @ k.transpose(0, 2, 1) + (feeds["rel_h"] + feeds["rel_w"]).reshape(2, 9, 9)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return (probs / probs.sum(axis=-1, keepdims=True)) @ feeds["v"]
+
+    (q8, q_scale), (k8, k_scale) = rounded(feeds["q"]), rounded(feeds["k"])
+    np.testing.assert_allclose(got, chain(q8 * q_scale, k8 * k_scale), rtol=0, atol=2e-5)
+    assert np.abs(got - chain(feeds["q"], feeds["k"])).max() > 1e-4  # the rounding did happen
+    assert int8_attention_scores(model) == 0  # nothing left to rewrite
+
+
+def test_int8_attention_scores_on_the_tiny_encoder(tiny_package) -> None:
+    from samdeploy.export.attention import int8_attention_scores
+
+    path = str(ModelPackage.load(tiny_package).encoder_path)
+    x = np.random.default_rng(2).standard_normal((1, 3, 256, 256), dtype=np.float32)
+    reference = encoder_output(path, x)
+    model = onnx.load(path)
+    blocks = sum(n.op_type == "Softmax" for n in model.graph.node)
+    assert chunk_global_attention(model, rows=4, min_tokens=100) == 1  # the global block in four bands
+    chains = blocks - 1 + 4
+    assert int8_attention_scores(model) == chains
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    # q rounded per chain, k once per block (the bands share it)
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == chains + blocks
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for qk in (n for n in model.graph.node if n.name.endswith("/int8/qk")):
+        q, k_t = (producers[name] for name in qk.input)
+        assert q.op_type == "DequantizeLinear" and producers[k_t.input[0]].op_type == "DequantizeLinear"
+    got = encoder_output(model, x)
+    a, b = got.ravel().astype(np.float64), reference.ravel().astype(np.float64)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99999
+    assert not np.array_equal(got, reference)

@@ -11,6 +11,8 @@ before, only fewer rows at a time). ``samdeploy export`` applies it by default.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -45,12 +47,9 @@ def chunk_global_attention(
     left alone. Edits ``model`` in place; returns the number of blocks rewritten.
     """
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    chains = _attention_chains(graph)  # held: the ids below are of these node objects
     initializers = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
 
     def constant(name: str) -> np.ndarray | None:
         if name in initializers:
@@ -60,38 +59,11 @@ def chunk_global_attention(
             return numpy_helper.to_array(node.attribute[0].t)
         return None
 
-    def parent(name: str, op_type: str) -> onnx.NodeProto | None:
-        node = producers.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def add_parent(add: onnx.NodeProto, op_type: str) -> tuple[onnx.NodeProto | None, str | None]:
-        """The input of ``add`` made by ``op_type``, and the other input."""
-        for mine, other in ((0, 1), (1, 0)):
-            node = parent(add.input[mine], op_type)
-            if node is not None:
-                return node, add.input[other]
-        return None, None
-
     rewrites: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
-    for index, softmax in enumerate(n for n in list(graph.node) if n.op_type == "Softmax"):
-        reshape_3d = parent(softmax.input[0], "Reshape")
-        add_w = parent(reshape_3d.input[0], "Add") if reshape_3d is not None else None
-        add_h, rel_w = add_parent(add_w, "Add") if add_w is not None else (None, None)
-        reshape_5d, rel_h = add_parent(add_h, "Reshape") if add_h is not None else (None, None)
-        scores = parent(reshape_5d.input[0], "MatMul") if reshape_5d is not None else None
-        users = consumers.get(softmax.output[0], [])
-        if (
-            scores is None
-            or len(users) != 1
-            or users[0].op_type != "MatMul"
-            or users[0].input[0] != softmax.output[0]
-        ):
-            continue
-        weighted = users[0]
-        chain = [scores, reshape_5d, add_h, add_w, reshape_3d, softmax, weighted]
-        if any(len(consumers.get(a.output[0], [])) != 1 for a in chain[:-1]):
-            continue  # an intermediate is used elsewhere: not the pattern
+    for index, chain in enumerate(chains):
+        scores, reshape_5d, add_h, add_w, reshape_3d, softmax, weighted = chain.nodes
+        rel_h, rel_w = chain.rel_h, chain.rel_w
         shape5, shape3 = constant(reshape_5d.input[1]), constant(reshape_3d.input[1])
         if shape5 is None or shape3 is None or shape5.shape != (5,) or shape3.shape != (3,):
             continue
@@ -133,7 +105,7 @@ def chunk_global_attention(
             ]
             outputs.append(f"{p}/out")
         new.append(helper.make_node("Concat", outputs, [weighted.output[0]], f"{prefix}/concat", axis=1))
-        removed.update(id(node) for node in chain)
+        removed.update(id(node) for node in chain.nodes)
         rewrites[id(weighted)] = new  # emitted where the last node of the chain was: all inputs exist
     if not rewrites:
         return 0
@@ -147,6 +119,166 @@ def chunk_global_attention(
     graph.node.extend(nodes)
     drop_unused(graph)
     return len(rewrites)
+
+
+def int8_attention_scores(model: onnx.ModelProto) -> int:
+    """Multiply every attention chain's scores QK^T in int8, with scales taken from q and k per call.
+
+    For each chain (:func:`chunk_global_attention`'s pattern, banded or not), q and k are divided by
+    their largest magnitude per token (each query row of q, each key row of k), rounded to int8 at
+    scale 1/127 (``QuantizeLinear``/``DequantizeLinear``), and the product is multiplied back by
+    both scales. The two relative-position terms are summed first and added to the scores as one
+    bias::
+
+        logits = (Q8(q / |q|) @ Q8(k / |k|)^T) * |q| * |k|^T + Reshape(rel_h + rel_w)
+
+    OpenVINO's CPU plugin recognises the int8 pair and keeps the chain in its fused attention
+    kernel, now multiplying QK^T in int8 (VNNI) while the soft-max and xV stay at its inference
+    precision. Nothing is calibrated: each token has its own scale, found per call, so the error is
+    that of rounding each element of q and k to 1/254 of its token's range. Where k^T is made by a
+    Transpose of k's last two axes, k is rounded before it (per key row) and the Transpose moved
+    after, the form the fused kernel takes. Edits ``model`` in place; returns the chains rewritten.
+    """
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    chains = _attention_chains(graph)  # held: the ids below are of these node objects
+    producers = {out: node for node in graph.node for out in node.output}
+    step, zero, tiny = "int8_scores/step", "int8_scores/zero", "int8_scores/tiny"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray(1.0 / 127.0, np.float32), step),
+            numpy_helper.from_array(np.asarray(0, np.int8), zero),
+            numpy_helper.from_array(np.asarray(np.finfo(np.float32).tiny, np.float32), tiny),
+        ]
+    )
+    rounded: dict[str, tuple[str, str]] = {}  # tensor -> (its int8-rounded copy, its scales)
+
+    def round_rows(tensor: str, name: str) -> tuple[str, str, list[onnx.NodeProto]]:
+        """``tensor`` rounded to int8 in units of each row's largest magnitude (its last axis):
+        (the rounded tensor, the scales, the nodes making them; none if made for an earlier chain)."""
+        if tensor in rounded:
+            return (*rounded[tensor], [])
+        axes: dict[str, object] = {}
+        reduce_inputs = [f"{name}/abs"]
+        if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+            graph.initializer.append(numpy_helper.from_array(np.asarray([-1], np.int64), f"{name}/axes"))
+            reduce_inputs.append(f"{name}/axes")
+        else:
+            axes["axes"] = [-1]
+        nodes = [
+            helper.make_node("Abs", [tensor], [f"{name}/abs"], f"{name}/abs"),
+            helper.make_node("ReduceMax", reduce_inputs, [f"{name}/max"], f"{name}/max", keepdims=1, **axes),
+            helper.make_node("Max", [f"{name}/max", tiny], [f"{name}/scale"], f"{name}/scale"),
+            helper.make_node("Div", [tensor, f"{name}/scale"], [f"{name}/unit"], f"{name}/unit"),
+            helper.make_node(
+                "QuantizeLinear", [f"{name}/unit", step, zero], [f"{name}/int8"], f"{name}/int8"
+            ),
+            helper.make_node(
+                "DequantizeLinear", [f"{name}/int8", step, zero], [f"{name}/rounded"], f"{name}/rounded"
+            ),
+        ]
+        rounded[tensor] = (f"{name}/rounded", f"{name}/scale")
+        return f"{name}/rounded", f"{name}/scale", nodes
+
+    rewrites: dict[int, list[onnx.NodeProto]] = {}
+    removed: set[int] = set()
+    for chain in chains:
+        scores, reshape_5d, add_h, add_w, reshape_3d, softmax, _ = chain.nodes
+        transpose = producers.get(scores.input[1])
+        perm = [] if transpose is None or transpose.op_type != "Transpose" else _perm(transpose)
+        if len(perm) < 2 or perm[-2:] != [len(perm) - 1, len(perm) - 2]:
+            continue  # k^T is not made by swapping k's last two axes: not SAM's chain
+        p = f"{scores.name}/int8"
+        q, q_scale, new = round_rows(scores.input[0], f"{p}/q")
+        k_rows, k_row_scale, k_nodes = round_rows(transpose.input[0], f"{p}/k")
+        k, k_scale = f"{k_rows}_t", f"{k_row_scale}_t"
+        if k_nodes:  # the first chain reading this k (the bands of a block share it)
+            new += k_nodes + [
+                helper.make_node("Transpose", [k_rows], [k], k, perm=perm),
+                helper.make_node("Transpose", [k_row_scale], [k_scale], k_scale, perm=perm),
+            ]
+        new += [
+            helper.make_node("MatMul", [q, k], [f"{p}/unit_scores"], f"{p}/qk"),
+            helper.make_node("Mul", [f"{p}/unit_scores", q_scale], [f"{p}/row_scores"], f"{p}/times_q"),
+            helper.make_node("Mul", [f"{p}/row_scores", k_scale], [f"{p}/scores"], f"{p}/times_k"),
+            helper.make_node("Add", [chain.rel_h, chain.rel_w], [f"{p}/rel"], f"{p}/rel"),
+            helper.make_node("Reshape", [f"{p}/rel", reshape_3d.input[1]], [f"{p}/bias"], f"{p}/bias"),
+            helper.make_node("Add", [f"{p}/scores", f"{p}/bias"], [softmax.input[0]], f"{p}/logits"),
+        ]
+        removed.update(id(node) for node in (scores, reshape_5d, add_h, add_w, reshape_3d))
+        rewrites[id(softmax)] = new  # in the Softmax's place: every input exists by then
+    if not rewrites:
+        for name in (step, zero, tiny):
+            graph.initializer.remove(next(t for t in graph.initializer if t.name == name))
+        return 0
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        nodes += rewrites.get(id(node), [])
+        if id(node) not in removed:
+            nodes.append(node)
+    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]  # less the k^T Transposes nothing reads now
+    graph.node.extend(n for n in nodes if n.op_type != "Transpose" or n.output[0] in read)
+    drop_unused(graph)
+    return len(rewrites)
+
+
+def _perm(transpose: onnx.NodeProto) -> list[int]:
+    """A Transpose node's ``perm`` (empty where it has none: the reversed axes)."""
+    return next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [])
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """One attention chain as SAM's ``Attention.forward`` traces it (see :func:`chunk_global_attention`):
+    ``nodes`` are the QK^T MatMul, the 5-D Reshape, the two relative-position Adds, the 3-D Reshape,
+    the Softmax and the xV MatMul; ``rel_h`` and ``rel_w`` the tensors the Adds take."""
+
+    nodes: tuple[onnx.NodeProto, ...]
+    rel_h: str
+    rel_w: str
+
+
+def _attention_chains(graph: onnx.GraphProto) -> list[_Chain]:
+    """Every attention chain of ``graph`` whose intermediates nothing else reads, in graph order."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def parent(name: str, op_type: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def add_parent(add: onnx.NodeProto, op_type: str) -> tuple[onnx.NodeProto | None, str | None]:
+        """The input of ``add`` made by ``op_type``, and the other input."""
+        for mine, other in ((0, 1), (1, 0)):
+            node = parent(add.input[mine], op_type)
+            if node is not None:
+                return node, add.input[other]
+        return None, None
+
+    chains = []
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        reshape_3d = parent(softmax.input[0], "Reshape")
+        add_w = parent(reshape_3d.input[0], "Add") if reshape_3d is not None else None
+        add_h, rel_w = add_parent(add_w, "Add") if add_w is not None else (None, None)
+        reshape_5d, rel_h = add_parent(add_h, "Reshape") if add_h is not None else (None, None)
+        scores = parent(reshape_5d.input[0], "MatMul") if reshape_5d is not None else None
+        users = consumers.get(softmax.output[0], [])
+        if (
+            scores is None
+            or len(users) != 1
+            or users[0].op_type != "MatMul"
+            or users[0].input[0] != softmax.output[0]
+        ):
+            continue
+        nodes = (scores, reshape_5d, add_h, add_w, reshape_3d, softmax, users[0])
+        if any(len(consumers.get(n.output[0], [])) != 1 for n in nodes[:-1]):
+            continue  # an intermediate is used elsewhere: not the pattern
+        chains.append(_Chain(nodes, rel_h, rel_w))  # type: ignore[arg-type]
+    return chains
 
 
 def drop_unused(graph: onnx.GraphProto) -> None:

@@ -28,8 +28,11 @@ Four kinds, measured on 2-core machines (docs/performance.md has the numbers):
 * **int8-bf16** (``precision="int8-bf16"``): the bf16 package, with the encoder's linear layers on
   int8 weights (per output channel, stored as int8 + ``DequantizeLinear``). OpenVINO runs those
   layers in int8, quantizing their inputs on the fly per group of ``quantization_group`` channels
-  (the encoder's width), and the rest (attention, convolutions, decoders) in bf16. It needs what
-  bf16 needs; elsewhere the same graph runs in float32 on ONNX Runtime, from the int8 weights.
+  (the encoder's width). The attention scores QK^T are multiplied in int8 too, inside OpenVINO's
+  fused attention kernel, from q and k rounded to int8 per token on the fly
+  (:func:`~samdeploy.export.attention.int8_attention_scores`); the soft-max, xV, convolutions and
+  decoders run in bf16. It needs what bf16 needs; elsewhere the same graph runs in float32 on ONNX
+  Runtime, from the int8 weights and the rounded q and k.
 
 The new package is validated against its source through the runtime itself (embedding cosine on
 several images, mask agreement of every parity prompt) and timed against it side by side; the
@@ -62,6 +65,7 @@ from samdeploy.export.attention import (
     MIN_CHUNK_TOKENS,
     OPENVINO_ATTENTION_ROWS,
     chunk_global_attention,
+    int8_attention_scores,
     unchunk_global_attention,
 )
 from samdeploy.export.exporter import check_output, move_into_place, new_staging
@@ -413,6 +417,7 @@ def optimize_package(
                 f"token grid carried as [B, H*W, C] ({flat} tensors): no layout reorders on OpenVINO"
             )
         timings["rewrite"] = round(time.perf_counter() - start, 2)
+        scored = 0  # attention chains whose scores are multiplied in int8 (int8-bf16)
         if precision == "int8-bf16":
             say("storing the encoder's linear-layer weights as int8 (per output channel)")
             start = time.perf_counter()
@@ -421,6 +426,13 @@ def optimize_package(
                 f"int8 weights for {layers} MatMul/Gemm layers (per output channel), multiplied in int8 by"
                 f" OpenVINO with inputs quantized per {group} channels; the rest bf16"
             )
+            scored = int8_attention_scores(encoder)
+            if scored:
+                say(f"attention scores QK^T in int8 ({scored} chains)")
+                transforms.append(
+                    f"attention scores QK^T in int8 ({scored} chains): q and k rounded per token to int8 on"
+                    " the fly, inside OpenVINO's fused attention kernel; soft-max and xV bf16"
+                )
             timings["quantize"] = round(time.perf_counter() - start, 2)
         rewritten_path = staging / f"{ENCODER}.rewritten.onnx"
         onnx.save_model(encoder, str(rewritten_path))
@@ -457,7 +469,7 @@ def optimize_package(
         manifest["files"] = describe_files(staging, files)
         export = dict(manifest.get("export", {}))
         export["quantize"] = {"int8": "int8-dynamic", "int8-bf16": "int8-weights"}.get(precision, "none")
-        if blocks or unbanded or flat:  # the encoder's graph as this package has it
+        if blocks or unbanded or flat or scored:  # the encoder's graph as this package has it
             nodes = {role: dict(counts) for role, counts in export.get("nodes", {}).items()}
             encoder_nodes = nodes.setdefault(ENCODER, {})
             if blocks or unbanded:
@@ -468,6 +480,8 @@ def optimize_package(
                     encoder_nodes.pop("chunked_attention_blocks", None)
             if flat:
                 encoder_nodes["token_rows"] = flat
+            if scored:
+                encoder_nodes["int8_attention_scores"] = scored
             export["nodes"] = nodes
         export["precision"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
