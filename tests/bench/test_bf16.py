@@ -16,6 +16,7 @@ import pytest
 import samdeploy
 from samdeploy.engine.backends import OpenVinoBackend, available_backends
 from samdeploy.errors import ExportError
+from samdeploy.export.attention import MIN_INT8_KEYS
 from samdeploy.export.precision import optimize_package
 from samdeploy.package import ModelPackage, describe_files, write_manifest
 from samdeploy.sam.model import DEFAULT_MODEL, package_runtime
@@ -233,9 +234,16 @@ def test_int8_bf16_package_runs_int8_weights_on_openvino(tmp_path, monkeypatch) 
     # Each of those weights takes one byte instead of four.
     saved = ModelPackage.load(DEFAULT_MODEL).encoder_path.stat().st_size - package.encoder_path.stat().st_size
     assert saved > 0.95 * 3 * sum(int(np.prod(i.dims)) for i in int8)
-    # Every block's attention scores from q and k rounded to int8 (one QuantizeLinear each), which
-    # OpenVINO multiplies in int8 inside its fused attention kernel.
-    chains = package.manifest["architecture"]["encoder_depth"]
+    # The global blocks' attention scores from q and k rounded to int8 (one QuantizeLinear each),
+    # which OpenVINO multiplies in int8 inside its fused attention kernel; the 8x8 windows (64 keys)
+    # are under MIN_INT8_KEYS and stay as they were.
+    architecture = package.manifest["architecture"]
+    assert (
+        architecture["window_size"] ** 2
+        < MIN_INT8_KEYS
+        <= (architecture["image_size"] // architecture["patch_size"]) ** 2
+    )
+    chains = len(architecture["encoder_global_attn_indexes"])
     assert package.manifest["export"]["nodes"]["image_encoder"]["int8_attention_scores"] == chains
     assert any(
         line.startswith(f"attention scores QK^T in int8 ({chains} chains)") for line in report.transforms

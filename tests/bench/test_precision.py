@@ -331,7 +331,8 @@ def test_int8_attention_scores_round_q_and_k_per_token() -> None:
     }
     feeds["q"][0, 3] *= 100.0  # one loud query token and one loud key: per-token scales keep the others fine
     feeds["k"][1, 5] *= 100.0
-    assert int8_attention_scores(model) == 1
+    assert int8_attention_scores(model) == 0  # 9 keys: under the default minimum, left as it is
+    assert int8_attention_scores(model, min_keys=1) == 1
     onnx.checker.check_model(model)
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, feeds
@@ -349,7 +350,7 @@ def test_int8_attention_scores_round_q_and_k_per_token() -> None:
     (q8, q_scale), (k8, k_scale) = rounded(feeds["q"]), rounded(feeds["k"])
     np.testing.assert_allclose(got, chain(q8 * q_scale, k8 * k_scale), rtol=0, atol=2e-5)
     assert np.abs(got - chain(feeds["q"], feeds["k"])).max() > 1e-4  # the rounding did happen
-    assert int8_attention_scores(model) == 0  # nothing left to rewrite
+    assert int8_attention_scores(model, min_keys=1) == 0  # nothing left to rewrite
 
 
 def test_int8_attention_scores_on_the_tiny_encoder(tiny_package) -> None:
@@ -362,7 +363,7 @@ def test_int8_attention_scores_on_the_tiny_encoder(tiny_package) -> None:
     blocks = sum(n.op_type == "Softmax" for n in model.graph.node)
     assert chunk_global_attention(model, rows=4, min_tokens=100) == 1  # the global block in four bands
     chains = blocks - 1 + 4
-    assert int8_attention_scores(model) == chains
+    assert int8_attention_scores(model, min_keys=1) == chains  # the tiny model's windows are small
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
     # q rounded per chain, k once per block (the bands share it)
@@ -375,3 +376,53 @@ def test_int8_attention_scores_on_the_tiny_encoder(tiny_package) -> None:
     a, b = got.ravel().astype(np.float64), reference.ravel().astype(np.float64)
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99999
     assert not np.array_equal(got, reference)
+
+
+def sdpa_attention_chain(tokens: int = 6, heads: int = 2, dim: int = 4) -> onnx.ModelProto:
+    """Scaled dot-product attention as SAM 2's Hiera traces it: q, k, v [1, tokens, heads, dim], the
+    scale split as a square root on q and on k^T, no relative-position terms."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    root = numpy_helper.from_array(np.asarray(dim**-0.25, np.float32), "root_scale")
+    nodes = [
+        helper.make_node("Transpose", ["q"], ["q_t"], "q_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["k"], ["k_t"], "k_t", perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["v"], ["v_t"], "v_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Mul", ["q_t", "root_scale"], ["q_s"], "q_s"),
+        helper.make_node("Mul", ["k_t", "root_scale"], ["k_s"], "k_s"),
+        helper.make_node("MatMul", ["q_s", "k_s"], ["scores"], "qk"),
+        helper.make_node("Softmax", ["scores"], ["probs"], "softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v_t"], ["out"], "av"),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, tokens, heads, dim]) for n in "qkv"]
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, heads, tokens, dim])
+    graph = helper.make_graph(nodes, "sdpa", inputs, [output], [root])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int8_attention_scores_on_sdpa_chains() -> None:
+    from samdeploy.export.attention import int8_attention_scores
+
+    model = sdpa_attention_chain()
+    rng = np.random.default_rng(1)
+    feeds = {n: rng.standard_normal((1, 6, 2, 4)).astype(np.float32) for n in "qkv"}
+    feeds["k"][0, 2, 1] *= 50.0  # one loud key of one head
+    assert int8_attention_scores(model, min_keys=1) == 1
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("Transpose") == 3 + 1  # k's scales transposed too
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )[0]
+
+    def rounded(x: np.ndarray) -> np.ndarray:  # per token and head: the last axis
+        scale = np.abs(x).max(axis=-1, keepdims=True)
+        return np.clip(np.rint(x / scale / np.float32(1 / 127)), -128, 127) / 127 * scale
+
+    root = np.float32(4**-0.25)
+    q = rounded(feeds["q"].transpose(0, 2, 1, 3) * root)
+    k_t = rounded(feeds["k"]).transpose(0, 2, 3, 1) * root
+    logits = q @ k_t
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    expected = (probs / probs.sum(axis=-1, keepdims=True)) @ feeds["v"].transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)

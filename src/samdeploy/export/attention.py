@@ -23,6 +23,10 @@ DEFAULT_ATTENTION_ROWS = 4
 # chain into one attention kernel, which runs two 32-row bands 2-3% faster than sixteen 4-row ones
 # and as fast as the traced chain, with less memory (docs/performance.md).
 OPENVINO_ATTENTION_ROWS = 32
+# Attention chains over fewer keys than this keep their scores as they are (int8_attention_scores):
+# on SAM 2.1 Hiera tiny, windows of 16-64 keys lost more to rounding q and k than the int8 product
+# saved, while 196-key windows (SAM's and Hiera's) and every global block gained (docs/performance.md).
+MIN_INT8_KEYS = 128
 # Global attention over fewer tokens than this is left alone: its scores are small enough already
 # (the official 64x64 grid has 4096 tokens; the default model's 32x32 grid, 1024).
 MIN_CHUNK_TOKENS = 2048
@@ -61,8 +65,9 @@ def chunk_global_attention(
 
     rewrites: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
-    for index, chain in enumerate(chains):
-        scores, reshape_5d, add_h, add_w, reshape_3d, softmax, weighted = chain.nodes
+    for index, chain in enumerate(c for c in chains if c.rel):
+        scores, softmax, weighted = chain.scores, chain.softmax, chain.weighted
+        reshape_5d, add_h, add_w, reshape_3d = chain.rel
         rel_h, rel_w = chain.rel_h, chain.rel_w
         shape5, shape3 = constant(reshape_5d.input[1]), constant(reshape_3d.input[1])
         if shape5 is None or shape3 is None or shape5.shape != (5,) or shape3.shape != (3,):
@@ -105,7 +110,7 @@ def chunk_global_attention(
             ]
             outputs.append(f"{p}/out")
         new.append(helper.make_node("Concat", outputs, [weighted.output[0]], f"{prefix}/concat", axis=1))
-        removed.update(id(node) for node in chain.nodes)
+        removed.update(id(node) for node in (scores, *chain.rel, softmax, weighted))
         rewrites[id(weighted)] = new  # emitted where the last node of the chain was: all inputs exist
     if not rewrites:
         return 0
@@ -121,23 +126,25 @@ def chunk_global_attention(
     return len(rewrites)
 
 
-def int8_attention_scores(model: onnx.ModelProto) -> int:
-    """Multiply every attention chain's scores QK^T in int8, with scales taken from q and k per call.
+def int8_attention_scores(model: onnx.ModelProto, min_keys: int = MIN_INT8_KEYS) -> int:
+    """Multiply the attention scores QK^T in int8, with scales taken from q and k per call.
 
-    For each chain (:func:`chunk_global_attention`'s pattern, banded or not), q and k are divided by
-    their largest magnitude per token (each query row of q, each key row of k), rounded to int8 at
-    scale 1/127 (``QuantizeLinear``/``DequantizeLinear``), and the product is multiplied back by
-    both scales. The two relative-position terms are summed first and added to the scores as one
-    bias::
+    For each attention chain over at least ``min_keys`` keys (SAM's pattern of
+    :func:`chunk_global_attention`, banded or not, and the plain ``MatMul -> Softmax -> MatMul`` that
+    scaled dot-product attention traces to in SAM 2's Hiera), q and k are divided by their largest
+    magnitude per token (each query row of q, each key row of k), rounded to int8 at scale 1/127
+    (``QuantizeLinear``/``DequantizeLinear``), and the product is multiplied back by both scales.
+    SAM's two relative-position terms are summed first and added to the scores as one bias::
 
         logits = (Q8(q / |q|) @ Q8(k / |k|)^T) * |q| * |k|^T + Reshape(rel_h + rel_w)
 
     OpenVINO's CPU plugin recognises the int8 pair and keeps the chain in its fused attention
     kernel, now multiplying QK^T in int8 (VNNI) while the soft-max and xV stay at its inference
     precision. Nothing is calibrated: each token has its own scale, found per call, so the error is
-    that of rounding each element of q and k to 1/254 of its token's range. Where k^T is made by a
-    Transpose of k's last two axes, k is rounded before it (per key row) and the Transpose moved
-    after, the form the fused kernel takes. Edits ``model`` in place; returns the chains rewritten.
+    that of rounding each element of q and k to 1/254 of its token's range. k is rounded before the
+    Transpose that makes k^T (per key row) and the Transpose, with any factor SDPA puts on k^T
+    after it, moved after the rounding: the form the fused kernel takes. Chains whose key count
+    shape inference cannot tell are rewritten. Edits ``model`` in place; returns the chains rewritten.
     """
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -182,30 +189,47 @@ def int8_attention_scores(model: onnx.ModelProto) -> int:
 
     rewrites: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
+    keys: dict[tuple[str, str], tuple[str, str]] = {}  # (k, its factor) -> (rounded k^T, its scales)
+    if min_keys > 1:
+        from samdeploy.export.layout import tensor_shapes  # layout imports this module
+
+        shapes = tensor_shapes(model)
     for chain in chains:
-        scores, reshape_5d, add_h, add_w, reshape_3d, softmax, _ = chain.nodes
-        transpose = producers.get(scores.input[1])
-        perm = [] if transpose is None or transpose.op_type != "Transpose" else _perm(transpose)
-        if len(perm) < 2 or perm[-2:] != [len(perm) - 1, len(perm) - 2]:
-            continue  # k^T is not made by swapping k's last two axes: not SAM's chain
+        scores, softmax = chain.scores, chain.softmax
+        transpose, factor = _k_transpose(scores.input[1], producers)
+        if transpose is None:
+            continue  # k^T is not a Transpose putting k's channels second to last: not a chain known here
+        count = shapes.get(scores.input[1], (None,))[-1] if min_keys > 1 else None
+        if count is not None and count < min_keys:
+            continue  # few keys: rounding q and k costs more than the int8 product saves
+        perm = _perm(transpose)
         p = f"{scores.name}/int8"
         q, q_scale, new = round_rows(scores.input[0], f"{p}/q")
-        k_rows, k_row_scale, k_nodes = round_rows(transpose.input[0], f"{p}/k")
-        k, k_scale = f"{k_rows}_t", f"{k_row_scale}_t"
-        if k_nodes:  # the first chain reading this k (the bands of a block share it)
+        if (transpose.input[0], factor) not in keys:  # the bands of a SAM block share their k
+            k_rows, k_row_scale, k_nodes = round_rows(transpose.input[0], f"{p}/k")
+            k, k_scale = f"{p}/k_t", f"{p}/k_scale_t"
             new += k_nodes + [
                 helper.make_node("Transpose", [k_rows], [k], k, perm=perm),
                 helper.make_node("Transpose", [k_row_scale], [k_scale], k_scale, perm=perm),
             ]
+            if factor:  # the attention scale SDPA puts on k^T, kept where it was
+                new.append(helper.make_node("Mul", [k, factor], [f"{k}/scaled"], f"{k}/scaled"))
+                k = f"{k}/scaled"
+            keys[(transpose.input[0], factor)] = (k, k_scale)
+        k, k_scale = keys[(transpose.input[0], factor)]
+        logits = f"{p}/scores" if chain.rel else softmax.input[0]
         new += [
             helper.make_node("MatMul", [q, k], [f"{p}/unit_scores"], f"{p}/qk"),
             helper.make_node("Mul", [f"{p}/unit_scores", q_scale], [f"{p}/row_scores"], f"{p}/times_q"),
-            helper.make_node("Mul", [f"{p}/row_scores", k_scale], [f"{p}/scores"], f"{p}/times_k"),
-            helper.make_node("Add", [chain.rel_h, chain.rel_w], [f"{p}/rel"], f"{p}/rel"),
-            helper.make_node("Reshape", [f"{p}/rel", reshape_3d.input[1]], [f"{p}/bias"], f"{p}/bias"),
-            helper.make_node("Add", [f"{p}/scores", f"{p}/bias"], [softmax.input[0]], f"{p}/logits"),
+            helper.make_node("Mul", [f"{p}/row_scores", k_scale], [logits], f"{p}/times_k"),
         ]
-        removed.update(id(node) for node in (scores, reshape_5d, add_h, add_w, reshape_3d))
+        if chain.rel:  # SAM: the relative-position terms summed into one bias first
+            new += [
+                helper.make_node("Add", [chain.rel_h, chain.rel_w], [f"{p}/rel"], f"{p}/rel"),
+                helper.make_node("Reshape", [f"{p}/rel", chain.rel[3].input[1]], [f"{p}/bias"], f"{p}/bias"),
+                helper.make_node("Add", [logits, f"{p}/bias"], [softmax.input[0]], f"{p}/logits"),
+            ]
+        removed.update(id(node) for node in (scores, *chain.rel))
         rewrites[id(softmax)] = new  # in the Softmax's place: every input exists by then
     if not rewrites:
         for name in (step, zero, tiny):
@@ -216,11 +240,36 @@ def int8_attention_scores(model: onnx.ModelProto) -> int:
         nodes += rewrites.get(id(node), [])
         if id(node) not in removed:
             nodes.append(node)
-    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]  # less the k^T Transposes nothing reads now
-    graph.node.extend(n for n in nodes if n.op_type != "Transpose" or n.output[0] in read)
+    del graph.node[:]
+    graph.node.extend(_live(nodes, {o.name for o in graph.output}))  # less the old k^T nothing reads
     drop_unused(graph)
     return len(rewrites)
+
+
+def _k_transpose(k_t: str, producers: dict[str, onnx.NodeProto]) -> tuple[onnx.NodeProto | None, str]:
+    """The Transpose making ``k_t`` (k^T) from k, and the factor k^T is multiplied by after it ("" if
+    none): (None, "") unless that Transpose moves k's last axis (its channels) second to last."""
+    node, factor = producers.get(k_t), ""
+    if node is not None and node.op_type == "Mul":  # k^T times the attention scale, as SDPA traces
+        for mine, other in ((0, 1), (1, 0)):
+            made_by = producers.get(node.input[mine])
+            if made_by is not None and made_by.op_type == "Transpose":
+                node, factor = made_by, node.input[other]
+                break
+    perm = _perm(node) if node is not None and node.op_type == "Transpose" else []
+    if len(perm) < 2 or perm[-2] != len(perm) - 1:
+        return None, ""
+    return node, factor
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` less those whose outputs nothing reads (graph ``outputs`` count as read), repeatedly."""
+    while True:
+        read = {name for node in nodes for name in node.input} | outputs
+        kept = [node for node in nodes if any(out in read for out in node.output)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
 
 
 def _perm(transpose: onnx.NodeProto) -> list[int]:
@@ -230,13 +279,17 @@ def _perm(transpose: onnx.NodeProto) -> list[int]:
 
 @dataclass(frozen=True)
 class _Chain:
-    """One attention chain as SAM's ``Attention.forward`` traces it (see :func:`chunk_global_attention`):
-    ``nodes`` are the QK^T MatMul, the 5-D Reshape, the two relative-position Adds, the 3-D Reshape,
-    the Softmax and the xV MatMul; ``rel_h`` and ``rel_w`` the tensors the Adds take."""
+    """One attention chain: the QK^T MatMul ``scores``, the ``softmax`` and the xV MatMul ``weighted``.
+    SAM's (``Attention.forward``, see :func:`chunk_global_attention`) adds two relative-position terms
+    in between: ``rel`` holds its 5-D Reshape, the Adds of ``rel_h`` and of ``rel_w`` and its 3-D
+    Reshape. A plain chain (SAM 2's Hiera, scaled dot-product attention) has none (``rel`` empty)."""
 
-    nodes: tuple[onnx.NodeProto, ...]
-    rel_h: str
-    rel_w: str
+    scores: onnx.NodeProto
+    softmax: onnx.NodeProto
+    weighted: onnx.NodeProto
+    rel: tuple[onnx.NodeProto, ...] = ()
+    rel_h: str = ""
+    rel_w: str = ""
 
 
 def _attention_chains(graph: onnx.GraphProto) -> list[_Chain]:
@@ -261,23 +314,23 @@ def _attention_chains(graph: onnx.GraphProto) -> list[_Chain]:
 
     chains = []
     for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        users = consumers.get(softmax.output[0], [])
+        if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != softmax.output[0]:
+            continue
         reshape_3d = parent(softmax.input[0], "Reshape")
         add_w = parent(reshape_3d.input[0], "Add") if reshape_3d is not None else None
         add_h, rel_w = add_parent(add_w, "Add") if add_w is not None else (None, None)
         reshape_5d, rel_h = add_parent(add_h, "Reshape") if add_h is not None else (None, None)
         scores = parent(reshape_5d.input[0], "MatMul") if reshape_5d is not None else None
-        users = consumers.get(softmax.output[0], [])
-        if (
-            scores is None
-            or len(users) != 1
-            or users[0].op_type != "MatMul"
-            or users[0].input[0] != softmax.output[0]
-        ):
+        if scores is not None and rel_h and rel_w:
+            chain = _Chain(scores, softmax, users[0], (reshape_5d, add_h, add_w, reshape_3d), rel_h, rel_w)
+        elif (scores := parent(softmax.input[0], "MatMul")) is not None:
+            chain = _Chain(scores, softmax, users[0])
+        else:
             continue
-        nodes = (scores, reshape_5d, add_h, add_w, reshape_3d, softmax, users[0])
-        if any(len(consumers.get(n.output[0], [])) != 1 for n in nodes[:-1]):
+        if any(len(consumers.get(n.output[0], [])) != 1 for n in (chain.scores, *chain.rel, softmax)):
             continue  # an intermediate is used elsewhere: not the pattern
-        chains.append(_Chain(nodes, rel_h, rel_w))  # type: ignore[arg-type]
+        chains.append(chain)
     return chains
 
 

@@ -31,7 +31,7 @@ _SUFFIX = "/tokens"
 _SHAPE_CONSTANT_BYTES = 4096
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """The shape of every tensor shape inference can tell, None for a dimension it cannot.
 
     Inferred on a copy without the weights' values, so it works for encoders over protobuf's 2 GB
@@ -50,7 +50,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
             light.graph.input.append(
                 helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
-    graph = shape_inference.infer_shapes(light).graph
+    graph = shape_inference.infer_shapes(light, data_prop=True).graph
     shapes = {}
     for value in [*graph.value_info, *graph.input, *graph.output]:
         if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
@@ -64,7 +64,7 @@ def token_grids(
 ) -> set[tuple[int, ...]]:
     """The channels-last token grids of ``model``: the ``(H, W, C)`` of each 4D ``[B, H, W, C]``
     tensor (any ``B``) that a layer norm normalizes over its last axis."""
-    shapes = _shapes(model) if shapes is None else shapes
+    shapes = tensor_shapes(model) if shapes is None else shapes
     grids = set()
     for node in model.graph.node:
         if node.op_type != _LAYER_NORM:
@@ -95,7 +95,7 @@ def flatten_token_grid(model: onnx.ModelProto) -> int:
     it). Returns how many tensors are now carried flat (0 when the model has no layer norm over a
     grid of known height, width and channels, or was rewritten already).
     """
-    shapes = _shapes(model)
+    shapes = tensor_shapes(model)
     grids = token_grids(model, shapes)
     graph = model.graph
     ends = {value.name for value in [*graph.input, *graph.output]}
