@@ -28,8 +28,8 @@ Four kinds, measured on 2-core machines (docs/performance.md has the numbers):
 * **int8-bf16** (``precision="int8-bf16"``): the bf16 package, with the encoder's linear layers on
   int8 weights (per output channel, stored as int8 + ``DequantizeLinear``). OpenVINO runs those
   layers in int8, quantizing their inputs on the fly per group of ``quantization_group`` channels
-  (the encoder's width). The attention scores QK^T are multiplied in int8 too, inside OpenVINO's
-  fused attention kernel, from q and k rounded to int8 per token on the fly
+  (the encoder's width). The attention scores QK^T of chains over 128 keys or more are multiplied
+  in int8 too, inside OpenVINO's fused attention kernel, from q and k rounded to int8 per token on the fly
   (:func:`~samdeploy.export.attention.int8_attention_scores`); the soft-max, xV, convolutions and
   decoders run in bf16. It needs what bf16 needs; elsewhere the same graph runs in float32 on ONNX
   Runtime, from the int8 weights and the rounded q and k.
@@ -41,8 +41,9 @@ figures go into ``model.json`` under ``export.precision``. A package below the a
 
 SAM 2.x packages take the same options through ``SAM2ImagePredictor``; their bar adds the cosine of
 both high-resolution feature maps (the decoder reads them too), int8-bf16 groups follow Hiera's
-width (the trunk's ``embed_dim``), and the attention chunking finds nothing to rewrite in Hiera (its
-global blocks have no relative-position terms) so it leaves the encoder as traced.
+width (the trunk's ``embed_dim``), the attention chunking finds nothing to rewrite in Hiera (its
+global blocks have no relative-position terms) so it leaves the encoder as traced, and int8-bf16
+takes int8 scores in Hiera's global blocks and 196-key windows.
 """
 
 from __future__ import annotations
