@@ -190,6 +190,7 @@ def int8_attention_scores(model: onnx.ModelProto, min_keys: int = MIN_INT8_KEYS)
     rewrites: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
     keys: dict[tuple[str, str], tuple[str, str]] = {}  # (k, its factor) -> (rounded k^T, its scales)
+    shapes: dict[str, tuple[int | None, ...]] = {}
     if min_keys > 1:
         from samdeploy.export.layout import tensor_shapes  # layout imports this module
 
@@ -199,7 +200,7 @@ def int8_attention_scores(model: onnx.ModelProto, min_keys: int = MIN_INT8_KEYS)
         transpose, factor = _k_transpose(scores.input[1], producers)
         if transpose is None:
             continue  # k^T is not a Transpose putting k's channels second to last: not a chain known here
-        count = shapes.get(scores.input[1], (None,))[-1] if min_keys > 1 else None
+        count = shapes.get(scores.input[1], (None,))[-1]
         if count is not None and count < min_keys:
             continue  # few keys: rounding q and k costs more than the int8 product saves
         perm = _perm(transpose)
