@@ -35,7 +35,8 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """The shape of every tensor shape inference can tell, None for a dimension it cannot.
 
     Inferred on a copy without the weights' values, so it works for encoders over protobuf's 2 GB
-    limit (vit_h) and costs no copy of the weights.
+    limit (vit_h) and costs no copy of the weights, and with data propagation, so reshapes whose
+    targets are computed from ``Shape`` nodes (SAM 2's Hiera) get their shapes too.
     """
     light = onnx.ModelProto(
         ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions
