@@ -12,7 +12,7 @@ import pytest
 import samdeploy
 from samdeploy.errors import ExportError
 from samdeploy.export import precision
-from samdeploy.export.attention import unchunk_global_attention
+from samdeploy.export.attention import int8_attention_scores, unchunk_global_attention
 from samdeploy.export.precision import chunk_global_attention, optimize_package
 from samdeploy.package import ModelPackage
 
@@ -288,6 +288,12 @@ def test_compress_weights_int8_quantizes_each_weight_per_output_channel() -> Non
         np.testing.assert_allclose(new, old, rtol=0.05, atol=0.05 * np.abs(old).max())
 
 
+def int8_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to int8 in units of each row's largest magnitude, as int8_attention_scores does."""
+    scale = np.abs(x).max(axis=-1, keepdims=True)
+    return np.clip(np.rint(x / scale / np.float32(1 / 127)), -128, 127) / 127 * scale
+
+
 def sam_attention_chain(heads: int = 2, grid: int = 3, dim: int = 4) -> onnx.ModelProto:
     """The attention chain SAM's ``Attention.forward`` traces to, alone: inputs q, k, v, rel_h, rel_w."""
     from onnx import TensorProto, helper, numpy_helper
@@ -321,8 +327,6 @@ def sam_attention_chain(heads: int = 2, grid: int = 3, dim: int = 4) -> onnx.Mod
 
 
 def test_int8_attention_scores_round_q_and_k_per_token() -> None:
-    from samdeploy.export.attention import int8_attention_scores
-
     model = sam_attention_chain()
     rng = np.random.default_rng(0)
     feeds = {
@@ -338,24 +342,17 @@ def test_int8_attention_scores_round_q_and_k_per_token() -> None:
         None, feeds
     )[0]
 
-    def rounded(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scale = np.abs(x).max(axis=-1, keepdims=True)
-        return np.clip(np.rint(x / scale / np.float32(1 / 127)), -128, 127) / 127, scale
-
     def chain(q: np.ndarray, k: np.ndarray) -> np.ndarray:
         logits = q @ k.transpose(0, 2, 1) + (feeds["rel_h"] + feeds["rel_w"]).reshape(2, 9, 9)
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return (probs / probs.sum(axis=-1, keepdims=True)) @ feeds["v"]
 
-    (q8, q_scale), (k8, k_scale) = rounded(feeds["q"]), rounded(feeds["k"])
-    np.testing.assert_allclose(got, chain(q8 * q_scale, k8 * k_scale), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got, chain(int8_rows(feeds["q"]), int8_rows(feeds["k"])), rtol=0, atol=2e-5)
     assert np.abs(got - chain(feeds["q"], feeds["k"])).max() > 1e-4  # the rounding did happen
     assert int8_attention_scores(model, min_keys=1) == 0  # nothing left to rewrite
 
 
 def test_int8_attention_scores_on_the_tiny_encoder(tiny_package) -> None:
-    from samdeploy.export.attention import int8_attention_scores
-
     path = str(ModelPackage.load(tiny_package).encoder_path)
     x = np.random.default_rng(2).standard_normal((1, 3, 256, 256), dtype=np.float32)
     reference = encoder_output(path, x)
@@ -401,8 +398,6 @@ def sdpa_attention_chain(tokens: int = 6, heads: int = 2, dim: int = 4) -> onnx.
 
 
 def test_int8_attention_scores_on_sdpa_chains() -> None:
-    from samdeploy.export.attention import int8_attention_scores
-
     model = sdpa_attention_chain()
     rng = np.random.default_rng(1)
     feeds = {n: rng.standard_normal((1, 6, 2, 4)).astype(np.float32) for n in "qkv"}
@@ -415,13 +410,9 @@ def test_int8_attention_scores_on_sdpa_chains() -> None:
         None, feeds
     )[0]
 
-    def rounded(x: np.ndarray) -> np.ndarray:  # per token and head: the last axis
-        scale = np.abs(x).max(axis=-1, keepdims=True)
-        return np.clip(np.rint(x / scale / np.float32(1 / 127)), -128, 127) / 127 * scale
-
     root = np.float32(4**-0.25)
-    q = rounded(feeds["q"].transpose(0, 2, 1, 3) * root)
-    k_t = rounded(feeds["k"]).transpose(0, 2, 3, 1) * root
+    q = int8_rows(feeds["q"].transpose(0, 2, 1, 3) * root)  # per token and head: the last axis
+    k_t = int8_rows(feeds["k"]).transpose(0, 2, 3, 1) * root
     logits = q @ k_t
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     expected = (probs / probs.sum(axis=-1, keepdims=True)) @ feeds["v"].transpose(0, 2, 1, 3)

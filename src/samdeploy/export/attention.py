@@ -158,13 +158,10 @@ def int8_attention_scores(model: onnx.ModelProto, min_keys: int = MIN_INT8_KEYS)
             numpy_helper.from_array(np.asarray(np.finfo(np.float32).tiny, np.float32), tiny),
         ]
     )
-    rounded: dict[str, tuple[str, str]] = {}  # tensor -> (its int8-rounded copy, its scales)
 
     def round_rows(tensor: str, name: str) -> tuple[str, str, list[onnx.NodeProto]]:
         """``tensor`` rounded to int8 in units of each row's largest magnitude (its last axis):
-        (the rounded tensor, the scales, the nodes making them; none if made for an earlier chain)."""
-        if tensor in rounded:
-            return (*rounded[tensor], [])
+        (the rounded tensor, the scales, the nodes making them)."""
         axes: dict[str, object] = {}
         reduce_inputs = [f"{name}/abs"]
         if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
@@ -184,7 +181,6 @@ def int8_attention_scores(model: onnx.ModelProto, min_keys: int = MIN_INT8_KEYS)
                 "DequantizeLinear", [f"{name}/int8", step, zero], [f"{name}/rounded"], f"{name}/rounded"
             ),
         ]
-        rounded[tensor] = (f"{name}/rounded", f"{name}/scale")
         return f"{name}/rounded", f"{name}/scale", nodes
 
     rewrites: dict[int, list[onnx.NodeProto]] = {}
