@@ -12,9 +12,9 @@ threads. Phases (``--phase``, comma-separated):
 PyTorch runs at its best on CPU: eager fp32 in a process of its own with tcmalloc preloaded when
 installed (``apt-get install libtcmalloc-minimal4``; OpenVINO aborts under it, so samdeploy stays
 in this process), and bf16 autocast for the encoder, the figure the fast packages are compared
-with. samdeploy runs each ``--variants`` package: ``fp32`` (the export; ``fp32-openvino``, the
-same graphs on OpenVINO at f32) and the ``int8``, ``bf16`` and ``int8-bf16`` packages of ``samdeploy.export.precision``, made from it (the bf16 ones need
-OpenVINO and native bf16), whose accuracy figures against the fp32 package (the export's accuracy
+with. samdeploy runs each ``--variants`` package: ``fp32`` (the export) and the ``fp32-openvino``
+(the same graphs, the encoder on OpenVINO at f32), ``int8``, ``bf16`` and ``int8-bf16`` packages of
+``samdeploy.export.precision``, made from it (all but int8 need OpenVINO, the bf16 ones native bf16), whose accuracy figures against the fp32 package (the export's accuracy
 bar: every encoder output's cosine, mask agreement over the parity prompts) go into the report.
 The sides run one after the other, each with the machine to itself: run it on a quiet machine.
 
@@ -46,8 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"tiny": "sam2.1_hiera_t.yaml", "small": "sam2.1_hiera_s.yaml", "base_plus": "sam2.1_hiera_b+.yaml"}
 PHASES = ("encoder", "predict", "everything")
 VARIANTS = ("fp32", "fp32-openvino", "int8", "bf16", "int8-bf16")
-# Variants that run the fp32 package itself on another backend (the same faithful graphs).
-VARIANT_BACKEND = {"fp32-openvino": "openvino"}
 TCMALLOC = (
     "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
     "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
@@ -168,7 +166,7 @@ def prepare_packages(args: argparse.Namespace, log: Callable[[str], None]) -> di
         log("exporting the fp32 package")
         export_model(args.checkpoint, packages["fp32"], force=True)
     for variant in args.variants:
-        if variant in ("fp32", *VARIANT_BACKEND):
+        if variant == "fp32":
             packages[variant] = packages["fp32"]
             continue
         packages[variant] = args.work_dir / variant
@@ -205,8 +203,7 @@ def samdeploy_side(args: argparse.Namespace, packages: dict[str, Path]) -> dict[
     out: dict[str, Any] = {phase: {} for phase in args.phase}
     for variant, package in packages.items():
         name = f"samdeploy {variant}"
-        backend = VARIANT_BACKEND.get(variant)
-        with samdeploy.load_model(package, backend=backend, threads=args.threads, cache_mb=0) as model:
+        with samdeploy.load_model(package, threads=args.threads, cache_mb=0) as model:
             predictor = samdeploy.SAM2ImagePredictor(model)
             if "encoder" in args.phase:
                 out["encoder"][name] = timed(lambda p=predictor: p.set_image(image), args.repeat)

@@ -138,7 +138,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     # The OpenVINO variants run where OpenVINO is installed, bf16 where the CPU has it too.
     variants = {"fp32": "fp32", "fp32-traced": "fp32", "int8": "int8"}
     if "openvino" in available_backends():
-        variants["fp32-openvino"] = "fp32"
+        variants["fp32-openvino"] = "fp32-openvino"
         if OpenVinoBackend.supports_precision("bf16"):
             variants["bf16"] = "bf16"
             variants["int8-bf16"] = "int8-bf16"
@@ -171,7 +171,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     markdown = (out / "custom.md").read_text()
     for heading in (
         "## Image encoder",
-        "## Issue 7 targets",
+        "## Issue 7 and 20 targets",
         "## Prompts and end to end",
         "## Stream of images",
         "## Load time",
@@ -179,6 +179,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
     ):
         assert heading in markdown
     assert "| single-point predict vs PyTorch | >= 3x |" in markdown
+    assert "| samdeploy fp32 encoder, share of the fp32 GEMM peak | >= 90% |" in markdown
     assert "![time per node](custom-nodes.png)" in markdown
     assert (out / "custom-nodes.png").stat().st_size > 0
     assert json.loads((out / "custom.json").read_text())["model_type"] == "custom"

@@ -15,7 +15,7 @@ import pytest
 
 import samdeploy
 from samdeploy.engine.backends import OpenVinoBackend, available_backends
-from samdeploy.errors import ExportError
+from samdeploy.errors import BackendError, ExportError
 from samdeploy.export.attention import MIN_INT8_KEYS
 from samdeploy.export.precision import optimize_package
 from samdeploy.package import ModelPackage, describe_files, write_manifest
@@ -160,6 +160,20 @@ def test_export_precision_bf16_cli(tiny_checkpoint, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16"]  # no scratch export left
 
 
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+def test_export_precision_fp32_openvino_cli(tiny_checkpoint, tmp_path) -> None:
+    out = tmp_path / "ov"
+    result = _cli("export", str(tiny_checkpoint), "-o", str(out), "--precision", "fp32-openvino")
+    assert result.returncode == 0, result.stderr
+    package = ModelPackage.load(out, verify=True)
+    assert package.precision == "fp32-openvino"
+    assert package.manifest["export"]["precision"]["passed"] is True
+    inspected = _cli("inspect", str(out))
+    assert "image_encoder runs on openvino at f32" in inspected.stdout
+    assert "mask_decoder runs on" not in inspected.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ov"]
+
+
 @needs_bf16
 def test_bf16_below_the_bar_is_refused(tiny_package, tmp_path, monkeypatch) -> None:
     from samdeploy.export import precision
@@ -205,6 +219,62 @@ def test_openvino_f32_runs_the_exported_graphs_like_onnxruntime(tiny_package) ->
         got = create_backend("openvino", path, precision="f32").run(feed)
         for name, value in expected.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-3, err_msg=f"{role}.{name}")
+
+
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+def test_fp32_openvino_package_runs_the_encoder_on_openvino_f32(tmp_path) -> None:
+    """The fp32 arithmetic with the encoder on OpenVINO at f32: faithful to the fp32 package (its own
+    bar), the decoders left on ONNX Runtime as they were."""
+    from samdeploy.export.precision import FAITHFUL_BAR
+
+    report = optimize_package(
+        DEFAULT_MODEL, tmp_path / "ov", "fp32-openvino", threads=1, measure_runs=1, check_images=2
+    )
+    assert report.passed and report.precision == "fp32-openvino"
+    recorded = report.manifest["export"]["precision"]
+    assert recorded["accuracy_bar"] == FAITHFUL_BAR
+    worst = report.accuracy["worst"]
+    assert worst["embeddings_cosine"] >= FAITHFUL_BAR["embeddings_cosine"]
+    assert worst["mask_agreement"] >= FAITHFUL_BAR["mask_agreement"]
+    assert report.manifest["export"]["quantize"] == "none"
+    assert any(t.startswith("the encoder on OpenVINO at f32") for t in report.transforms)
+    package = ModelPackage.load(tmp_path / "ov", verify=True)
+    assert package.precision == "fp32-openvino"
+    assert package.manifest["runtime"] == {"image_encoder": {"backend": "openvino", "precision": "f32"}}
+    source = ModelPackage.load(DEFAULT_MODEL)
+    encoder_file = source.manifest["models"]["image_encoder"]["file"]
+    for name, info in source.manifest["files"].items():
+        if name != encoder_file:  # the decoders, byte for byte
+            assert package.manifest["files"][name]["sha256"] == info["sha256"]
+
+    image = (np.random.default_rng(3).random((120, 160, 3)) * 255).astype(np.uint8)
+    prompt = {"point_coords": np.array([[80, 60]]), "point_labels": np.array([1])}
+    results = []
+    for folder in (DEFAULT_MODEL, tmp_path / "ov"):
+        with samdeploy.load_model(folder) as model:
+            predictor = samdeploy.SamPredictor(model)
+            predictor.set_image(image)
+            results.append(
+                (model.backend_summary, predictor.get_image_embedding(), *predictor.predict(**prompt))
+            )
+    (summary_fp32, *fp32), (summary, *ov) = results
+    assert summary_fp32 == "onnxruntime"
+    assert summary == "image encoder on openvino (f32), mask decoder on onnxruntime"
+    np.testing.assert_allclose(ov[0], fp32[0], rtol=1e-4, atol=1e-4)  # float32 rounding apart
+    assert (ov[1] == fp32[1]).mean() >= 0.999
+    np.testing.assert_allclose(ov[2], fp32[2], atol=1e-4)
+
+
+def test_fp32_openvino_is_refused_without_openvino(tiny_package, tmp_path, monkeypatch) -> None:
+    from samdeploy.engine import backends
+
+    def missing(name: str):
+        raise BackendError(f"backend '{name}' is not installed (pip install openvino)")
+
+    monkeypatch.setattr(backends, "backend_class", missing)
+    with pytest.raises(ExportError, match="a fp32-openvino package runs on OpenVINO: backend 'openvino'"):
+        optimize_package(tiny_package, tmp_path / "ov", "fp32-openvino")
+    assert not (tmp_path / "ov").exists()
 
 
 @needs_bf16

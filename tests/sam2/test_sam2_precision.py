@@ -99,6 +99,32 @@ def test_int8_sam2_package_meets_the_bar(sam2_package, tmp_path):
         assert masks.shape == (3, 64, 80) and scores.shape == (3,)
 
 
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+def test_fp32_openvino_sam2_package_is_held_to_the_faithful_bar_on_every_map(sam2_package, tmp_path):
+    """fp32-openvino keeps the fp32 arithmetic: the embedding and both high-resolution maps at the
+    faithful cosine, the encoder on OpenVINO at f32, the decoders on ONNX Runtime."""
+    bar = accuracy_bar(ModelPackage.load(sam2_package), "fp32-openvino")
+    assert set(bar) == set(SAM2_ACCURACY_BAR)
+    assert (
+        bar["high_res_feats_0_cosine"]
+        == bar["high_res_feats_1_cosine"]
+        == bar["embeddings_cosine"]
+        == 0.99999
+    )
+    report = optimize_package(sam2_package, tmp_path / "ov", "fp32-openvino", measure_runs=0, check_images=2)
+    assert report.passed and report.manifest["export"]["precision"]["accuracy_bar"] == bar
+    for key, limit in bar.items():
+        assert report.accuracy["worst"][key] >= limit, key
+    assert report.manifest["runtime"] == {"image_encoder": {"backend": "openvino", "precision": "f32"}}
+    with samdeploy.load_model(tmp_path / "ov") as model:
+        assert isinstance(model, Sam2Model)
+        assert model.backend_summary == "image encoder on openvino (f32), mask decoder on onnxruntime"
+        predictor = samdeploy.SAM2ImagePredictor(model)
+        predictor.set_image(np.zeros((64, 80, 3), np.uint8))
+        masks, scores, _ = predictor.predict(point_coords=[[10, 20]], point_labels=[1])
+        assert masks.shape == (3, 64, 80) and scores.shape == (3,)
+
+
 def test_int8_bf16_groups_follow_the_hiera_width(sam2_package):
     # Why: Hiera's widths are its trunk's embed_dim times 1, 2, 4, 8; SAM 1's default group (128)
     # divides none of the first stages' widths on hiera tiny (96) or base+ (112), leaving those

@@ -68,9 +68,11 @@ def export(
         typer.Option(
             help="fp32 (faithful), int8 (dynamic int8 encoder), bf16 (runs on OpenVINO at bf16, for"
             " CPUs with AVX512-BF16/AMX), int8-bf16 (bf16 with the encoder's linear layers in int8 on"
-            " OpenVINO: fastest there) or auto (the fastest of these for the CPU this runs on, the choice"
-            " and its reason recorded in the package): the fast ones are made from the fp32 export and"
-            " refused below the accuracy bar (embedding cosine >= 0.999, masks agreeing on >= 98% of pixels)"
+            " OpenVINO: fastest there), fp32-openvino (fp32 with the encoder on OpenVINO: the same"
+            " arithmetic, closer to the CPU's peak) or auto (the fastest of the fast ones for the CPU this"
+            " runs on, the choice and its reason recorded in the package): these are made from the fp32"
+            " export and refused below the accuracy bar (embedding cosine >= 0.999, masks agreeing on"
+            " >= 98% of pixels; fp32-openvino: 0.99999 and 99.9%)"
         ),
     ] = "fp32",
     attention_rows: Annotated[
@@ -79,7 +81,7 @@ def export(
             metavar="N",
             help="run the encoder's global attention in bands of this many query rows (same numbers,"
             " GBs less memory; applies to grids of 2048+ tokens such as the official 64x64); 0 keeps it as"
-            " traced [default: 4, or 32 for the packages that run on OpenVINO: bf16, int8-bf16]",
+            " traced [default: 4, or 32 for the packages that run on OpenVINO: bf16, int8-bf16, fp32-openvino]",
         ),
     ] = None,
     encoder_norm_eps: Annotated[
@@ -188,20 +190,19 @@ def _export_fast(
     encoder_norm_eps: float | None = None,
     config: Path | None = None,
 ) -> None:
-    """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16 or
-    int8-bf16 package made from it and checked against it (``optimize_package``, which also resolves
+    """The fp32 export (validated against PyTorch) into a scratch folder, then the int8, bf16,
+    int8-bf16 or fp32-openvino package made from it and checked against it (``optimize_package``, which also resolves
     ``auto``); the scratch is removed."""
     import shutil
 
     from samdeploy.export import export_model
     from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS
     from samdeploy.export.exporter import check_checkpoint_outside, check_output, new_staging
-    from samdeploy.export.precision import OPENVINO_PRECISIONS, check_bf16_runtime, optimize_package
+    from samdeploy.export.precision import check_package_runtime, optimize_package
 
     check_output(output, force)
     check_checkpoint_outside(checkpoint, output)
-    if precision in OPENVINO_PRECISIONS:
-        check_bf16_runtime(precision)  # before minutes of export, not after
+    check_package_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
     # A partial folder of the target (owner recorded): a SIGKILLed run's is removed by the next one.
     scratch = new_staging(output, console)
