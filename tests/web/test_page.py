@@ -201,6 +201,23 @@ def test_two_objects_exported_with_their_labels(page, predictor, downloads) -> N
     ]
 
 
+def test_a_message_never_moves_the_picture(page, predictor, downloads) -> None:
+    def picture() -> dict:
+        page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        return page.locator("#prompt-layer").bounding_box()
+
+    open_image(page, EXAMPLE)
+    before = picture()
+    page.set_input_files(  # a failed open keeps the image and shows an error line
+        "#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG not really"}]
+    )
+    page.wait_for_selector("#message.error:not([hidden])")
+    assert picture() == before  # a click landing while a message shows hits the pixel it aimed at
+    click_pixel(page, *README_POINT)
+    (annotation,) = exported_coco(page, downloads)["annotations"]
+    assert iou(decode(annotation["segmentation"]), predicted(predictor, [README_POINT], [1])) >= 0.999
+
+
 def test_corrupt_upload_shows_an_error_and_the_page_keeps_working(page) -> None:
     page.set_input_files(
         "#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG not really"}]
