@@ -129,11 +129,14 @@ def torch_encoder_gflop(sam: Any) -> float | None:
         return None
 
 
-def torch_gemm_peak(threads: int, size: int = 2048) -> float:
+def torch_gemm_peak(threads: int, size: int = 2048, dtype: str = "float32") -> float:
+    """Best ``torch.mm`` rate on ``threads`` threads, GFLOP/s; ``dtype="bfloat16"`` is the rate
+    bf16 autocast's linear layers can reach (oneDNN: AVX512-BF16, or AMX where the CPU has it)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
+    torch.mm(a, b)
     best = float("inf")
     for _ in range(6):
         start = time.perf_counter()
@@ -617,6 +620,8 @@ def _bench(
         "openvino_gemm_peak_gflops": (
             openvino_gemm_peaks(threads) if {"bf16", "int8-bf16"} & set(packages) else None
         ),
+        # PyTorch's own bf16 rate: what its bf16 autocast side can reach on this CPU.
+        "pytorch_bf16_gemm_peak_gflops": torch_gemm_peak(threads, dtype="bfloat16") if args.bf16_rounds else None,
         "peak": peak,
         "achieved_gflops": {name: gflop / row["median_ms"] * 1e3 for name, row in report["encoder"].items()},
     }
@@ -828,6 +833,11 @@ def write_markdown(report: dict[str, Any], path: Path, chart: str | None) -> Non
             )
             + " GFLOP/s"
             if (ov_peaks := flops.get("openvino_gemm_peak_gflops"))
+            else ""
+        )
+        + (
+            f"; PyTorch at bf16 {torch_bf16:.1f} GFLOP/s"
+            if (torch_bf16 := flops.get("pytorch_bf16_gemm_peak_gflops"))
             else ""
         )
         + f"; GFLOP/s above use the medians (eager ran at {eager['median_ms'] / 1e3:.2f} s in its first group).",

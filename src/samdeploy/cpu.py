@@ -42,6 +42,7 @@ RELEVANT_FLAGS = (
     "amx_tile",
     "amx_bf16",
     "amx_int8",
+    "amx_fp16",
     "asimddp",
     "i8mm",
     "bf16",
@@ -176,6 +177,10 @@ def cpu_kind(
             if "avx512_vnni" in flags:
                 return "cascadelake"
         return kind
+    if vendor == "GenuineIntel" and "amx_tile" in flags:
+        # Cloud hypervisors may report a made-up model number (a VM with AMX seen as family 6 model
+        # 167, "Intel(R) Xeon(R) Processor"); only Xeons have AMX, and AMX-FP16 marks Granite Rapids.
+        return "xeon-amx-fp16" if "amx_fp16" in flags else "xeon-amx"
     if vendor == "arm-0x41" and model in _ARM_PARTS:
         return _ARM_PARTS[model]
     return _slug(model_name or "unknown")
