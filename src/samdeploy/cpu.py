@@ -195,11 +195,19 @@ def choose_precision(flags: Iterable[str], openvino_available: bool) -> Choice:
     flags = set(flags)
     bf16 = [flag for flag in BF16_FLAGS if flag in flags]
     vnni = [flag for flag in VNNI_FLAGS if flag in flags]
+    if "amx_bf16" in flags and openvino_available:
+        return Choice(
+            "bf16",
+            "AMX (amx_bf16) and OpenVINO: every product in bf16, the linear layers on AMX tiles, where"
+            " OpenVINO's int8 layers (inputs quantized per token) are slower; the fastest package measured"
+            " there and the most exact fast one (xeon-amx vit_b encoder 1.46-1.75 s; int8-bf16 1.83-2.02 s)",
+        )
     if bf16 and openvino_available:
         return Choice(
             "int8-bf16",
-            f"native bf16 ({', '.join(bf16)}) and OpenVINO: linear layers and attention scores in int8, the"
-            " rest in bf16, the fastest package measured (Zen 4 vit_b encoder 2.03 s; bf16 2.86 s, int8 3.50 s)",
+            f"native bf16 ({', '.join(bf16)}) without AMX, and OpenVINO: linear layers and attention scores in"
+            " int8, the rest in bf16, the fastest package measured (Zen 4 vit_b encoder 2.03 s; bf16 2.86 s,"
+            " int8 3.50 s)",
         )
     if bf16:
         return Choice(

@@ -50,8 +50,10 @@ ZEN4 = x86_cpuinfo("AuthenticAMD", 25, 17, "AMD EPYC", ZEN4_FLAGS)
     [
         (ZEN4_FLAGS, True, "int8-bf16", "avx512_bf16"),  # Zen 4: int8-bf16 1.72x int8
         (ZEN4_FLAGS, False, "int8", "OpenVINO cannot run bf16"),  # no OpenVINO: int8, saying what it misses
-        (SPR_FLAGS, True, "int8-bf16", "avx512_bf16, amx_bf16"),  # AMX
-        ("sse2 avx2 amx_tile amx_bf16", True, "int8-bf16", "amx_bf16"),  # AMX alone is native bf16 too
+        # AMX: OpenVINO's bf16 products on AMX tiles beat its int8 layers (xeon-amx, 2026-12-06)
+        (SPR_FLAGS, True, "bf16", "AMX (amx_bf16)"),
+        ("sse2 avx2 amx_tile amx_bf16", True, "bf16", "amx_bf16"),
+        (SPR_FLAGS, False, "int8", "OpenVINO cannot run bf16"),  # ONNX Runtime's int8 runs on AMX-INT8
         (ZEN3_FLAGS, True, "int8", "AVX2 without VNNI"),  # Zen 3: OpenVINO present but no bf16
         (ZEN3_FLAGS, False, "int8", "7-bit weights"),
         (ICELAKE_FLAGS, True, "int8", "avx512_vnni"),  # VNNI without bf16: bf16 emulated
@@ -139,12 +141,18 @@ def test_auto_asks_openvino_only_where_the_cpu_has_bf16(tmp_path, monkeypatch) -
     }
 
 
+def _bf16_package() -> str:
+    """The package ``auto`` makes on this machine when OpenVINO runs bf16 here: bf16 with AMX, else
+    int8-bf16 (docs/performance.md, "Which CPUs the fast path suits")."""
+    return "bf16" if "amx_bf16" in cpu.cpu_flags() else "int8-bf16"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_auto_on_this_machine_agrees_with_openvino() -> None:
     # /proc/cpuinfo's flags and OpenVINO's own device capabilities must tell the same story here.
     has_bf16 = "openvino" in available_backends() and OpenVinoBackend.supports_precision("bf16")
     choice = cpu.auto_precision()
-    assert choice.precision == ("int8-bf16" if has_bf16 else "int8")
+    assert choice.precision == (_bf16_package() if has_bf16 else "int8")
     assert choice.cpu.flags == cpu.cpu_flags()
 
 
@@ -183,17 +191,19 @@ def test_export_precision_auto_records_the_choice(tiny_checkpoint, tmp_path, mon
     not ("openvino" in available_backends() and OpenVinoBackend.supports_precision("bf16")),
     reason="needs OpenVINO and a CPU with native bf16 (AVX512-BF16 or AMX)",
 )
-def test_auto_makes_int8_bf16_where_the_cpu_has_bf16(tmp_path) -> None:
-    # Nothing faked: this machine's cpuinfo and OpenVINO lead to the int8-bf16 package, recorded as such.
-    # The trained default model: random weights flip near-zero logits at bf16 (see test_bf16.py).
+def test_auto_makes_a_bf16_package_where_the_cpu_has_bf16(tmp_path) -> None:
+    # Nothing faked: this machine's cpuinfo and OpenVINO lead to the int8-bf16 package (bf16 with AMX),
+    # recorded as such. The trained default model: random weights flip near-zero logits at bf16 (see
+    # test_bf16.py).
     from samdeploy.export.precision import optimize_package
     from samdeploy.sam.model import DEFAULT_MODEL
 
+    expected = _bf16_package()
     report = optimize_package(DEFAULT_MODEL, tmp_path / "auto", "auto", measure_runs=0, check_images=1)
-    assert report.precision == "int8-bf16" and report.passed
+    assert report.precision == expected and report.passed
     package = ModelPackage.load(tmp_path / "auto", verify=True)
-    assert package.precision == "int8-bf16" and package.runtime("image_encoder")["backend"] == "openvino"
+    assert package.precision == expected and package.runtime("image_encoder")["backend"] == "openvino"
     auto = package.manifest["export"]["precision"]["auto"]
-    assert auto["chosen"] == "int8-bf16" and auto["openvino_bf16"] is True
+    assert auto["chosen"] == expected and auto["openvino_bf16"] is True
     assert auto["cpu"] == cpu.cpu_info().to_json()
     assert set(auto["cpu"]["flags"]) & set(cpu.BF16_FLAGS)

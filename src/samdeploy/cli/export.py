@@ -68,7 +68,7 @@ def export(
         typer.Option(
             help="fp32 (faithful), int8 (dynamic int8 encoder), bf16 (runs on OpenVINO at bf16, for"
             " CPUs with AVX512-BF16/AMX), int8-bf16 (bf16 with the encoder's linear layers in int8 on"
-            " OpenVINO: fastest there), fp32-openvino (fp32 with the encoder on OpenVINO: the same"
+            " OpenVINO: fastest on such CPUs without AMX), fp32-openvino (fp32 with the encoder on OpenVINO: the same"
             " arithmetic, closer to the CPU's peak) or auto (the fastest of the fast ones for the CPU this"
             " runs on, the choice and its reason recorded in the package): these are made from the fp32"
             " export and refused below the accuracy bar (embedding cosine >= 0.999, masks agreeing on"
