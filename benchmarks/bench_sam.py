@@ -621,7 +621,9 @@ def _bench(
             openvino_gemm_peaks(threads) if {"bf16", "int8-bf16"} & set(packages) else None
         ),
         # PyTorch's own bf16 rate: what its bf16 autocast side can reach on this CPU.
-        "pytorch_bf16_gemm_peak_gflops": torch_gemm_peak(threads, dtype="bfloat16") if args.bf16_rounds else None,
+        "pytorch_bf16_gemm_peak_gflops": (
+            torch_gemm_peak(threads, dtype="bfloat16") if args.bf16_rounds else None
+        ),
         "peak": peak,
         "achieved_gflops": {name: gflop / row["median_ms"] * 1e3 for name, row in report["encoder"].items()},
     }
