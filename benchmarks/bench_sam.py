@@ -681,7 +681,8 @@ def _ratio_row(name: str, row: dict[str, dict[str, float]], a: str = "pytorch", 
 
 def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """The targets of issues 7 and 20 judged on this run (issue 20's: the fp32 encoders' share of the
-    GEMM peak): (target, wanted, measured, met).
+    GEMM peak, a one-point predict within 20 ms, the fast encoders at 2x PyTorch's bf16 autocast):
+    (target, wanted, measured, met).
 
     Judged figures are cut, not rounded, to the digits shown, so a miss never reads as the target
     (2.997x shows as 2.99x, not 3.00x).
@@ -713,6 +714,11 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     ):
         point = report["latency"].get(f"predict: 1 point{suffix}")
         if point:
+            ms = point["samdeploy"]["median_ms"]
+            package = suffix.strip(" ()") or "fp32"
+            rows.append(
+                (f"single-point predict, warm ({package} package)", "<= 20 ms", f"{ms:.1f} ms", ms <= 20)
+            )
             ratio = point["samdeploy"]["ratio_to_first"]
             met = ratio >= 3 if faithful else None
             rows.append(
@@ -729,7 +735,12 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
             continue
         ratio = enc[f"samdeploy {fast}"]["vs_eager"] / bf16["vs_eager"]
         rows.append(
-            (f"fast ({fast}) encoder vs PyTorch bf16 autocast", ">= 1.7x", cut_ratio(ratio), ratio >= 1.7)
+            (
+                f"fast ({fast}) encoder vs PyTorch bf16 autocast",
+                ">= 2x (aim 2.5x; issue 7: 1.7x)",
+                cut_ratio(ratio),
+                ratio >= 2,
+            )
         )
         ratio = enc[f"samdeploy {fast}"]["vs_eager"] / best
         rows.append((f"fast ({fast}) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
