@@ -7,6 +7,7 @@ two or more packages, the median of the per-round ratios against the first. No P
 
     .venv/bin/python benchmarks/bench_predict.py models/old-export models/new-export --rounds 40
     .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --json predict.json
+    .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --image-size 3024x4032   # a phone photo
 
 Alternating packages in one process makes each call find the other model's data in the caches, so
 the times are above those of one package alone; the ratio is what this measures. Run one package
@@ -27,12 +28,19 @@ import numpy as np
 from samdeploy import SamPredictor, load_model
 
 
-def bench_predict(packages: list[str], rounds: int, warmup: int, threads: int) -> dict:
+def bench_predict(
+    packages: list[str], rounds: int, warmup: int, threads: int, image_size: tuple[int, int] = (768, 1024)
+) -> dict:
     """Per package: ``median_ms``, ``best_ms`` and (from the second on) ``ratio_to_first``, the median
     of per-round time ratios (the first package's time / this one's). A package named again is
-    reported again under its name with a ``'`` added."""
-    image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
-    prompt = {"point_coords": np.array([[500, 375]]), "point_labels": np.array([1])}
+    reported again under its name with a ``'`` added. The picture is ``image_size`` (H, W) of noise,
+    clicked near its centre: the masks come back at that size."""
+    height, width = image_size
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    prompt = {
+        "point_coords": np.array([[width * 500 // 1024, height * 375 // 768]]),
+        "point_labels": np.array([1]),
+    }
     predictors = {}
     for package in packages:
         label = package
@@ -61,17 +69,34 @@ def bench_predict(packages: list[str], rounds: int, warmup: int, threads: int) -
     return report
 
 
+def picture_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` -> (height, width), both positive (an argparse type)."""
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        height = width = 0
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 3024x4032 (got {text!r})")
+    return height, width
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("packages", nargs="+", help="model package folders")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--image-size",
+        type=picture_size,
+        default=(768, 1024),
+        help="the picture's HEIGHTxWIDTH (default 768x1024)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup at least 0")
-    report = bench_predict(args.packages, args.rounds, args.warmup, args.threads)
+    report = bench_predict(args.packages, args.rounds, args.warmup, args.threads, args.image_size)
     for package, row in report.items():
         ratio = f", {row['ratio_to_first']:.2f}x the first" if "ratio_to_first" in row else ""
         print(f"{package}: median {row['median_ms']:.1f} ms, best {row['best_ms']:.1f} ms{ratio}")

@@ -299,3 +299,48 @@ def test_predict_benchmark_alternates_packages(tmp_path, tiny_package) -> None:
     for row in report.values():
         assert row["rounds"] == 3 and positive(row["median_ms"]) and row["best_ms"] <= row["median_ms"]
     assert "ratio_to_first" not in report[first] and positive(report[again]["ratio_to_first"])
+
+
+def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsys) -> None:
+    """--image-size sets the picture the clicks land on (the masks come back at that size); a size
+    that is not HEIGHTxWIDTH is a usage error."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_predict
+    finally:
+        sys.path.remove(str(ROOT))
+    seen = []
+    original = bench_predict.SamPredictor.predict
+
+    def spy(self, *args, **kwargs):
+        masks, scores, logits = original(self, *args, **kwargs)
+        seen.append(masks.shape[-2:])
+        return masks, scores, logits
+
+    monkeypatch.setattr(bench_predict.SamPredictor, "predict", spy)
+    args = [str(tiny_package), "--rounds", "1", "--warmup", "0", "--threads", "1", "--image-size", "300x200"]
+    assert bench_predict.main(args) == 0
+    assert seen == [(300, 200)]
+    for bad in ("300", "0x200", "wide"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_predict.main([str(tiny_package), "--image-size", bad])
+        assert exit_info.value.code == 2
+        assert f"must be HEIGHTxWIDTH, e.g. 3024x4032 (got {bad!r})" in capsys.readouterr().err
+
+
+def test_upscale_benchmark_compares_the_two_forms(tmp_path) -> None:
+    """benchmarks/bench_upscale.py: both forms timed at each size, their masks checked equal, the
+    bool form's peak memory below the full-size logits' (at 600x800, 3 masks: 5.5 MB of logits, of which
+    a block of 64 rows is kept)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_upscale
+    finally:
+        sys.path.remove(str(ROOT))
+    out = tmp_path / "upscale.json"
+    assert bench_upscale.main(["--sizes", "600x800", "30x40", "--rounds", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report) == ["600x800", "30x40"]
+    for row in report.values():
+        assert positive(row["logits_ms"]) and positive(row["masks_ms"]) and positive(row["logits_over_masks"])
+    assert report["600x800"]["masks_peak_mb"] < report["600x800"]["logits_peak_mb"] - 3

@@ -111,6 +111,38 @@ def test_postprocess_matches_official(height: int, width: int) -> None:
     assert np.mean((ours > 0) != (official > 0)) < 1e-4
 
 
+@pytest.mark.parametrize(("height", "width"), [(480, 640), (1, 7), (1023, 1025), (4032, 3024)])
+@pytest.mark.parametrize("above", [0.0, -1.5])
+def test_postprocess_to_bool_masks_equals_thresholding_the_logits(
+    height: int, width: int, above: float
+) -> None:
+    """With ``above`` the masks come a block of rows at a time, never as full-size logits: the same
+    products, so the same bits as thresholding the float logits (several blocks at 4032 rows)."""
+    rng = np.random.default_rng(2)
+    low_res = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
+    low_res[0, 0] = 1.0  # one mask all inside, one all outside
+    low_res[0, 1] = -1.0
+    geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
+    masks = postprocess_masks(low_res, geometry, above)
+    assert masks.dtype == np.bool_ and masks.shape == (2, 3, height, width)
+    np.testing.assert_array_equal(masks, postprocess_masks(low_res, geometry) > np.float32(above))
+    assert masks[0, 0].all() == (above < 1.0) and masks[0, 1].any() == (above < -1.0)
+
+
+def test_sam2_upscale_to_bool_masks_equals_thresholding_the_logits() -> None:
+    from samdeploy.sam2.transforms import upscale_masks
+
+    low_res = (np.random.default_rng(3).standard_normal((1, 3, 256, 256)) * 4).astype(np.float32)
+    logits = upscale_masks(low_res, (3000, 2000))
+    official = torch.nn.functional.interpolate(
+        torch.from_numpy(low_res), (3000, 2000), mode="bilinear", align_corners=False
+    ).numpy()
+    np.testing.assert_allclose(logits, official, atol=2e-4, rtol=0)
+    masks = upscale_masks(low_res, (3000, 2000), 0.5)
+    assert masks.dtype == np.bool_
+    np.testing.assert_array_equal(masks, logits > np.float32(0.5))
+
+
 def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
     """The banded products run with numpy's BLAS on one thread (its spinning threads slowed the next
     decoder call); the process's own setting is back afterwards, also after nested blocks."""
@@ -125,9 +157,9 @@ def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
     seen: list[list[int]] = []
     original = BandedMatrix.apply
 
-    def spy(self, x):
+    def spy(self, x, *args):
         seen.append(blas_threads())
-        return original(self, x)
+        return original(self, x, *args)
 
     monkeypatch.setattr(BandedMatrix, "apply", spy)
     geometry = MaskGeometry.for_image((300, 500), 1024, (256, 256))

@@ -20,11 +20,11 @@ from samdeploy.package import MASK_FILTER_INPUT
 from samdeploy.sam.images import DEFAULT_MAX_PIXELS, load_image
 from samdeploy.sam.prompts import Prompt, check_inside, decoder_inputs
 from samdeploy.sam.transforms import (
+    MASK_THRESHOLD,
     MaskGeometry,
     normalize_and_pad,
     postprocess_masks,
     resize_longest_side,
-    threshold_masks,
 )
 
 # Official SAM's values; a package's manifest always states its own.
@@ -170,9 +170,8 @@ class Postprocess(Node):
         tokens = slice(1, None) if multimask_output else slice(0, 1)
         low_res = np.ascontiguousarray(low_res_masks[:, tokens], dtype=np.float32)
         geometry = MaskGeometry.for_image(original_size, self.params.image_size, low_res.shape[-2:])
-        logits = postprocess_masks(low_res, geometry)
         return {
-            "masks": logits if return_logits else threshold_masks(logits),
+            "masks": postprocess_masks(low_res, geometry, None if return_logits else MASK_THRESHOLD),
             "scores": np.ascontiguousarray(iou_predictions[:, tokens], dtype=np.float32),
             "low_res_logits": low_res,
         }

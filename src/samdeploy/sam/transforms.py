@@ -136,11 +136,27 @@ class BandedMatrix:
             blocks.append((row0, row1, col0, col1, weights))
         return cls(shape=matrix.shape, blocks=tuple(blocks))
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """``M @ x`` for x of shape ...x in x K -> ...x out x K, float32."""
-        out = np.empty((*x.shape[:-2], self.shape[0], x.shape[-1]), dtype=np.float32)
+    def apply(self, x: np.ndarray, above: float | None = None) -> np.ndarray:
+        """``M @ x`` for x of shape ...x in x K -> ...x out x K, float32.
+
+        With ``above``, the bool ``M @ x > above`` instead, one block of rows at a time: the float
+        product never exists at full size (for 3 masks of a 12-megapixel photo, 144 MB written and
+        read again), and each block is the same product as without it, so the bits agree.
+        """
+        shape = (*x.shape[:-2], self.shape[0], x.shape[-1])
+        if above is None:
+            out = np.empty(shape, dtype=np.float32)
+            for row0, row1, col0, col1, weights in self.blocks:
+                np.matmul(weights, x[..., col0:col1, :], out=out[..., row0:row1, :])
+            return out
+        out = np.empty(shape, dtype=bool)
+        rows = max(row1 - row0 for row0, row1, *_ in self.blocks)
+        scratch = np.empty((*x.shape[:-2], rows, x.shape[-1]), dtype=np.float32)
+        threshold = np.float32(above)
         for row0, row1, col0, col1, weights in self.blocks:
-            np.matmul(weights, x[..., col0:col1, :], out=out[..., row0:row1, :])
+            block = scratch[..., : row1 - row0, :]
+            np.matmul(weights, x[..., col0:col1, :], out=block)
+            np.greater(block, threshold, out=out[..., row0:row1, :])
         return out
 
 
@@ -189,25 +205,28 @@ class MaskGeometry:
         return mh, mw
 
 
-def postprocess_masks(low_res: np.ndarray, geometry: MaskGeometry) -> np.ndarray:
-    """Low-res logits (...xRhxRw) -> logits at the original size (...xHxW) float32.
-
-    Equals ``Sam.postprocess_masks`` up to float32 rounding (the official code rounds after each of
-    its two interpolations; here the composed weights are exact in float64 before one cast).
-    """
-    mh, mw = geometry.matrices()
+def resize_axes(
+    low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix, above: float | None = None
+) -> np.ndarray:
+    """``Mh @ X @ Mw^T`` for ...xRhxRw logits: ...xHxW float32, or with ``above`` the bool
+    ``... > above`` (see :meth:`BandedMatrix.apply`)."""
     low_res = np.asarray(low_res, dtype=np.float32)
     # Width pass on the transposed logits (Mw @ X^T: ... x W x Rh), then the height pass reads it
     # back transposed (... x Rh x W): both passes are row-blocked products with contiguous outputs.
     # Small products: one BLAS thread is faster, and leaves no spinning threads behind.
     with single_threaded_blas():
         columns = mw.apply(np.swapaxes(low_res, -1, -2))
-        return mh.apply(np.swapaxes(columns, -1, -2))
+        return mh.apply(np.swapaxes(columns, -1, -2), above)
 
 
-def threshold_masks(logits: np.ndarray) -> np.ndarray:
-    """Binary masks: ``logits > 0`` (strict, ``Sam.mask_threshold``)."""
-    return logits > MASK_THRESHOLD
+def postprocess_masks(low_res: np.ndarray, geometry: MaskGeometry, above: float | None = None) -> np.ndarray:
+    """Low-res logits (...xRhxRw) -> logits at the original size (...xHxW) float32, or with ``above``
+    the bool masks ``logits > above`` (without the float logits at full size).
+
+    Equals ``Sam.postprocess_masks`` up to float32 rounding (the official code rounds after each of
+    its two interpolations; here the composed weights are exact in float64 before one cast).
+    """
+    return resize_axes(low_res, *geometry.matrices(), above)
 
 
 class ResizeLongestSide:

@@ -174,9 +174,9 @@ class Postprocess(Node):
             p.stability_delta,
             p.stability_thresh,
         )
-        logits = upscale_masks(np.ascontiguousarray(low_res, dtype=np.float32), original_size)
+        above = None if return_logits else p.mask_threshold
         return {
-            "masks": logits if return_logits else logits > np.float32(p.mask_threshold),
+            "masks": upscale_masks(np.ascontiguousarray(low_res, dtype=np.float32), original_size, above),
             "scores": np.ascontiguousarray(scores, dtype=np.float32),
             "low_res_logits": np.clip(low_res, -LOW_RES_CLAMP, LOW_RES_CLAMP).astype(np.float32),
         }

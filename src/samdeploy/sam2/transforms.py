@@ -23,8 +23,7 @@ import numpy as np
 from PIL import Image
 
 from samdeploy.errors import ImageError
-from samdeploy.sam.blas import single_threaded_blas
-from samdeploy.sam.transforms import BandedMatrix, bilinear_matrix
+from samdeploy.sam.transforms import BandedMatrix, bilinear_matrix, resize_axes
 
 MASK_THRESHOLD = 0.0
 LOW_RES_CLAMP = 32.0
@@ -84,15 +83,15 @@ def _axis_matrix(low_res: int, original_len: int) -> BandedMatrix:
     return BandedMatrix.from_dense(bilinear_matrix(low_res, original_len), 64)
 
 
-def upscale_masks(low_res: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+def upscale_masks(
+    low_res: np.ndarray, original_size: tuple[int, int], above: float | None = None
+) -> np.ndarray:
     """Low-res logits ...xRhxRw -> logits at the original size ...xHxW, float32
-    (``F.interpolate(..., original_size, mode="bilinear", align_corners=False)``)."""
+    (``F.interpolate(..., original_size, mode="bilinear", align_corners=False)``), or with ``above``
+    the bool masks ``logits > above`` (without the float logits at full size)."""
     mh = _axis_matrix(low_res.shape[-2], int(original_size[0]))
     mw = _axis_matrix(low_res.shape[-1], int(original_size[1]))
-    low_res = np.asarray(low_res, dtype=np.float32)
-    with single_threaded_blas():
-        columns = mw.apply(np.swapaxes(low_res, -1, -2))
-        return mh.apply(np.swapaxes(columns, -1, -2))
+    return resize_axes(low_res, mh, mw, above)
 
 
 def stability_scores(logits: np.ndarray, delta: float) -> np.ndarray:
