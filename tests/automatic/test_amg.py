@@ -70,6 +70,37 @@ def test_stability_score_equals_official(seed: int, offset: float, scale: float)
     np.testing.assert_array_equal(ours, theirs)
 
 
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    offset=st.sampled_from([1.0, 0.5, 2.0]),
+    threshold=st.sampled_from([0.0, 0.7]),
+)
+def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
+    seed: int, offset: float, threshold: float
+) -> None:
+    """The generator's masks and stability scores made a block of rows at a time (the logits at
+    the crop's size never whole) are those of the whole logits, to the bit."""
+    from samdeploy.sam.transforms import MaskGeometry, postprocess_masks, resized_rows
+
+    rng = np.random.default_rng(seed)
+    low_res = (rng.standard_normal((4, 64, 64)) * 3).astype(np.float32)
+    low_res[3] = -10.0  # empty union: NaN in both
+    geometry = MaskGeometry.for_image(
+        (int(rng.integers(150, 400)), int(rng.integers(150, 400))), 256, (64, 64)
+    )
+    mh, mw = geometry.matrices()
+    assert len(mh.blocks) > 2  # several blocks of rows
+    masks, stability = amg.masks_and_stability(
+        resized_rows(low_res, mh, mw), (4, mh.shape[0], mw.shape[0]), threshold, offset
+    )
+    logits = postprocess_masks(low_res, geometry)
+    np.testing.assert_array_equal(masks, logits > np.float32(threshold))
+    expected = amg.calculate_stability_score(logits, threshold, offset)
+    np.testing.assert_array_equal(stability, expected)
+    assert np.isnan(stability[3]) and np.isfinite(stability[:3]).all()
+
+
 @pytest.mark.parametrize("shape", [(12, 31, 17), (3, 1, 1), (0, 8, 8), (2, 3, 9, 9)])
 def test_mask_to_box_equals_official(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)

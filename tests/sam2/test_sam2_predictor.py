@@ -163,6 +163,25 @@ def test_bgr_and_pil_images_are_the_rgb_image(sam2_package):
     assert np.array_equal(predictor.get_image_embedding(), rgb)
 
 
+def test_masks_are_the_logits_above_the_predictors_threshold(sam2_package):
+    """The package's threshold: the graph's block-thresholded masks; another one: the predictor
+    thresholds the logits itself. Either way 0/1 float32 masks, those of the logits above it."""
+    image = _image(150, 200, 4)
+    model = samdeploy.load_model(sam2_package, cache_mb=0)
+    prompt = dict(point_coords=np.array([[60.0, 70.0]]), point_labels=np.array([1]))
+    predictor = samdeploy.SAM2ImagePredictor(model)
+    predictor.set_image(image)
+    logits, _, _ = predictor.predict(**prompt, return_logits=True)
+    # The package's threshold (0) and two others inside the logits' range (random weights).
+    for threshold in (0.0, float(np.quantile(logits, 0.3)), float(np.quantile(logits, 0.8))):
+        predictor = samdeploy.SAM2ImagePredictor(model, mask_threshold=threshold)
+        predictor.set_image(image)
+        masks, _, _ = predictor.predict(**prompt)
+        assert masks.dtype == np.float32 and set(np.unique(masks)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(masks, (logits > np.float32(threshold)).astype(np.float32))
+        assert 0 < masks.mean() < 1
+
+
 def test_dynamic_multimask_selection_follows_stability():
     """Token 0 kept when stable (>= 0.98 of its +-0.05 area), else the best multimask token."""
     low_res = np.zeros((2, 4, 8, 8), np.float32)

@@ -12,6 +12,7 @@ computed from masks (``batched_mask_to_box``) and exclusive for crop boxes, as i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -86,10 +87,45 @@ def calculate_stability_score(
     0/0 gives NaN, as in the official code. The thresholds are float32, like torch's comparison
     with a Python scalar, and the counts are summed as int16 per row then int32, as officially.
     """
-    high = np.float32(mask_threshold + threshold_offset)
-    low = np.float32(mask_threshold - threshold_offset)
-    intersections = (logits > high).sum(-1, dtype=np.int16).sum(-1, dtype=np.int32)
-    unions = (logits > low).sum(-1, dtype=np.int16).sum(-1, dtype=np.int32)
+    high, low = _stability_cuts(mask_threshold, threshold_offset)
+    return _stability(_count_above(logits, high), _count_above(logits, low))
+
+
+def masks_and_stability(
+    rows: Iterable[tuple[int, int, np.ndarray]],
+    shape: tuple[int, ...],
+    mask_threshold: float,
+    threshold_offset: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bool masks ``logits > mask_threshold`` (``shape``, ...xHxW) and their
+    :func:`calculate_stability_score`, from logits that come a block of rows at a time:
+    ``(row0, row1, ...x rows x W)`` as :func:`~samdeploy.sam.transforms.resized_rows` yields them.
+
+    The logits are never held at full size (16 masks of a 12-megapixel picture are 768 MB of
+    float32). The counts per row are those of the whole logits, so the scores are the same.
+    """
+    high, low = _stability_cuts(mask_threshold, threshold_offset)
+    threshold = np.float32(mask_threshold)
+    masks = np.empty(shape, dtype=bool)
+    intersections = np.zeros(shape[:-2], dtype=np.int32)
+    unions = np.zeros(shape[:-2], dtype=np.int32)
+    for row0, row1, block in rows:
+        intersections += _count_above(block, high)
+        unions += _count_above(block, low)
+        np.greater(block, threshold, out=masks[..., row0:row1, :])
+    return masks, _stability(intersections, unions)
+
+
+def _stability_cuts(mask_threshold: float, threshold_offset: float) -> tuple[np.float32, np.float32]:
+    return np.float32(mask_threshold + threshold_offset), np.float32(mask_threshold - threshold_offset)
+
+
+def _count_above(logits: np.ndarray, cut: np.float32) -> np.ndarray:
+    """Pixels above ``cut`` per ...xHxW mask, summed as int16 per row then int32, as officially."""
+    return (logits > cut).sum(-1, dtype=np.int16).sum(-1, dtype=np.int32)
+
+
+def _stability(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return intersections.astype(np.float32) / unions.astype(np.float32)
 

@@ -41,11 +41,11 @@ from samdeploy.sam.amg import (
     box_nms,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
-    calculate_stability_score,
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_rle,
+    masks_and_stability,
     remove_small_regions,
     rle_to_mask,
     uncrop_boxes_xyxy,
@@ -57,7 +57,7 @@ from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
 from samdeploy.sam.prompts import Prompt
-from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, postprocess_masks
+from samdeploy.sam.transforms import MASK_THRESHOLD, BandedMatrix, MaskGeometry, resized_rows
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -153,7 +153,7 @@ class FilterMasks(Node):
         pred_iou_thresh: float = 0.88
         stability_score_thresh: float = 0.95
         stability_score_offset: float = 1.0
-        chunk: int = 16  # masks upscaled at once: bounds memory at chunk x h x w float32
+        chunk: int = 16  # masks upscaled at once: bounds memory at chunk x h x w bool
         mask_threshold: float = MASK_THRESHOLD
         mask_filter: bool = False  # low_res_masks holds only the prompts of mask_indices
 
@@ -216,22 +216,29 @@ class FilterMasks(Node):
         """The mask tokens the generator keeps (Bx4 -> BxC): the three multimask outputs."""
         return low_res_masks[:, MULTIMASK_TOKENS], iou_predictions[:, MULTIMASK_TOKENS]
 
-    def upscale(self, low_res: np.ndarray, crop: CropInfo) -> np.ndarray:
-        """N low-res logits -> N x h x w logits at the crop's size (SAM's resize, crop, resize)."""
+    def resize_matrices(self, low_res: np.ndarray, crop: CropInfo) -> tuple[BandedMatrix, BandedMatrix]:
+        """The (height, width) matrices that take low-res logits to the crop's size (SAM's resize,
+        crop, resize)."""
         geometry = MaskGeometry.for_image(crop.size, self.params.image_size, low_res.shape[-2:])
-        return postprocess_masks(low_res, geometry)
+        return geometry.matrices()
 
     def _filter_chunk(
         self, low_res: np.ndarray, iou: np.ndarray, points: np.ndarray, crop: CropInfo
     ) -> MaskCandidates:
         p = self.params
-        threshold = np.float32(p.mask_threshold)
-        logits = self.upscale(low_res, crop)  # N x h x w
-        stability = calculate_stability_score(logits, p.mask_threshold, p.stability_score_offset)
-        keep = np.arange(len(logits))
+        mh, mw = self.resize_matrices(low_res, crop)
+        # N x h x w masks and their stability, the logits at the crop's size made a block of rows
+        # at a time and never held whole.
+        masks, stability = masks_and_stability(
+            resized_rows(low_res, mh, mw),
+            (len(low_res), mh.shape[0], mw.shape[0]),
+            p.mask_threshold,
+            p.stability_score_offset,
+        )
+        keep = np.arange(len(masks))
         if p.stability_score_thresh > 0.0:
             keep = np.flatnonzero(stability >= np.float32(p.stability_score_thresh))
-        masks = logits[keep] > threshold
+        masks = masks[keep]
         boxes = batched_mask_to_box(masks)
         inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
         keep, masks, boxes = keep[inside], masks[inside], boxes[inside]

@@ -16,6 +16,7 @@ instead of materializing a 1024x1024 intermediate per mask.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -136,28 +137,24 @@ class BandedMatrix:
             blocks.append((row0, row1, col0, col1, weights))
         return cls(shape=matrix.shape, blocks=tuple(blocks))
 
-    def apply(self, x: np.ndarray, above: float | None = None) -> np.ndarray:
-        """``M @ x`` for x of shape ...x in x K -> ...x out x K, float32.
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``M @ x`` for x of shape ...x in x K -> ...x out x K, float32."""
+        out = np.empty((*x.shape[:-2], self.shape[0], x.shape[-1]), dtype=np.float32)
+        for row0, row1, col0, col1, weights in self.blocks:
+            np.matmul(weights, x[..., col0:col1, :], out=out[..., row0:row1, :])
+        return out
 
-        With ``above``, the bool ``M @ x > above`` instead, one block of rows at a time: the float
-        product never exists at full size (for 3 masks of a 12-megapixel photo, 144 MB written and
-        read again), and each block is the same product as without it, so the bits agree.
-        """
-        shape = (*x.shape[:-2], self.shape[0], x.shape[-1])
-        if above is None:
-            out = np.empty(shape, dtype=np.float32)
-            for row0, row1, col0, col1, weights in self.blocks:
-                np.matmul(weights, x[..., col0:col1, :], out=out[..., row0:row1, :])
-            return out
-        out = np.empty(shape, dtype=bool)
+    def products(self, x: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(row0, row1, (M @ x)[..., row0:row1, :])`` block by block, each in one scratch buffer
+        that the next block overwrites: for callers that threshold or count the product without
+        holding it at full size (3 masks of a 12-megapixel photo are 144 MB of float32). Each
+        block is the product :meth:`apply` makes, so what is made of it has the same bits."""
         rows = max(row1 - row0 for row0, row1, *_ in self.blocks)
         scratch = np.empty((*x.shape[:-2], rows, x.shape[-1]), dtype=np.float32)
-        threshold = np.float32(above)
         for row0, row1, col0, col1, weights in self.blocks:
             block = scratch[..., : row1 - row0, :]
             np.matmul(weights, x[..., col0:col1, :], out=block)
-            np.greater(block, threshold, out=out[..., row0:row1, :])
-        return out
+            yield row0, row1, block
 
 
 # Blocks of 64 output rows keep the band narrow (about 64 * in/out + 3 columns) while the number of
@@ -205,18 +202,37 @@ class MaskGeometry:
         return mh, mw
 
 
+def _width_pass(low_res: np.ndarray, mw: BandedMatrix) -> np.ndarray:
+    """``X @ Mw^T`` for ...xRhxRw logits: ...xRhxW, a transposed view of the contiguous product."""
+    # Width pass on the transposed logits (Mw @ X^T: ... x W x Rh); the height pass reads it back
+    # transposed (... x Rh x W): both passes are row-blocked products with contiguous outputs.
+    low_res = np.asarray(low_res, dtype=np.float32)
+    return np.swapaxes(mw.apply(np.swapaxes(low_res, -1, -2)), -1, -2)
+
+
+def resized_rows(
+    low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``Mh @ X @ Mw^T`` for ...xRhxRw logits, a block of output rows at a time (as
+    :meth:`BandedMatrix.products`: ``(row0, row1, block)``, the block overwritten by the next)."""
+    # Small products: one BLAS thread is faster, and leaves no spinning threads behind.
+    with single_threaded_blas():
+        yield from mh.products(_width_pass(low_res, mw))
+
+
 def resize_axes(
     low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix, above: float | None = None
 ) -> np.ndarray:
     """``Mh @ X @ Mw^T`` for ...xRhxRw logits: ...xHxW float32, or with ``above`` the bool
-    ``... > above`` (see :meth:`BandedMatrix.apply`)."""
-    low_res = np.asarray(low_res, dtype=np.float32)
-    # Width pass on the transposed logits (Mw @ X^T: ... x W x Rh), then the height pass reads it
-    # back transposed (... x Rh x W): both passes are row-blocked products with contiguous outputs.
-    # Small products: one BLAS thread is faster, and leaves no spinning threads behind.
-    with single_threaded_blas():
-        columns = mw.apply(np.swapaxes(low_res, -1, -2))
-        return mh.apply(np.swapaxes(columns, -1, -2), above)
+    ``... > above``, thresholded a block of rows at a time (the float product never at full size)."""
+    if above is None:
+        with single_threaded_blas():
+            return mh.apply(_width_pass(low_res, mw))
+    out = np.empty((*low_res.shape[:-2], mh.shape[0], mw.shape[0]), dtype=bool)
+    threshold = np.float32(above)
+    for row0, row1, block in resized_rows(low_res, mh, mw):
+        np.greater(block, threshold, out=out[..., row0:row1, :])
+    return out
 
 
 def postprocess_masks(low_res: np.ndarray, geometry: MaskGeometry, above: float | None = None) -> np.ndarray:

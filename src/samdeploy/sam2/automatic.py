@@ -39,11 +39,12 @@ from samdeploy.sam.automatic import (
     merge_graph,
 )
 from samdeploy.sam.prompts import Prompt
+from samdeploy.sam.transforms import BandedMatrix
 from samdeploy.sam2.graphs import FEATURES, connect_prompt_ports, decoder_node, encode_graph, prompt_build
 from samdeploy.sam2.model import Sam2Model
 from samdeploy.sam2.nodes import decoder_inputs
 from samdeploy.sam2.predictor import as_sam2_model
-from samdeploy.sam2.transforms import LOW_RES_CLAMP, select_masks, upscale_masks
+from samdeploy.sam2.transforms import LOW_RES_CLAMP, resize_matrices, select_masks
 
 
 @register_node("sam2.FilterMasks")
@@ -75,8 +76,8 @@ class FilterMasks2(FilterMasks):
             p.stability_thresh,
         )
 
-    def upscale(self, low_res: np.ndarray, crop: CropInfo) -> np.ndarray:
-        return upscale_masks(low_res, crop.size)
+    def resize_matrices(self, low_res: np.ndarray, crop: CropInfo) -> tuple[BandedMatrix, BandedMatrix]:
+        return resize_matrices(low_res.shape[-2:], crop.size)
 
 
 @register_node("sam2.MaskToMaskPrompts")

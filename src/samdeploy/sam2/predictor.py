@@ -65,6 +65,7 @@ class SAM2ImagePredictor:
     ) -> None:
         self.model = as_sam2_model(sam_model)
         self.mask_threshold = mask_threshold
+        self._graph_threshold = self.model.decode_graph.nodes["postprocess"].params.mask_threshold
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         if max_hole_area > 0 or max_sprinkle_area > 0:
@@ -122,11 +123,20 @@ class SAM2ImagePredictor:
         )
         if not normalize_coords:
             prompt = NormalizedPrompt.of(prompt)
+        threshold = np.float32(self.mask_threshold)
+        # The graph thresholds the masks by blocks, without full-size logits, at the package's
+        # threshold; a predictor with another one thresholds the logits itself.
+        by_graph = not return_logits and threshold == np.float32(self._graph_threshold)
         out = self.model.decode(
-            self._embeddings[index], prompt, multimask_output, return_logits=True, profile=self.profile
+            self._embeddings[index],
+            prompt,
+            multimask_output,
+            return_logits=not by_graph,
+            profile=self.profile,
         )
-        logits = out["masks"]
-        masks = logits if return_logits else (logits > np.float32(self.mask_threshold)).astype(np.float32)
+        masks = out["masks"]
+        if not return_logits:  # 0/1 float32 masks, as the official predictor returns them
+            masks = (masks if by_graph else masks > threshold).astype(np.float32)
         scores, low_res = out["scores"], out["low_res_logits"]
         if prompt.batch == 1:  # the official ``squeeze(0)``
             return masks[0], scores[0], low_res[0]

@@ -89,9 +89,17 @@ def upscale_masks(
     """Low-res logits ...xRhxRw -> logits at the original size ...xHxW, float32
     (``F.interpolate(..., original_size, mode="bilinear", align_corners=False)``), or with ``above``
     the bool masks ``logits > above`` (without the float logits at full size)."""
-    mh = _axis_matrix(low_res.shape[-2], int(original_size[0]))
-    mw = _axis_matrix(low_res.shape[-1], int(original_size[1]))
-    return resize_axes(low_res, mh, mw, above)
+    return resize_axes(low_res, *resize_matrices(low_res.shape[-2:], original_size), above)
+
+
+def resize_matrices(
+    low_res_size: tuple[int, ...], original_size: tuple[int, int]
+) -> tuple[BandedMatrix, BandedMatrix]:
+    """(Mh: H x Rh, Mw: W x Rw) of the bilinear resize from ``low_res_size`` to ``original_size``."""
+    return (
+        _axis_matrix(int(low_res_size[0]), int(original_size[0])),
+        _axis_matrix(int(low_res_size[1]), int(original_size[1])),
+    )
 
 
 def stability_scores(logits: np.ndarray, delta: float) -> np.ndarray:
