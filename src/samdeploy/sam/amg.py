@@ -384,13 +384,22 @@ def mask_to_rle(masks: np.ndarray) -> list[Rle]:
     n, h, w = masks.shape
     if n == 0:
         return []
-    flat = np.ascontiguousarray(masks.transpose(0, 2, 1)).reshape(n, h * w)
-    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
-    per_mask = np.split(cols + 1, np.cumsum(np.bincount(rows, minlength=n))[:-1])
+    # The changes of value in column-major order, found in the C-order masks (a transposed copy of
+    # bool masks costs ~10x the rest): down a column, between (y - 1, x) and (y, x), at column-major
+    # index x * h + y; from the bottom of a column to the top of the next, at (x + 1) * h. Each is
+    # keyed by mask * h * w + index, sorted. One-dimensional flatnonzero: a 3-D nonzero is ~10x slower.
+    size = h * w
+    down = np.flatnonzero(masks[:, 1:, :] != masks[:, :-1, :])
+    owner, rest = np.divmod(down, max((h - 1) * w, 1))
+    y, x = np.divmod(rest, w)
+    across = np.flatnonzero(masks[:, 0, 1:] != masks[:, -1, :-1])
+    owner_across, x_across = np.divmod(across, max(w - 1, 1))
+    keys = np.sort(np.concatenate([owner * size + x * h + y + 1, owner_across * size + (x_across + 1) * h]))
+    owner, changes = np.divmod(keys, size)
     out = []
-    for i, change in enumerate(per_mask):
-        runs = np.diff(np.concatenate(([0], change, [h * w])))
-        counts = runs.tolist() if not flat[i, 0] else [0, *runs.tolist()]
+    for i, change in enumerate(np.split(changes, np.searchsorted(owner, np.arange(1, n)))):
+        runs = np.diff(np.concatenate(([0], change, [size])))
+        counts = runs.tolist() if not masks[i, 0, 0] else [0, *runs.tolist()]
         out.append({"size": [h, w], "counts": counts})
     return out
 
