@@ -175,3 +175,16 @@ def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
         assert blas_threads() == before and blas._depth == 0
         postprocess_masks(low_res, geometry)
         assert seen[-1] == [1] * len(before) and blas_threads() == before
+        # Bool masks: the height pass runs block by block (BandedMatrix.products), also on one thread.
+        original_products = BandedMatrix.products
+
+        def products_spy(self, x):
+            for block in original_products(self, x):
+                seen.append(blas_threads())
+                yield block
+
+        monkeypatch.setattr(BandedMatrix, "products", products_spy)
+        count = len(seen)
+        postprocess_masks(low_res, geometry, 0.0)
+        assert len(seen) > count + 2 and all(threads == [1] * len(before) for threads in seen[count:])
+        assert blas_threads() == before and blas._depth == 0
