@@ -27,7 +27,8 @@ import numpy as np
 from samdeploy.sam.transforms import MaskGeometry, postprocess_masks
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is not a package on the path
+    sys.path.insert(0, str(ROOT))
 from benchmarks.bench_predict import picture_size  # noqa: E402
 
 SIZES = ((768, 1024), (1536, 2048), (3024, 4032))
