@@ -65,7 +65,6 @@ class SAM2ImagePredictor:
     ) -> None:
         self.model = as_sam2_model(sam_model)
         self.mask_threshold = mask_threshold
-        self._graph_threshold = self.model.decode_graph.nodes["postprocess"].params.mask_threshold
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         if max_hole_area > 0 or max_sprinkle_area > 0:
@@ -126,7 +125,8 @@ class SAM2ImagePredictor:
         threshold = np.float32(self.mask_threshold)
         # The graph thresholds the masks by blocks, without full-size logits, at the package's
         # threshold; a predictor with another one thresholds the logits itself.
-        by_graph = not return_logits and threshold == np.float32(self._graph_threshold)
+        package_threshold = self.model.decode_graph.nodes["postprocess"].params.mask_threshold
+        by_graph = not return_logits and threshold == np.float32(package_threshold)
         out = self.model.decode(
             self._embeddings[index],
             prompt,
