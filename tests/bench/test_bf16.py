@@ -222,6 +222,39 @@ def test_openvino_f32_runs_the_exported_graphs_like_onnxruntime(tiny_package) ->
 
 
 @pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+def test_openvino_decoder_answers_every_click_on_the_features_it_keeps(tiny_package) -> None:
+    """Why: the OpenVINO backend copies an image's read-only features into its request once and
+    reuses that copy click after click; were any kernel to write into its inputs, the second click
+    on an image would get damaged features. Each click must equal ONNX Runtime's answer."""
+    from samdeploy.engine.backends import create_backend
+    from samdeploy.package import IMAGE_SIDE, PREPARED_DECODER
+
+    package = ModelPackage.load(tiny_package)
+    rng = np.random.default_rng(3)
+    channels = package.model("image_encoder").outputs[0].shape[1]
+    embedding = rng.standard_normal((1, channels, *package.manifest["embedding_size"]), np.float32)
+    features = create_backend("onnxruntime", package.model_path(IMAGE_SIDE)).run(
+        {"image_embeddings": embedding}
+    )
+    for value in features.values():
+        value.setflags(write=False)  # as the image-side node's memo hands them out
+    kept = {name: value.copy() for name, value in features.items()}
+    reference = create_backend("onnxruntime", package.model_path(PREPARED_DECODER))
+    decoder = create_backend("openvino", package.model_path(PREPARED_DECODER), precision="f32")
+    for points in (1, 1, 3, 1, 2):
+        click = {
+            "point_coords": (rng.random((1, points + 1, 2)) * package.image_size).astype(np.float32),
+            "point_labels": np.array([[1] * points + [-1]], np.float32),
+        }
+        expected = reference.run({**features, **click})
+        got = decoder.run({**features, **click})
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-3, err_msg=f"{points}: {name}")
+    for name, value in features.items():
+        np.testing.assert_array_equal(value, kept[name])
+
+
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
 def test_fp32_openvino_package_runs_the_encoder_on_openvino_f32(tmp_path) -> None:
     """The fp32 arithmetic with the encoder on OpenVINO at f32: faithful to the fp32 package (its own
     bar), the decoders left on ONNX Runtime as they were."""

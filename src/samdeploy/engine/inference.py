@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from samdeploy.engine.backends import backend_class, check_options, shared_backend
-from samdeploy.engine.backends.base import Backend
+from samdeploy.engine.backends.base import Backend, unchanging
 from samdeploy.engine.node import Node, register_node, resolve_path
 from samdeploy.errors import BackendError
 from samdeploy.package import TensorSpec
@@ -118,15 +118,14 @@ class Inference(Node):
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         """The model's outputs for ``feeds``.
 
-        With ``memo`` > 0, feeds that are all read-only numpy arrays are remembered by identity (the
-        same array objects, still alive) for the ``memo`` most recent of them, and their outputs,
-        made read-only, are returned again without a run. A read-only array cannot change, so
-        the outputs cannot go stale; writable feeds always run.
+        With ``memo`` > 0, feeds that are all read-only numpy arrays (with no writable base, see
+        :func:`~samdeploy.engine.backends.base.unchanging`) are remembered by identity (the same
+        array objects, still alive) for the ``memo`` most recent of them, and their outputs, made
+        read-only, are returned again without a run. Such an array cannot change, so the outputs
+        cannot go stale; other feeds always run.
         """
         memo = self.params.memo
-        if memo <= 0 or not all(
-            isinstance(value, np.ndarray) and not value.flags.writeable for value in feeds.values()
-        ):
+        if memo <= 0 or not all(unchanging(value) for value in feeds.values()):
             return self._backend.run(feeds, self._output_names)  # type: ignore[union-attr]
         names = sorted(feeds)
         key = tuple(id(feeds[name]) for name in names)

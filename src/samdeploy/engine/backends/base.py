@@ -17,6 +17,28 @@ from samdeploy.errors import BackendError
 from samdeploy.package import TensorSpec
 
 
+def unchanging(value: Any) -> bool:
+    """Whether ``value`` is a numpy array whose contents nothing can change while it lives.
+
+    True for a read-only array none of whose bases is writable: not a read-only view of an array
+    (or buffer) that is itself writable. Such an array's identity then stands for its contents, so
+    outputs computed from it, or a copy of it held by a runtime, stay valid while it is alive.
+    """
+    if not isinstance(value, np.ndarray):
+        return False
+    base: Any = value
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    if base is None:
+        return True
+    try:
+        return memoryview(base).readonly
+    except TypeError:  # no buffer interface (an ONNX Runtime capsule): only its owner writes it
+        return True
+
+
 class Backend(ABC):
     """A loaded model that runs feeds to outputs. Subclasses load in ``__init__``.
 

@@ -6,13 +6,14 @@ import functools
 import importlib.util
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from samdeploy.engine.backends.base import Backend, register_backend
+from samdeploy.engine.backends.base import Backend, register_backend, unchanging
 from samdeploy.errors import BackendError
 from samdeploy.package import TensorSpec
 
@@ -165,12 +166,28 @@ class OpenVinoBackend(Backend):
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         self.check_feeds(feeds, outputs)
-        request = getattr(self._local, "request", None)
+        local = self._local
+        request = getattr(local, "request", None)
         if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
+            request = local.request = self._compiled.create_infer_request()
+            local.held = {}
+        # The request keeps a copy of each input it was given. An array that cannot change and is
+        # the very one copied last time needs no new copy: a decoder called click after click on
+        # one image's features (about 10 MB for SAM's) skips them.
+        held: dict[str, weakref.ref] = local.held
+        fresh = {}
+        for name, value in feeds.items():
+            kept = held.pop(name, None)
+            if kept is not None and kept() is value:
+                held[name] = kept
+                continue
+            fresh[name] = value
+            if unchanging(value):
+                held[name] = weakref.ref(value)
         try:
-            request.infer(dict(feeds))
+            request.infer(fresh)
         except Exception as exc:
+            held.clear()  # what the request holds after a failed call is unknown
             raise BackendError(f"OpenVINO failed on {self.model.name}: {exc}") from None
         names = list(outputs) if outputs is not None else [spec.name for spec in self.outputs]
         # Copy: the request reuses its output buffers on the next inference.
