@@ -1,5 +1,7 @@
 """One-point predict on model packages, alternating call by call: the interactive click.
 
+SAM and SAM 2.x packages alike (each gets its family's predictor).
+
 Each package gets a ``SamPredictor`` on the same picture; after a warm-up, the packages answer the
 same one-point prompt in turn, round after round, so a machine that changes speed during the run
 (shared hosts do) slows every package alike. Prints each package's median and best time and, for
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samdeploy import SamPredictor, load_model
+from samdeploy import SAM2ImagePredictor, SamPredictor, load_model
 
 
 def bench_predict(
@@ -46,7 +48,8 @@ def bench_predict(
         label = package
         while label in predictors:  # the same package twice (a noise check): its own entry
             label += "'"
-        predictor = SamPredictor(load_model(package, threads=threads))
+        model = load_model(package, threads=threads)
+        predictor = (SAM2ImagePredictor if model.package.is_sam2 else SamPredictor)(model)
         predictor.set_image(image)
         for _ in range(warmup):
             predictor.predict(**prompt)

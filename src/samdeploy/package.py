@@ -124,6 +124,11 @@ SAM2_DECODER_INPUTS = (
     "has_mask_input",
 )
 SAM2_DECODER_OUTPUTS = ("low_res_masks", "iou_predictions", "object_score_logits")
+# SAM 2's decoder cut in two (the same roles as SAM 1's): the per-image side also lays the two
+# high-resolution maps out as rows in the order the output upscaling makes its pixels.
+SAM2_IMAGE_SIDE_INPUTS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
+SAM2_IMAGE_SIDE_OUTPUTS = (*IMAGE_SIDE_OUTPUTS, "high_res_rows_0", "high_res_rows_1")
+SAM2_PREPARED_DECODER_INPUTS = (*SAM2_IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
 
 __all__ = [
     "DECODER",

@@ -64,6 +64,58 @@ def test_validation_against_the_official_predictor_is_recorded_and_within_tolera
     assert set(validation["features"]) == {"image_embed", "high_res_feats_0", "high_res_feats_1"}
 
 
+def test_the_decoder_cut_in_two_is_listed_and_validated(sam2_package, sam2_model):
+    """Why: clicks take the image side and the prepared decoder (see the predictor tests); the
+    manifest must describe both, and the export must have checked them against the official
+    decoder for every prompt without a mask_input."""
+    package = ModelPackage.load(sam2_package)
+    assert package.has_prepared_decoder
+    side, prepared = package.model("mask_decoder_image"), package.model("mask_decoder_prepared")
+    attention = sam2_model.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    heads, dim = attention.num_heads, attention.internal_dim // attention.num_heads
+    assert [t.name for t in side.inputs] == ["image_embed", "high_res_feats_0", "high_res_feats_1"]
+    assert [(t.name, t.shape) for t in side.outputs] == [
+        ("image_tokens", (1, 256, 64)),
+        ("image_keys", (1, heads, 256, dim)),
+        ("image_values", (1, heads, 256, dim)),
+        ("image_queries", (1, heads, 256, dim)),
+        ("high_res_rows_0", (4096, 8)),
+        ("high_res_rows_1", (1024, 16)),
+    ]
+    assert [t.name for t in prepared.inputs] == [t.name for t in side.outputs] + [
+        "point_coords",
+        "point_labels",
+    ]
+    assert [t.name for t in prepared.outputs] == ["low_res_masks", "iou_predictions", "object_score_logits"]
+    cases = package.export_report["validation"]["decoder"]
+    for name, case in cases.items():
+        assert ("prepared_max_rel" in case) == (name != "mask_input"), name
+        if name != "mask_input":
+            assert case["prepared_max_rel"] <= TOLERANCES["low_res_logits_rel"]
+            assert case["prepared_iou_max_abs"] <= TOLERANCES["iou_predictions_abs"]
+
+
+def test_high_res_rows_follow_the_upscaling_pixel_order():
+    """Why: the prepared decoder adds the high-resolution maps to pixels the channels-last upscaling
+    makes as (cell y, x, then sub-pixels a, b, c, d); a map laid out in any other order would add
+    each feature to another pixel. Checked index by index on a 2x2 grid."""
+    import torch
+
+    from samdeploy.export.sam2 import high_res_rows
+
+    g = 2
+    feats_0 = torch.randn(1, 3, 4 * g, 4 * g)
+    feats_1 = torch.randn(1, 5, 2 * g, 2 * g)
+    rows_0, rows_1 = high_res_rows(feats_0, feats_1)
+    assert rows_0.shape == (16 * g * g, 3) and rows_1.shape == (4 * g * g, 5)
+    for y, x, a, b in np.ndindex(g, g, 2, 2):
+        cell = y * g + x
+        assert torch.equal(rows_1[(cell * 2 + a) * 2 + b], feats_1[0, :, 2 * y + a, 2 * x + b])
+        for c, d in np.ndindex(2, 2):
+            row = (((cell * 2 + a) * 2 + b) * 2 + c) * 2 + d
+            assert torch.equal(rows_0[row], feats_0[0, :, 4 * y + 2 * a + c, 4 * x + 2 * b + d])
+
+
 def test_onnx_files_follow_the_positional_contract_x_anylabeling_reads(sam2_package):
     """X-AnyLabeling's SAM 2 loader feeds the decoder's inputs by position (float32 labels, a zero
     mask_input of S/4, has_mask_input 0) and reads encoder outputs 0..2 as high_res_feats_0,

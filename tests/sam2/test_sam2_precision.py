@@ -221,7 +221,13 @@ def test_cli_export_with_precision_writes_a_checked_sam2_package(sam2_checkpoint
     assert manifest["family"] == "sam2.1" and manifest["precision"] == "int8"
     recorded = manifest["export"]["precision"]
     assert recorded["passed"] and recorded["accuracy_bar"] == SAM2_ACCURACY_BAR
-    assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "mask_decoder.onnx", "model.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "image_encoder.onnx",
+        "mask_decoder.onnx",
+        "mask_decoder_image.onnx",
+        "mask_decoder_prepared.onnx",
+        "model.json",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["int8"]  # the scratch fp32 export is gone
 
 

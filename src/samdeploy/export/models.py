@@ -328,7 +328,10 @@ def filtered_predict_masks(
 
 
 def _channels_last_upscaled_masks(
-    decoder: MaskDecoder, tokens: torch.Tensor, hyper_in: torch.Tensor
+    decoder: torch.nn.Module,
+    tokens: torch.Tensor,
+    hyper_in: torch.Tensor,
+    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``output_upscaling`` and the hypernetwork product on channels-last tokens: BxTx4Hx4W logits.
 
@@ -343,6 +346,11 @@ def _channels_last_upscaled_masks(
     runs of contiguous values (ONNX Runtime's CPU Transpose is several times slower when the
     innermost moved run is one value). Same products and sums as the official modules; tensors stay
     at rank 6 or less, which every backend handles (OpenVINO 2026.4 mis-executes an 8-D transpose).
+
+    ``high_res``: SAM 2's two high-resolution feature maps as rows in the same pixel order
+    (``(rows_0, rows_1)``, see ``samdeploy.export.sam2.high_res_rows``), added after each transposed
+    convolution as SAM 2's ``MaskDecoder.predict_masks`` adds them (rows_1 before the layer norm,
+    rows_0 before the last GELU).
     """
     first, norm, act1, second, act2 = decoder.output_upscaling
     _, height, width, channels = tokens.shape
@@ -355,8 +363,13 @@ def _channels_last_upscaled_masks(
         return torch.addmm(bias, x, weight).view(-1, cout)
 
     x = block_matmul(tokens.reshape(-1, channels), first)  # (B H W a b) x C/4
+    if high_res is not None:
+        x = (x.view(-1, *high_res[1].shape) + high_res[1]).view(-1, high_res[1].shape[-1])
     x = act1(F.layer_norm(x, tuple(norm.weight.shape), norm.weight, norm.bias, norm.eps))
-    x = act2(block_matmul(x, second))  # (B H W a b c d) x C/8
+    x = block_matmul(x, second)  # (B H W a b c d) x C/8
+    if high_res is not None:
+        x = (x.view(-1, *high_res[0].shape) + high_res[0]).view(-1, high_res[0].shape[-1])
+    x = act2(x)
     # No reshape below names the batch, which may be 0 (the mask filter kept no prompt): a 0 there
     # would be ambiguous beside a -1, and ONNX's Reshape reads a 0 as "keep this axis".
     tokens_out = hyper_in.shape[1]

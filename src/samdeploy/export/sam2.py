@@ -18,6 +18,14 @@ presets ship inside it; ``config=`` takes a custom YAML). The package holds two 
   1..3 = multimask), ``iou_predictions`` Bx4 and ``object_score_logits`` Bx1. The runtime picks the
   tokens (with the official dynamic fall-back to the best multimask output) and upscales only what
   it returns.
+* ``mask_decoder_image`` and ``mask_decoder_prepared``: that decoder cut in two for prompts without
+  a ``mask_input`` (the interactive click), as SAM 1 packages have it. The first runs once per
+  image: the three feature maps -> the image tokens with the no-mask embedding added, the first
+  transformer layer's projections of them, and the two high-resolution maps laid out as rows in the
+  order the output upscaling makes its pixels (:func:`high_res_rows`). The second takes those and
+  ``point_coords``/``point_labels`` to the decoder's three outputs; its output upscaling runs
+  channels-last as SAM 1's does (one LayerNormalization instead of SAM 2's two ReduceMeans over
+  the channel axis, which took 3 ms of a Hiera tiny click in ONNX Runtime).
 
 The tensors are in the order X-AnyLabeling's SAM 2 models read them by position (encoder:
 ``high_res_feats_0, high_res_feats_1, image_embed``; decoder: the seven inputs above, then
@@ -59,8 +67,9 @@ from samdeploy.export.exporter import (
     save_graph,
     trace_and_simplify,
 )
+from samdeploy.export.models import _channels_last_upscaled_masks
 from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
-from samdeploy.export.twoway import two_way_transformer
+from samdeploy.export.twoway import image_side, two_way_transformer
 from samdeploy.export.validate import (
     TOLERANCES,
     _max_rel,
@@ -75,9 +84,14 @@ from samdeploy.package import (
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
+    IMAGE_SIDE,
+    PREPARED_DECODER,
     SAM2_DECODER_INPUTS,
     SAM2_DECODER_OUTPUTS,
     SAM2_ENCODER_OUTPUTS,
+    SAM2_IMAGE_SIDE_INPUTS,
+    SAM2_IMAGE_SIDE_OUTPUTS,
+    SAM2_PREPARED_DECODER_INPUTS,
     TensorSpec,
     describe_files,
     sha256_file,
@@ -241,17 +255,28 @@ class Sam2EncoderOnnx(nn.Module):
         return maps[0], maps[1], maps[-1]
 
 
-class Sam2DecoderOnnx(nn.Module):
+class _Sam2Module(nn.Module):
+    """A traced piece of a SAM 2 model's prompt encoder and mask decoder."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def prompt_tokens(
+        self, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """The decoder's output tokens and the embedded points, BxTxC (see :func:`_output_tokens`)."""
+        sparse = self.model.sam_prompt_encoder._embed_points(point_coords, point_labels, pad=False)
+        return _output_tokens(self.model.sam_mask_decoder, sparse)
+
+
+class Sam2DecoderOnnx(_Sam2Module):
     """Prompt encoder + ``MaskDecoder.predict_masks`` for a prompt batch of B, every mask token out.
 
     The same arithmetic as the image predictor's ``_predict``: points embedded by the official
     ``_embed_points`` (the runtime has appended the padding point and the box corners), the mask
     prompt chosen by ``has_mask_input``, the image embedding repeated over the B prompts.
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         encoder = self.model.sam_prompt_encoder
@@ -269,22 +294,15 @@ class Sam2DecoderOnnx(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         encoder, decoder = self.model.sam_prompt_encoder, self.model.sam_mask_decoder
-        sparse = encoder._embed_points(point_coords, point_labels, pad=False)
+        tokens, first = self.prompt_tokens(point_coords, point_labels)
         dense = self.dense_embeddings(mask_input, has_mask_input)
-        batch = sparse.shape[0]
-        first = 1 if decoder.pred_obj_scores else 0
-        weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
-        if decoder.pred_obj_scores:
-            weights.insert(0, decoder.obj_score_token.weight)
-        output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(batch, -1, -1)
-        tokens = torch.cat((output_tokens, sparse), dim=1)
+        batch = tokens.shape[0]
         # The official repeat_interleave of a batch-1 embedding over B prompts: a broadcast here, so
         # the first layer's image-side projections run once per call (see export/twoway.py).
         src = image_embed + dense
         _, c, h, w = src.shape
         hs, src = two_way_transformer(decoder.transformer, src, encoder.get_dense_pe(), tokens)
-        iou_token_out = hs[:, first, :]
-        mask_tokens_out = hs[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
+        hyper_in, iou_pred, object_score_logits = _heads_out(decoder, hs, first)
         src = src.transpose(1, 2).reshape(batch, c, h, w)
         if decoder.use_high_res_features:
             dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
@@ -292,17 +310,104 @@ class Sam2DecoderOnnx(nn.Module):
             upscaled = act2(dc2(upscaled) + high_res_feats_0)
         else:
             upscaled = decoder.output_upscaling(src)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-        )
         _, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(batch, c, h * w)).reshape(batch, -1, h, w)
-        iou_pred = decoder.iou_prediction_head(iou_token_out)
-        if decoder.pred_obj_scores:
-            object_score_logits = decoder.pred_obj_score_head(hs[:, 0, :])
-        else:
-            object_score_logits = 10.0 * iou_pred.new_ones(batch, 1)
         return masks, iou_pred, object_score_logits
+
+
+def _output_tokens(decoder: nn.Module, sparse: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The decoder's output tokens (object score, IoU, mask tokens) followed by the prompt's
+    embedded points, BxTxC, and the index of the IoU token."""
+    first = 1 if decoder.pred_obj_scores else 0
+    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+    if decoder.pred_obj_scores:
+        weights.insert(0, decoder.obj_score_token.weight)
+    output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(sparse.shape[0], -1, -1)
+    return torch.cat((output_tokens, sparse), dim=1), first
+
+
+def _heads_out(
+    decoder: nn.Module, hs: torch.Tensor, first: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hyper_in BxTxC/8, iou_pred BxT, object_score_logits Bx1) from the transformer's tokens."""
+    mask_tokens_out = hs[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
+    iou_pred = decoder.iou_prediction_head(hs[:, first, :])
+    if decoder.pred_obj_scores:
+        object_score_logits = decoder.pred_obj_score_head(hs[:, 0, :])
+    else:
+        object_score_logits = 10.0 * iou_pred.new_ones(hs.shape[0], 1)
+    return hyper_in, iou_pred, object_score_logits
+
+
+def high_res_rows(feats_0: torch.Tensor, feats_1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two high-resolution maps (1xC0x4Gx4G, 1xC1x2Gx2G) as rows of channels in the order the
+    channels-last output upscaling makes its pixels (see
+    :func:`~samdeploy.export.models._channels_last_upscaled_masks`): pixel (2y + a, 2x + b) of
+    ``feats_1`` at row ((y G + x) 2 + a) 2 + b, pixel (4y + 2a + c, 4x + 2b + d) of ``feats_0``
+    at row of (y, x, a, b, c, d) in that order. Every view stays at rank 6 or less."""
+    # Channels last first (a plain 2-D transpose), then pixels moved in runs of whole channel
+    # vectors: ONNX Runtime's Transpose is several times slower when the innermost run is one value.
+    c1, g = feats_1.shape[1], feats_1.shape[2] // 2
+    pixels_1 = feats_1.reshape(c1, -1).t()  # (Y X) x C, Y = 2y + a
+    rows_1 = pixels_1.reshape(g, 2, g, 2 * c1).transpose(1, 2).reshape(-1, c1)  # y x a (b C)
+    c0 = feats_0.shape[1]
+    pixels_0 = feats_0.reshape(c0, -1).t()  # (Y X) x C, Y = 4y + 2a + c
+    rows_0 = pixels_0.reshape(g, 4, g, 4 * c0).transpose(1, 2)  # y x (a c) (b d C)
+    rows_0 = rows_0.reshape(g * g, 2, 2, 2, 2 * c0).transpose(2, 3)  # yx a b c (d C)
+    return rows_0.reshape(-1, c0), rows_1
+
+
+class Sam2ImageSideOnnx(_Sam2Module):
+    """The three feature maps -> what :class:`Sam2PreparedDecoderOnnx` takes from an image: the
+    image tokens with the no-mask embedding added (1xNxC), the first transformer layer's keys,
+    values and queries (1xhxNxd, see :func:`~samdeploy.export.twoway.image_side`) and the
+    high-resolution maps as rows (:func:`high_res_rows`)."""
+
+    def forward(
+        self, image_embed: torch.Tensor, high_res_feats_0: torch.Tensor, high_res_feats_1: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        encoder, decoder = self.model.sam_prompt_encoder, self.model.sam_mask_decoder
+        src = image_embed + encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        tokens = src.flatten(2).permute(0, 2, 1)
+        key_pe = encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+        projected = image_side(decoder.transformer.layers[0], tokens, key_pe)
+        return (tokens, *projected, *high_res_rows(high_res_feats_0, high_res_feats_1))
+
+
+class Sam2PreparedDecoderOnnx(_Sam2Module):
+    """:class:`Sam2DecoderOnnx` for prompts without a ``mask_input``, on :class:`Sam2ImageSideOnnx`'s
+    outputs: the same three outputs, the official values up to float32 rounding."""
+
+    def forward(
+        self,
+        image_tokens: torch.Tensor,
+        image_keys: torch.Tensor,
+        image_values: torch.Tensor,
+        image_queries: torch.Tensor,
+        high_res_rows_0: torch.Tensor,
+        high_res_rows_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        encoder, decoder = self.model.sam_prompt_encoder, self.model.sam_mask_decoder
+        tokens, first = self.prompt_tokens(point_coords, point_labels)
+        grid = encoder.image_embedding_size
+        key_pe = encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+        projected = (image_keys, image_values, image_queries)
+        hs, src = two_way_transformer(decoder.transformer, image_tokens, key_pe, tokens, projected)
+        hyper_in, iou_pred, object_score_logits = _heads_out(decoder, hs, first)
+        image = src.reshape(-1, grid[0], grid[1], src.shape[-1])
+        masks = _channels_last_upscaled_masks(decoder, image, hyper_in, (high_res_rows_0, high_res_rows_1))
+        return masks, iou_pred, object_score_logits
+
+
+def has_prepared_pair(model: nn.Module) -> bool:
+    """Whether the package gets the decoder cut in two: for decoders that add the high-resolution
+    maps (every SAM 2 and 2.1 preset); others keep the one decoder."""
+    return bool(model.sam_mask_decoder.use_high_res_features)
 
 
 def encoder_specs(config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -337,6 +442,34 @@ def decoder_specs(config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec
         TensorSpec("object_score_logits", ("batch", 1), "float32"),
     ]
     return inputs, outputs
+
+
+def image_side_specs(model: nn.Module, config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of the SAM 2 ``mask_decoder_image.onnx``."""
+    inputs = {spec.name: spec for spec in encoder_specs(config)[1]}
+    attention = model.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    heads, cells, dim = attention.num_heads, config.embedding_size**2, config.hidden_dim
+    projected = (1, heads, cells, attention.internal_dim // heads)
+    rows = [
+        (16 * cells, inputs["high_res_feats_0"].shape[1]),
+        (4 * cells, inputs["high_res_feats_1"].shape[1]),
+    ]
+    return (
+        [inputs[name] for name in SAM2_IMAGE_SIDE_INPUTS],
+        [TensorSpec(SAM2_IMAGE_SIDE_OUTPUTS[0], (1, cells, dim), "float32")]
+        + [TensorSpec(name, projected, "float32") for name in SAM2_IMAGE_SIDE_OUTPUTS[1:4]]
+        + [
+            TensorSpec(name, shape, "float32")
+            for name, shape in zip(SAM2_IMAGE_SIDE_OUTPUTS[4:], rows, strict=True)
+        ],
+    )
+
+
+def prepared_decoder_specs(model: nn.Module, config: Sam2Config) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensor specs of the SAM 2 ``mask_decoder_prepared.onnx``."""
+    inputs, outputs = decoder_specs(config)
+    points = [spec for spec in inputs if spec.name.startswith("point_")]
+    return image_side_specs(model, config)[1] + points, outputs
 
 
 def _decoder_dummies(config: Sam2Config) -> tuple[torch.Tensor, ...]:
@@ -399,6 +532,34 @@ def export_decoder(model: nn.Module, config: Sam2Config, path: Path, opset: int)
         path,
         opset,
         SAM2_DECODER_INPUTS,
+        SAM2_DECODER_OUTPUTS,
+    )
+
+
+def export_image_side(model: nn.Module, config: Sam2Config, path: Path, opset: int) -> None:
+    """Trace the decoder's per-image side (:class:`Sam2ImageSideOnnx`) to ``path``."""
+    _trace(
+        Sam2ImageSideOnnx(model).eval(),
+        _decoder_dummies(config)[:3],
+        path,
+        opset,
+        SAM2_IMAGE_SIDE_INPUTS,
+        SAM2_IMAGE_SIDE_OUTPUTS,
+    )
+
+
+def export_prepared_decoder(model: nn.Module, config: Sam2Config, path: Path, opset: int) -> None:
+    """Trace the decoder for prompts without a mask (:class:`Sam2PreparedDecoderOnnx`) to ``path``."""
+    dummies = _decoder_dummies(config)
+    features, (coords, labels) = dummies[:3], dummies[3:5]
+    with torch.no_grad():
+        image = Sam2ImageSideOnnx(model).eval()(*features)
+    _trace(
+        Sam2PreparedDecoderOnnx(model).eval(),
+        (*image, coords, labels),
+        path,
+        opset,
+        SAM2_PREPARED_DECODER_INPUTS,
         SAM2_DECODER_OUTPUTS,
     )
 
@@ -488,10 +649,14 @@ def _upscale(low_res: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Path) -> dict[str, Any]:
-    """Compare the two ONNX files with the official predictor on ``model``; returns the figures
+def validate_sam2_package(
+    model: nn.Module, encoder_path: Path, decoder_path: Path, prepared_paths: tuple[Path, Path] | None = None
+) -> dict[str, Any]:
+    """Compare the ONNX files with the official predictor on ``model``; returns the figures
     recorded in ``model.json`` (same keys and tolerances as SAM 1's validation, plus the
-    high-resolution feature maps)."""
+    high-resolution feature maps). With ``prepared_paths`` (the decoder's image side and the
+    prepared decoder), the pair's low-res logits and IoU predictions too, for every prompt without
+    a ``mask_input``."""
     from samdeploy.export.validate import VALIDATION_IMAGE_SIZE
 
     predictor = official_predictor(model)
@@ -523,6 +688,12 @@ def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Pa
     report["embeddings"] = report["features"]["image_embed"]
     decoder = _session(decoder_path)
     outputs = ["iou_predictions", "low_res_masks"]  # fetched by name
+    prepared = None
+    if prepared_paths is not None:
+        side = _session(prepared_paths[0]).run(
+            list(SAM2_IMAGE_SIDE_OUTPUTS), {name: reference[name] for name in SAM2_IMAGE_SIDE_INPUTS}
+        )
+        prepared = (dict(zip(SAM2_IMAGE_SIDE_OUTPUTS, side, strict=True)), _session(prepared_paths[1]))
     previous: np.ndarray | None = None
     for prompt in _prompts(*VALIDATION_IMAGE_SIZE):
         mask_input = previous if prompt.use_mask_input else None
@@ -538,6 +709,15 @@ def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Pa
             "iou_predictions_max_abs": float(np.abs(iou - want_iou).max()),
             "low_res_max_rel": _max_rel(low, want_low),
         }
+        if prepared is not None and mask_input is None:
+            image_feeds, session = prepared
+            feeds = decoder_feeds(predictor, prompt, reference, None)
+            points = {name: feeds[name] for name in ("point_coords", "point_labels")}
+            prepared_iou, prepared_low = session.run(outputs, {**image_feeds, **points})
+            report["decoder"][prompt.name].update(
+                prepared_max_rel=_max_rel(prepared_low, want_low),
+                prepared_iou_max_abs=float(np.abs(prepared_iou - want_iou).max()),
+            )
         _, chained = decoder.run(outputs, decoder_feeds(predictor, prompt, got, mask_input))
         report["end_to_end"][prompt.name] = {
             "mask_agreement": float(
@@ -550,8 +730,14 @@ def validate_sam2_package(model: nn.Module, encoder_path: Path, decoder_path: Pa
         "embeddings_rel": max(f["max_rel"] for f in features.values()),
         "embeddings_cosine": min(f["cosine"] for f in features.values()),
         "mask_logits_rel": max(case["masks_max_rel"] for case in cases),
-        "low_res_logits_rel": max(case["low_res_max_rel"] for case in cases),
-        "iou_predictions_abs": max(case["iou_predictions_max_abs"] for case in cases),
+        "low_res_logits_rel": max(
+            v for case in cases for v in (case["low_res_max_rel"], case.get("prepared_max_rel", 0.0))
+        ),
+        "iou_predictions_abs": max(
+            v
+            for case in cases
+            for v in (case["iou_predictions_max_abs"], case.get("prepared_iou_max_abs", 0.0))
+        ),
         "mask_agreement": min(case["mask_agreement"] for case in cases),
         "end_to_end_mask_agreement": min(case["mask_agreement"] for case in report["end_to_end"].values()),
     }
@@ -634,6 +820,11 @@ def export_sam2(
             (ENCODER, "image encoder", export_encoder),
             (DECODER, "mask decoder", export_decoder),
         ]
+        if has_prepared_pair(model):
+            graphs += [
+                (IMAGE_SIDE, "mask decoder's image side", export_image_side),
+                (PREPARED_DECODER, "prepared mask decoder", export_prepared_decoder),
+            ]
         files: list[str] = []
         nodes: dict[str, dict[str, int]] = {}
         for role, label, trace in graphs:
@@ -655,8 +846,12 @@ def export_sam2(
         report = None
         if validate:
             with steps.step("validate", "validating against PyTorch (the official SAM2ImagePredictor)"):
+                prepared = (staging / f"{IMAGE_SIDE}.onnx", staging / f"{PREPARED_DECODER}.onnx")
                 report = validate_sam2_package(
-                    model, staging / f"{ENCODER}.onnx", staging / f"{DECODER}.onnx"
+                    model,
+                    staging / f"{ENCODER}.onnx",
+                    staging / f"{DECODER}.onnx",
+                    prepared if has_prepared_pair(model) else None,
                 )
             problems = failures(report)
             report["passed"] = not problems
@@ -708,6 +903,11 @@ def _manifest(
             DECODER, decoder_specs(config), mask_tokens=mask_tokens, contract="samdeploy-sam2"
         ),
     }
+    if has_prepared_pair(model):
+        models[IMAGE_SIDE] = model_entry(IMAGE_SIDE, image_side_specs(model, config))
+        models[PREPARED_DECODER] = model_entry(
+            PREPARED_DECODER, prepared_decoder_specs(model, config), mask_tokens=mask_tokens
+        )
     grid = config.embedding_size
     return {
         "format": FORMAT,

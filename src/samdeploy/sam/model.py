@@ -195,8 +195,8 @@ class SamModel:
         self.mode = mode
         self.graph, self.encode_graph, self.decode_graph = self.build_graphs(package, options, inside_image)
         self.prepared_decode_graph = (
-            decode_graph(package, options, inside_image, prepared=True)
-            if package.has_prepared_decoder and not package.is_sam2
+            self.build_prepared_graph(package, options, inside_image)
+            if package.has_prepared_decoder
             else None
         )
         self.executor = make_executor(mode)
@@ -212,6 +212,11 @@ class SamModel:
     ) -> tuple[Graph, Graph, Graph]:
         """The full graph and its encode and decode halves (the family's graphs)."""
         return sam_graph(package, options, inside_image)
+
+    @staticmethod
+    def build_prepared_graph(package: ModelPackage, options: BackendOptions, inside_image: bool) -> Graph:
+        """The decode graph for prompts without a ``mask_input`` (the package has the decoder cut in two)."""
+        return decode_graph(package, options, inside_image, prepared=True)
 
     @property
     def backend_summary(self) -> str:

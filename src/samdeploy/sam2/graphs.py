@@ -6,13 +6,25 @@ command line run either family)::
     sam
     ├── encode:  image -> preprocess -> image_encoder -> high_res_feats_0, high_res_feats_1, image_embed, original_size
     └── decode:  prompt -> prompt_build -> mask_decoder -> postprocess -> masks, scores, low_res_logits
+
+Packages with the decoder cut in two also get ``decode_prepared`` for prompts without a
+``mask_input``: the features go through ``image_side`` (once per image, remembered) into the
+prepared ``mask_decoder``.
 """
 
 from __future__ import annotations
 
 from samdeploy.engine import Graph, Inference
-from samdeploy.package import DECODER, ENCODER, SAM2_ENCODER_OUTPUTS, ModelPackage
-from samdeploy.sam.graphs import BackendOptions
+from samdeploy.package import (
+    DECODER,
+    ENCODER,
+    IMAGE_SIDE,
+    PREPARED_DECODER,
+    SAM2_ENCODER_OUTPUTS,
+    SAM2_IMAGE_SIDE_OUTPUTS,
+    ModelPackage,
+)
+from samdeploy.sam.graphs import IMAGE_SIDE_MEMO, BackendOptions
 from samdeploy.sam2.nodes import Postprocess, Preprocess, PromptBuild
 
 FEATURES = SAM2_ENCODER_OUTPUTS  # high_res_feats_0, high_res_feats_1, image_embed
@@ -83,18 +95,41 @@ def connect_prompt_ports(graph: Graph, source: str = "prompt_build", decoder: st
         graph.connect(f"{source}.{port}", f"{decoder}.{port}")
 
 
-def decode_graph(package: ModelPackage, options: BackendOptions, inside_image: bool = False) -> Graph:
+def decode_graph(
+    package: ModelPackage, options: BackendOptions, inside_image: bool = False, prepared: bool = False
+) -> Graph:
     """The three feature maps, ``prompt``, ``original_size``, ``multimask_output``, ``return_logits``
-    -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR)."""
-    graph = Graph("decode")
+    -> ``masks`` (BxCxHxW), ``scores`` (BxC), ``low_res_logits`` (BxCxRxR).
+
+    ``prepared``: the graph ``decode_prepared`` for prompts without a ``mask_input`` (the package
+    must have the decoder cut in two, see :mod:`samdeploy.export.sam2`): the decoder's image side
+    runs once per image (its node remembers the outputs for the last
+    :data:`~samdeploy.sam.graphs.IMAGE_SIDE_MEMO` images' features), the prepared decoder once per
+    prompt batch.
+    """
+    graph = Graph("decode_prepared" if prepared else "decode")
     graph.add(prompt_build(package, inside_image))
-    graph.add(decoder_node(package, options))
+    if prepared:
+        side = options.params(
+            str(package.model_path(IMAGE_SIDE)), list(SAM2_IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE
+        )
+        path = str(package.model_path(PREPARED_DECODER))
+        graph.add(Inference("image_side", {**side, "memo": IMAGE_SIDE_MEMO}))
+        graph.add(Inference("mask_decoder", options.params(path, DECODER_OUTPUTS, role=PREPARED_DECODER)))
+        for port in SAM2_IMAGE_SIDE_OUTPUTS:
+            graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
+        for port in ("point_coords", "point_labels"):
+            graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+        features = "image_side"
+    else:
+        graph.add(decoder_node(package, options))
+        connect_prompt_ports(graph)
+        features = "mask_decoder"
     graph.add(postprocess(package))
-    connect_prompt_ports(graph)
     graph.connect("mask_decoder.low_res_masks", "postprocess.low_res_masks")
     graph.connect("mask_decoder.iou_predictions", "postprocess.iou_predictions")
     for name in FEATURES:
-        graph.input(name, f"mask_decoder.{name}")
+        graph.input(name, f"{features}.{name}")
     graph.input("prompt", "prompt_build.prompt")
     graph.input("original_size", "prompt_build.original_size", "postprocess.original_size")
     graph.input("multimask_output", "postprocess.multimask_output")

@@ -19,7 +19,15 @@ import numpy as np
 
 from samdeploy.engine import Graph
 from samdeploy.errors import PackageError
-from samdeploy.package import DECODER, SAM2_DECODER_INPUTS, ModelPackage
+from samdeploy.package import (
+    DECODER,
+    IMAGE_SIDE,
+    PREPARED_DECODER,
+    SAM2_DECODER_INPUTS,
+    SAM2_IMAGE_SIDE_INPUTS,
+    SAM2_PREPARED_DECODER_INPUTS,
+    ModelPackage,
+)
 from samdeploy.sam.graphs import BackendOptions
 from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import (
@@ -33,7 +41,7 @@ from samdeploy.sam.model import (
     run_graph,
 )
 from samdeploy.sam.prompts import Prompt
-from samdeploy.sam2.graphs import FEATURES, sam2_graph
+from samdeploy.sam2.graphs import FEATURES, decode_graph, sam2_graph
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,10 @@ class Sam2Model(SamModel):
     ) -> tuple[Graph, Graph, Graph]:
         return sam2_graph(package, options, inside_image)
 
+    @staticmethod
+    def build_prepared_graph(package: ModelPackage, options: BackendOptions, inside_image: bool) -> Graph:
+        return decode_graph(package, options, inside_image, prepared=True)
+
     @property
     def family(self) -> str:
         return self.package.family
@@ -129,7 +141,10 @@ class Sam2Model(SamModel):
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        return run_graph(self.decode_graph, inputs, self.executor, profile)
+        graph = self.decode_graph
+        if prompt.mask_input is None and self.prepared_decode_graph is not None:
+            graph = self.prepared_decode_graph  # the image side once per image (exact, see graphs)
+        return run_graph(graph, inputs, self.executor, profile)
 
     def __repr__(self) -> str:
         return (
@@ -148,6 +163,19 @@ def _check_package(package: ModelPackage, model: Sam2Model) -> None:
             f"model package {package.root}: {package.model(DECODER).file} lacks the SAM 2 decoder inputs"
             f" {', '.join(missing)}"
         )
+    prepared = model.prepared_decode_graph
+    if prepared is not None:
+        for node, role, wanted in (
+            ("image_side", IMAGE_SIDE, SAM2_IMAGE_SIDE_INPUTS),
+            ("mask_decoder", PREPARED_DECODER, SAM2_PREPARED_DECODER_INPUTS),
+        ):
+            names = [spec.name for spec in prepared.nodes[node].input_specs]
+            if missing := [name for name in wanted if name not in names]:
+                raise PackageError(
+                    f"model package {package.root}: {package.model(role).file} lacks the inputs"
+                    f" {', '.join(missing)}"
+                )
+        prepared.validate()
 
 
 def load_sam2_model(
