@@ -63,3 +63,26 @@ def official_predictor(sam2_model):
     from samdeploy.export.sam2 import official_predictor
 
     return official_predictor(sam2_model)
+
+
+@pytest.fixture
+def without_prepared_pair(tmp_path):
+    """``strip(package) -> copy``: a copy of a package as exports before the decoder was cut in two
+    wrote it (no ``mask_decoder_image`` / ``mask_decoder_prepared``)."""
+    import json
+    import shutil
+
+    from samdeploy.package import IMAGE_SIDE, PREPARED_DECODER, write_manifest
+
+    def strip(package: Path) -> Path:
+        copy = tmp_path / f"{package.parent.name}-before-the-cut"
+        shutil.copytree(package, copy)
+        manifest = json.loads((copy / "model.json").read_text())
+        for role in (IMAGE_SIDE, PREPARED_DECODER):
+            file = manifest["models"].pop(role)["file"]
+            del manifest["files"][file]
+            (copy / file).unlink()
+        write_manifest(copy, manifest)
+        return copy
+
+    return strip

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,31 +308,14 @@ def test_a_modified_sam2_package_is_refused_by_its_checksums(sam2_package, tmp_p
         samdeploy.SAM2ImagePredictor(copy)
 
 
-def _without_prepared_pair(package: Path, copy: Path) -> Path:
-    """A copy of ``package`` as exports before the decoder was cut in two wrote it."""
-    import json
-    import shutil
-
-    from samdeploy.package import IMAGE_SIDE, PREPARED_DECODER, write_manifest
-
-    shutil.copytree(package, copy)
-    manifest = json.loads((copy / "model.json").read_text())
-    for role in (IMAGE_SIDE, PREPARED_DECODER):
-        file = manifest["models"].pop(role)["file"]
-        del manifest["files"][file]
-        (copy / file).unlink()
-    write_manifest(copy, manifest)
-    return copy
-
-
 def test_clicks_take_the_decoder_cut_in_two_and_answer_as_the_whole_decoder(
-    sam2_package, tmp_path, monkeypatch
+    sam2_package, without_prepared_pair, monkeypatch
 ):
     """Why: a click without a mask_input runs the image side once per image and the prepared
     decoder per click (1.4x faster clicks on Hiera tiny); it must answer what the one decoder
     answers, which packages exported before the cut still run."""
     model = samdeploy.load_model(sam2_package)
-    old = samdeploy.load_model(_without_prepared_pair(sam2_package, tmp_path / "old"))
+    old = samdeploy.load_model(without_prepared_pair(sam2_package))
     assert model.prepared_decode_graph is not None and old.prepared_decode_graph is None
     side = model.prepared_decode_graph.nodes["image_side"]
     side.ensure_setup()

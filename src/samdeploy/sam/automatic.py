@@ -747,6 +747,8 @@ class SamAutomaticMaskGenerator:
         h, w = crop.size
         points = self.point_grids[crop.layer] * np.array([[w, h]])
         step = self.config.points_per_batch
+        for value in features.values():  # the crop's own outputs: read-only, so a memo may keep
+            value.setflags(write=False)  # what a decoder's image side makes of them for every batch
         items = (
             {**features, "points": points[start : start + step], "crop": crop}
             for start in range(0, len(points), step)

@@ -95,6 +95,27 @@ def connect_prompt_ports(graph: Graph, source: str = "prompt_build", decoder: st
         graph.connect(f"{source}.{port}", f"{decoder}.{port}")
 
 
+def add_prompt_decoder(
+    graph: Graph, package: ModelPackage, options: BackendOptions, prepared: bool, memo: int = IMAGE_SIDE_MEMO
+) -> str:
+    """Add the ``mask_decoder`` node fed by ``prompt_build`` to ``graph``: the whole decoder, or with
+    ``prepared`` the decoder cut in two behind an ``image_side`` node that remembers its outputs for
+    the last ``memo`` feature sets. Returns the node that takes the three feature maps."""
+    if not prepared:
+        graph.add(decoder_node(package, options))
+        connect_prompt_ports(graph)
+        return "mask_decoder"
+    side = options.params(str(package.model_path(IMAGE_SIDE)), list(SAM2_IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE)
+    path = str(package.model_path(PREPARED_DECODER))
+    graph.add(Inference("image_side", {**side, "memo": memo}))
+    graph.add(Inference("mask_decoder", options.params(path, DECODER_OUTPUTS, role=PREPARED_DECODER)))
+    for port in SAM2_IMAGE_SIDE_OUTPUTS:
+        graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
+    for port in ("point_coords", "point_labels"):
+        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+    return "image_side"
+
+
 def decode_graph(
     package: ModelPackage, options: BackendOptions, inside_image: bool = False, prepared: bool = False
 ) -> Graph:
@@ -109,22 +130,7 @@ def decode_graph(
     """
     graph = Graph("decode_prepared" if prepared else "decode")
     graph.add(prompt_build(package, inside_image))
-    if prepared:
-        side = options.params(
-            str(package.model_path(IMAGE_SIDE)), list(SAM2_IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE
-        )
-        path = str(package.model_path(PREPARED_DECODER))
-        graph.add(Inference("image_side", {**side, "memo": IMAGE_SIDE_MEMO}))
-        graph.add(Inference("mask_decoder", options.params(path, DECODER_OUTPUTS, role=PREPARED_DECODER)))
-        for port in SAM2_IMAGE_SIDE_OUTPUTS:
-            graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
-        for port in ("point_coords", "point_labels"):
-            graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
-        features = "image_side"
-    else:
-        graph.add(decoder_node(package, options))
-        connect_prompt_ports(graph)
-        features = "mask_decoder"
+    features = add_prompt_decoder(graph, package, options, prepared)
     graph.add(postprocess(package))
     graph.connect("mask_decoder.low_res_masks", "postprocess.low_res_masks")
     graph.connect("mask_decoder.iou_predictions", "postprocess.iou_predictions")
