@@ -125,6 +125,46 @@ def test_fp32_openvino_sam2_package_is_held_to_the_faithful_bar_on_every_map(sam
         assert masks.shape == (3, 64, 80) and scores.shape == (3,)
 
 
+@pytest.mark.skipif("openvino" not in available_backends(), reason="OpenVINO is not installed")
+def test_openvino_f32_runs_the_sam2_decoders_like_onnxruntime(sam2_package):
+    """Why: the bf16 packages run all three SAM 2 decoder graphs on OpenVINO; the prepared one
+    regroups pixels through rank-6 views (OpenVINO once mis-executed an 8-D transpose), so each
+    graph must give ONNX Runtime's numbers there, for one prompt and for a batch of three."""
+    from samdeploy.engine.backends import create_backend
+    from samdeploy.package import IMAGE_SIDE, PREPARED_DECODER, SAM2_IMAGE_SIDE_INPUTS
+
+    package = ModelPackage.load(sam2_package)
+    rng = np.random.default_rng(5)
+    features = {
+        spec.name: rng.standard_normal(spec.shape, np.float32)
+        for spec in package.model("image_encoder").outputs
+    }
+    low = package.mask_input_size
+
+    def both(role: str, feeds: dict) -> dict:
+        path = package.model_path(role)
+        expected = create_backend("onnxruntime", path).run(feeds)
+        got = create_backend("openvino", path, precision="f32").run(feeds)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, atol=1e-3, err_msg=f"{role}.{name}")
+        return expected
+
+    side = both(IMAGE_SIDE, {name: features[name] for name in SAM2_IMAGE_SIDE_INPUTS})
+    # one click with its padding point; three boxes, each with a click and the padding point
+    for labels in ([[1, -1]], [[2, 3, 1, -1]] * 3):
+        labels = np.array(labels, np.float32)
+        prompt = {
+            "point_coords": (rng.random((*labels.shape, 2)) * package.image_size).astype(np.float32),
+            "point_labels": labels,
+        }
+        both(PREPARED_DECODER, {**side, **prompt})
+        mask = {
+            "mask_input": rng.standard_normal((1, 1, *low), np.float32),
+            "has_mask_input": np.ones(1, np.float32),
+        }
+        both("mask_decoder", {**features, **prompt, **mask})
+
+
 def test_int8_bf16_groups_follow_the_hiera_width(sam2_package):
     # Why: Hiera's widths are its trunk's embed_dim times 1, 2, 4, 8; SAM 1's default group (128)
     # divides none of the first stages' widths on hiera tiny (96) or base+ (112), leaving those
