@@ -4,7 +4,7 @@
     export_model("sam2.1_hiera_tiny.pt", "models/sam2.1_tiny")        # family and size detected
 
 The official ``sam2`` package builds the torch model from its own Hydra configs (the four SAM 2.1
-presets ship inside it; ``config=`` takes a custom YAML). The package holds two graphs:
+presets ship inside it; ``config=`` takes a custom YAML). The package holds these graphs:
 
 * ``image_encoder``: ``image`` 1x3xSxS float32 (square-resized, scaled to [0, 1] and normalized by
   the runtime) -> ``high_res_feats_0`` 1x(C/8)x4Gx4G, ``high_res_feats_1`` 1x(C/4)x2Gx2G (already
@@ -815,7 +815,7 @@ def export_sam2(
     console: Console | None = None,
 ) -> ExportReport:
     """Export a SAM 2.x checkpoint (``.pt``, a state dict, or a ``SAM2Base`` with ``config``) to a
-    package folder; see the module docs for its two graphs.
+    package folder; see the module docs for its graphs.
 
     ``config``: a :class:`Sam2Config` or a Hydra YAML path, for a model that is not an official
     preset (default: detected from the weights).
