@@ -340,3 +340,21 @@ def test_clicks_take_the_decoder_cut_in_two_and_answer_as_the_whole_decoder(
     chained = dict(mask_input=low_res[np.argmax(scores)][None], multimask_output=False)
     np.testing.assert_allclose(predictor.predict(**chained)[2], reference.predict(**chained)[2], atol=1e-5)
     assert len(runs) == 2
+
+
+def test_a_prepared_decoder_that_does_not_fit_is_refused(sam2_package, tmp_path):
+    """Why: a package whose manifest names the wrong file for the prepared decoder would fail at the
+    first click, deep in a backend; loading it must say which file does not fit."""
+    import json
+    import shutil
+
+    from samdeploy.package import write_manifest
+
+    copy = tmp_path / "package"
+    shutil.copytree(sam2_package, copy)
+    manifest = json.loads((copy / "model.json").read_text())
+    manifest["models"]["mask_decoder_prepared"]["file"] = "mask_decoder.onnx"
+    write_manifest(copy, manifest)
+    with pytest.raises(PackageError, match="mask_decoder.onnx") as caught:
+        samdeploy.load_model(copy)
+    assert "\n" not in str(caught.value)

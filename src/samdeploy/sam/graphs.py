@@ -135,6 +135,42 @@ def connect_prompt_ports(graph: Graph, package: ModelPackage) -> None:
             graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
 
 
+def add_prepared_decoder(
+    graph: Graph,
+    package: ModelPackage,
+    options: BackendOptions,
+    side_inputs: tuple[str, ...],
+    side_outputs: tuple[str, ...],
+    decoder_inputs: tuple[str, ...],
+    decoder_outputs: list[str],
+    memo: int,
+) -> None:
+    """Add the decoder cut in two to ``graph`` (either family): ``image_side``, which remembers its
+    outputs for the last ``memo`` inputs, feeding ``mask_decoder``, whose points come from
+    ``prompt_build``. Raises :class:`PackageError` naming a file that lacks the inputs it must take."""
+    side = options.params(str(package.model_path(IMAGE_SIDE)), list(side_outputs), role=IMAGE_SIDE)
+    path = str(package.model_path(PREPARED_DECODER))
+    nodes = (
+        (Inference("image_side", {**side, "memo": memo}), IMAGE_SIDE, side_inputs),
+        (
+            Inference("mask_decoder", options.params(path, decoder_outputs, role=PREPARED_DECODER)),
+            PREPARED_DECODER,
+            decoder_inputs,
+        ),
+    )
+    for node, role, wanted in nodes:
+        names = [spec.name for spec in node.input_specs]
+        if missing := [name for name in wanted if name not in names]:
+            raise PackageError(
+                f"model package {package.root}: {package.model(role).file} lacks the inputs {', '.join(missing)}"
+            )
+        graph.add(node)
+    for port in side_outputs:
+        graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
+    for port in ("point_coords", "point_labels"):
+        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+
+
 def decode_graph(
     package: ModelPackage, options: BackendOptions, inside_image: bool = False, prepared: bool = False
 ) -> Graph:
@@ -160,28 +196,16 @@ def decode_graph(
         )
     )
     if prepared:
-        side = options.params(str(package.model_path(IMAGE_SIDE)), list(IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE)
-        path = package.model_path(PREPARED_DECODER)
-        nodes = (
-            (Inference("image_side", {**side, "memo": IMAGE_SIDE_MEMO}), IMAGE_SIDE, (EMBEDDINGS,)),
-            (
-                Inference("mask_decoder", options.params(str(path), DECODER_OUTPUTS, role=PREPARED_DECODER)),
-                PREPARED_DECODER,
-                PREPARED_DECODER_INPUTS,
-            ),
+        add_prepared_decoder(
+            graph,
+            package,
+            options,
+            (EMBEDDINGS,),
+            IMAGE_SIDE_OUTPUTS,
+            PREPARED_DECODER_INPUTS,
+            DECODER_OUTPUTS,
+            IMAGE_SIDE_MEMO,
         )
-        for node, role, wanted in nodes:
-            names = [spec.name for spec in node.input_specs]
-            if missing := [name for name in wanted if name not in names]:
-                raise PackageError(
-                    f"model package {package.root}: {package.model(role).file} lacks the inputs"
-                    f" {', '.join(missing)}"
-                )
-            graph.add(node)
-        for port in IMAGE_SIDE_OUTPUTS:
-            graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
-        for port in ("point_coords", "point_labels"):
-            graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
         graph.input(EMBEDDINGS, f"image_side.{EMBEDDINGS}")
     else:
         graph.add(decoder_node(package, options))

@@ -18,13 +18,13 @@ from samdeploy.engine import Graph, Inference
 from samdeploy.package import (
     DECODER,
     ENCODER,
-    IMAGE_SIDE,
-    PREPARED_DECODER,
     SAM2_ENCODER_OUTPUTS,
+    SAM2_IMAGE_SIDE_INPUTS,
     SAM2_IMAGE_SIDE_OUTPUTS,
+    SAM2_PREPARED_DECODER_INPUTS,
     ModelPackage,
 )
-from samdeploy.sam.graphs import IMAGE_SIDE_MEMO, BackendOptions
+from samdeploy.sam.graphs import IMAGE_SIDE_MEMO, BackendOptions, add_prepared_decoder
 from samdeploy.sam2.nodes import Postprocess, Preprocess, PromptBuild
 
 FEATURES = SAM2_ENCODER_OUTPUTS  # high_res_feats_0, high_res_feats_1, image_embed
@@ -105,14 +105,16 @@ def add_prompt_decoder(
         graph.add(decoder_node(package, options))
         connect_prompt_ports(graph)
         return "mask_decoder"
-    side = options.params(str(package.model_path(IMAGE_SIDE)), list(SAM2_IMAGE_SIDE_OUTPUTS), role=IMAGE_SIDE)
-    path = str(package.model_path(PREPARED_DECODER))
-    graph.add(Inference("image_side", {**side, "memo": memo}))
-    graph.add(Inference("mask_decoder", options.params(path, DECODER_OUTPUTS, role=PREPARED_DECODER)))
-    for port in SAM2_IMAGE_SIDE_OUTPUTS:
-        graph.connect(f"image_side.{port}", f"mask_decoder.{port}")
-    for port in ("point_coords", "point_labels"):
-        graph.connect(f"prompt_build.{port}", f"mask_decoder.{port}")
+    add_prepared_decoder(
+        graph,
+        package,
+        options,
+        SAM2_IMAGE_SIDE_INPUTS,
+        SAM2_IMAGE_SIDE_OUTPUTS,
+        SAM2_PREPARED_DECODER_INPUTS,
+        DECODER_OUTPUTS,
+        memo,
+    )
     return "image_side"
 
 

@@ -19,15 +19,7 @@ import numpy as np
 
 from samdeploy.engine import Graph
 from samdeploy.errors import PackageError
-from samdeploy.package import (
-    DECODER,
-    IMAGE_SIDE,
-    PREPARED_DECODER,
-    SAM2_DECODER_INPUTS,
-    SAM2_IMAGE_SIDE_INPUTS,
-    SAM2_PREPARED_DECODER_INPUTS,
-    ModelPackage,
-)
+from samdeploy.package import DECODER, SAM2_DECODER_INPUTS, ModelPackage
 from samdeploy.sam.graphs import BackendOptions
 from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import (
@@ -163,19 +155,8 @@ def _check_package(package: ModelPackage, model: Sam2Model) -> None:
             f"model package {package.root}: {package.model(DECODER).file} lacks the SAM 2 decoder inputs"
             f" {', '.join(missing)}"
         )
-    prepared = model.prepared_decode_graph
-    if prepared is not None:
-        for node, role, wanted in (
-            ("image_side", IMAGE_SIDE, SAM2_IMAGE_SIDE_INPUTS),
-            ("mask_decoder", PREPARED_DECODER, SAM2_PREPARED_DECODER_INPUTS),
-        ):
-            names = [spec.name for spec in prepared.nodes[node].input_specs]
-            if missing := [name for name in wanted if name not in names]:
-                raise PackageError(
-                    f"model package {package.root}: {package.model(role).file} lacks the inputs"
-                    f" {', '.join(missing)}"
-                )
-        prepared.validate()
+    if model.prepared_decode_graph is not None:  # its nodes' inputs were checked as it was built
+        model.prepared_decode_graph.validate()
 
 
 def load_sam2_model(
