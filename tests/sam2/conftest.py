@@ -86,3 +86,19 @@ def without_prepared_pair(tmp_path):
         return copy
 
     return strip
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """``count(node) -> runs``: a list that grows by one each time the Inference ``node``'s model runs."""
+
+    def count(node) -> list:
+        node.ensure_setup()
+        runs: list = []
+        real_run = node._backend.run
+        monkeypatch.setattr(
+            node._backend, "run", lambda feeds, outputs=None: runs.append(1) or real_run(feeds, outputs)
+        )
+        return runs
+
+    return count

@@ -107,7 +107,7 @@ def test_records_match_the_official_generator(structured, case):
 
 @pytest.mark.parametrize("case", ["crops", "m2m"])
 def test_the_decoder_cut_in_two_gives_the_records_of_the_whole_decoder(
-    structured, without_prepared_pair, monkeypatch, case
+    structured, without_prepared_pair, count_runs, case
 ):
     """Why: the generator's first pass takes the decoder cut in two where the package has it (the
     image side once per crop, 11% less per batch of 64 on Hiera tiny); the records must be those of
@@ -121,12 +121,7 @@ def test_the_decoder_cut_in_two_gives_the_records_of_the_whole_decoder(
     )
     assert "image_side" in generator.point_graph.nodes and "image_side" not in before.point_graph.nodes
     side = generator.point_graph.nodes["image_side"]
-    side.ensure_setup()
-    runs = []
-    real_run = side._backend.run
-    monkeypatch.setattr(
-        side._backend, "run", lambda feeds, outputs=None: runs.append(1) or real_run(feeds, outputs)
-    )
+    runs = count_runs(side)
     ours, theirs = generator.generate(image), before.generate(image)
     crops = 1 + (4 if options.get("crop_n_layers") else 0)
     assert len(runs) == crops  # once per crop, not once per batch of points

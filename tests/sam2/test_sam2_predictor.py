@@ -309,7 +309,7 @@ def test_a_modified_sam2_package_is_refused_by_its_checksums(sam2_package, tmp_p
 
 
 def test_clicks_take_the_decoder_cut_in_two_and_answer_as_the_whole_decoder(
-    sam2_package, without_prepared_pair, monkeypatch
+    sam2_package, without_prepared_pair, count_runs
 ):
     """Why: a click without a mask_input runs the image side once per image and the prepared
     decoder per click (1.4x faster clicks on Hiera tiny); it must answer what the one decoder
@@ -318,12 +318,7 @@ def test_clicks_take_the_decoder_cut_in_two_and_answer_as_the_whole_decoder(
     old = samdeploy.load_model(without_prepared_pair(sam2_package))
     assert model.prepared_decode_graph is not None and old.prepared_decode_graph is None
     side = model.prepared_decode_graph.nodes["image_side"]
-    side.ensure_setup()
-    runs = []
-    real_run = side._backend.run
-    monkeypatch.setattr(
-        side._backend, "run", lambda feeds, outputs=None: runs.append(1) or real_run(feeds, outputs)
-    )
+    runs = count_runs(side)
     predictor, reference = samdeploy.SAM2ImagePredictor(model), samdeploy.SAM2ImagePredictor(old)
     for seed in (0, 1):
         image = _image(300, 200, seed)

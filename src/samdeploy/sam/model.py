@@ -218,6 +218,13 @@ class SamModel:
         """The decode graph for prompts without a ``mask_input`` (the package has the decoder cut in two)."""
         return decode_graph(package, options, inside_image, prepared=True)
 
+    def graph_for(self, prompt: Prompt) -> Graph:
+        """The decode graph ``prompt`` takes: the prepared one (the decoder's image side once per
+        image, the same answers) when it has no ``mask_input`` and the package has the pair."""
+        if prompt.mask_input is None and self.prepared_decode_graph is not None:
+            return self.prepared_decode_graph
+        return self.decode_graph
+
     @property
     def backend_summary(self) -> str:
         """The backends the two halves run on, e.g. ``onnxruntime`` or
@@ -295,10 +302,7 @@ class SamModel:
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        graph = self.decode_graph
-        if prompt.mask_input is None and self.prepared_decode_graph is not None:
-            graph = self.prepared_decode_graph  # the image side once per image (exact, see graphs)
-        out = run_graph(graph, inputs, self.executor, profile)
+        out = run_graph(self.graph_for(prompt), inputs, self.executor, profile)
         # Prompts are bounded so that a sound model stays finite; NaN here means broken weights,
         # which would otherwise come out as empty masks with no word of warning.
         if not (np.isfinite(out["scores"]).all() and np.isfinite(out["low_res_logits"]).all()):

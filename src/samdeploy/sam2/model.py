@@ -133,10 +133,7 @@ class Sam2Model(SamModel):
             "multimask_output": bool(multimask_output),
             "return_logits": bool(return_logits),
         }
-        graph = self.decode_graph
-        if prompt.mask_input is None and self.prepared_decode_graph is not None:
-            graph = self.prepared_decode_graph  # the image side once per image (exact, see graphs)
-        return run_graph(graph, inputs, self.executor, profile)
+        return run_graph(self.graph_for(prompt), inputs, self.executor, profile)
 
     def __repr__(self) -> str:
         return (

@@ -177,13 +177,14 @@ class OpenVinoBackend(Backend):
         held: dict[str, weakref.ref] = local.held
         fresh = {}
         for name, value in feeds.items():
-            kept = held.pop(name, None)
+            kept = held.get(name)
             if kept is not None and kept() is value:
-                held[name] = kept
                 continue
             fresh[name] = value
             if unchanging(value):
                 held[name] = weakref.ref(value)
+            else:
+                held.pop(name, None)
         try:
             request.infer(fresh)
         except Exception as exc:
