@@ -1,12 +1,15 @@
-"""Mask upscaling of a click, the two ways the library offers, alternating call by call.
+"""Mask upscaling of a click, the ways the library offers, alternating call by call.
 
 A one-point predict upscales its three low-res masks (256x256 logits) to the picture's size.
 ``postprocess_masks(low_res, geometry)`` returns the float logits at full size, which the caller
-thresholds; ``postprocess_masks(low_res, geometry, above=0.0)`` returns the bool masks a block of
-rows at a time, never holding the full-size logits (what ``SamPredictor.predict`` does unless
-``return_logits``). Both run the same products, so the masks are the same bits (checked here).
-Prints, per picture size, each form's median time, the median of per-call ratios and the peak of
-memory numpy allocated (tracemalloc). No model needed.
+thresholds; ``postprocess_masks(low_res, geometry, above=0.0)`` returns the bool masks a piece at a
+time, never holding the full-size logits (what ``SamPredictor.predict`` does unless
+``return_logits``). Where OpenCV samples at PyTorch's positions (a picture whose long side is 1024
+or a power of two times it) both forms resize with ``cv2.resize``, and a third form times the
+banded products the other sizes take (``products=True``). Prints, per picture size, the way taken,
+each form's median time, the median of per-call ratios and the peak of memory numpy allocated
+(tracemalloc); the forms' masks are checked equal (to 1e-5 of the logits across the two ways). No
+model needed.
 
     .venv/bin/python benchmarks/bench_upscale.py
     .venv/bin/python benchmarks/bench_upscale.py --sizes 3024x4032 --rounds 40 --json upscale.json
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samdeploy.sam.transforms import MaskGeometry, postprocess_masks
+from samdeploy.sam.transforms import MaskGeometry
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is not a package on the path
@@ -52,33 +55,42 @@ def _peak_bytes(fn) -> int:
 
 
 def bench_upscale(sizes: list[tuple[int, int]], rounds: int, masks: int = 3) -> dict:
-    """Per ``HxW``: ``logits_ms`` (full-size logits, then ``> 0``), ``masks_ms`` (``above=0``), the
-    median per-call ratio ``logits_over_masks``, and each form's ``*_peak_mb``."""
+    """Per ``HxW``: ``way`` ("opencv" or "products"), ``logits_ms`` (full-size logits, then
+    ``> 0``), ``masks_ms`` (``above=0``), the median per-call ratio ``logits_over_masks``, each
+    form's ``*_peak_mb``; where the way is OpenCV, also ``products_ms`` (the banded products,
+    ``above=0``) and ``products_over_masks``."""
     low_res = _low_res(masks)
     report = {}
     for height, width in sizes:
-        geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
+        resize = MaskGeometry.for_image((height, width), 1024, (256, 256)).resize()
         forms = {
-            "logits": lambda g=geometry: postprocess_masks(low_res, g) > np.float32(0.0),
-            "masks": lambda g=geometry: postprocess_masks(low_res, g, 0.0),
+            "logits": lambda r=resize: r(low_res) > np.float32(0.0),
+            "masks": lambda r=resize: r(low_res, 0.0),
         }
-        if not np.array_equal(forms["logits"](), forms["masks"]()):
-            raise AssertionError(f"{height}x{width}: the two forms gave different masks")
+        if resize.in_opencv:
+            forms["products"] = lambda r=resize: r(low_res, 0.0, products=True)
+        expected = forms["masks"]()
+        if not np.array_equal(forms["logits"](), expected):
+            raise AssertionError(f"{height}x{width}: the float and bool forms gave different masks")
+        if resize.in_opencv:
+            gap = float(np.abs(resize(low_res) - resize(low_res, products=True)).max())
+            if gap > 1e-5:
+                raise AssertionError(f"{height}x{width}: OpenCV and the products differ by {gap:.2e}")
         times: dict[str, list[float]] = {name: [] for name in forms}
         for _ in range(rounds):
             for name, form in forms.items():
                 start = time.perf_counter()
                 form()
                 times[name].append((time.perf_counter() - start) * 1e3)
-        report[f"{height}x{width}"] = {
-            "logits_ms": statistics.median(times["logits"]),
-            "masks_ms": statistics.median(times["masks"]),
-            "logits_over_masks": statistics.median(
-                a / b for a, b in zip(times["logits"], times["masks"], strict=True)
-            ),
-            "logits_peak_mb": _peak_bytes(forms["logits"]) / 2**20,
-            "masks_peak_mb": _peak_bytes(forms["masks"]) / 2**20,
-        }
+        row = {"way": "opencv" if resize.in_opencv else "products"}
+        for name in forms:
+            row[f"{name}_ms"] = statistics.median(times[name])
+            row[f"{name}_peak_mb"] = _peak_bytes(forms[name]) / 2**20
+            if name != "masks":
+                row[f"{name}_over_masks"] = statistics.median(
+                    a / b for a, b in zip(times[name], times["masks"], strict=True)
+                )
+        report[f"{height}x{width}"] = row
     return report
 
 
@@ -94,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     report = bench_upscale(args.sizes, args.rounds)
     for size, row in report.items():
-        print(
-            f"{size}: logits then threshold {row['logits_ms']:.1f} ms ({row['logits_peak_mb']:.0f} MB),"
-            f" masks by blocks {row['masks_ms']:.1f} ms ({row['masks_peak_mb']:.0f} MB),"
-            f" {row['logits_over_masks']:.2f}x"
+        line = (
+            f"{size} ({row['way']}): logits then threshold {row['logits_ms']:.1f} ms"
+            f" ({row['logits_peak_mb']:.0f} MB), masks {row['masks_ms']:.1f} ms"
+            f" ({row['masks_peak_mb']:.0f} MB), {row['logits_over_masks']:.2f}x"
         )
+        if "products_ms" in row:
+            line += f"; the products {row['products_ms']:.1f} ms, {row['products_over_masks']:.2f}x"
+        print(line)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

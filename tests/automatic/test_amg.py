@@ -70,6 +70,7 @@ def test_stability_score_equals_official(seed: int, offset: float, scale: float)
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("opencv", [False, True])
 @FAST
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -77,23 +78,26 @@ def test_stability_score_equals_official(seed: int, offset: float, scale: float)
     threshold=st.sampled_from([0.0, 0.7]),
 )
 def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
-    seed: int, offset: float, threshold: float
+    opencv: bool, seed: int, offset: float, threshold: float
 ) -> None:
-    """The generator's masks and stability scores made a block of rows at a time (the logits at
-    the crop's size never whole) are those of the whole logits, to the bit."""
-    from samdeploy.sam.transforms import MaskGeometry, postprocess_masks, resized_rows
+    """The generator's masks and stability scores made a piece at a time (the logits at the crop's
+    size never whole: blocks of rows of every mask, or one mask at a time where OpenCV resizes) are
+    those of the whole logits, to the bit."""
+    from samdeploy.sam.transforms import MaskGeometry, postprocess_masks
 
     rng = np.random.default_rng(seed)
     low_res = (rng.standard_normal((4, 64, 64)) * 3).astype(np.float32)
     low_res[3] = -10.0  # empty union: NaN in both
-    geometry = MaskGeometry.for_image(
-        (int(rng.integers(150, 400)), int(rng.integers(150, 400))), 256, (64, 64)
-    )
-    mh, mw = geometry.matrices()
-    assert len(mh.blocks) > 2  # several blocks of rows
-    masks, stability = amg.masks_and_stability(
-        resized_rows(low_res, mh, mw), (4, mh.shape[0], mw.shape[0]), threshold, offset
-    )
+    size = (int(rng.integers(150, 400)), int(rng.integers(150, 400)))
+    if opencv:  # twice the resized image (long side 512 for S = 256, an even short side)
+        short = 2 * (min(size) // 2)
+        size = (512, short) if rng.random() < 0.5 else (short, 512)
+    geometry = MaskGeometry.for_image(size, 256, (64, 64))
+    resize = geometry.resize()
+    assert resize.in_opencv or not opencv
+    if not resize.in_opencv:
+        assert len(resize.matrices()[0].blocks) > 2  # several blocks of rows
+    masks, stability = amg.masks_and_stability(resize.rows(low_res), (4, *size), threshold, offset)
     logits = postprocess_masks(low_res, geometry)
     np.testing.assert_array_equal(masks, logits > np.float32(threshold))
     expected = amg.calculate_stability_score(logits, threshold, offset)

@@ -328,8 +328,8 @@ def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsy
         assert f"must be HEIGHTxWIDTH, e.g. 3024x4032 (got {bad!r})" in capsys.readouterr().err
 
 
-def test_upscale_benchmark_compares_the_two_forms(tmp_path) -> None:
-    """benchmarks/bench_upscale.py: both forms timed at each size, their masks checked equal, the
+def test_upscale_benchmark_compares_the_forms(tmp_path) -> None:
+    """benchmarks/bench_upscale.py: the forms timed at each size, their masks checked equal, the
     bool form's peak memory below the full-size logits' (at 600x800, 3 masks: 5.5 MB of logits, of which
     a block of 64 rows is kept)."""
     sys.path.insert(0, str(ROOT))
@@ -338,9 +338,14 @@ def test_upscale_benchmark_compares_the_two_forms(tmp_path) -> None:
     finally:
         sys.path.remove(str(ROOT))
     out = tmp_path / "upscale.json"
-    assert bench_upscale.main(["--sizes", "600x800", "30x40", "--rounds", "2", "--json", str(out)]) == 0
+    sizes = ["600x800", "30x40", "96x128"]
+    assert bench_upscale.main(["--sizes", *sizes, "--rounds", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert list(report) == ["600x800", "30x40"]
+    assert list(report) == sizes
     for row in report.values():
         assert positive(row["logits_ms"]) and positive(row["masks_ms"]) and positive(row["logits_over_masks"])
     assert report["600x800"]["masks_peak_mb"] < report["600x800"]["logits_peak_mb"] - 3
+    # 96x128 is the resized 768x1024 image over 8: OpenCV's way, timed against the products too.
+    assert [row["way"] for row in report.values()] == ["products", "products", "opencv"]
+    assert positive(report["96x128"]["products_ms"]) and positive(report["96x128"]["products_over_masks"])
+    assert "products_ms" not in report["600x800"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,10 +16,12 @@ from samdeploy.errors import ImageError  # noqa: E402
 from samdeploy.sam.transforms import (  # noqa: E402
     BandedMatrix,
     MaskGeometry,
+    MaskResize,
     apply_boxes,
     apply_coords,
     bilinear_matrix,
     normalize_and_pad,
+    opencv_matches_torch,
     postprocess_masks,
     preprocess_shape,
     resize_longest_side,
@@ -109,6 +112,62 @@ def test_postprocess_matches_official(height: int, width: int) -> None:
     assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, official, atol=2e-4, rtol=0)
     assert np.mean((ours > 0) != (official > 0)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("in_size", "out_size", "same"),
+    [(256, 1024, True), (64, 256, True), (192, 768, True), (1024, 2048, True), (1024, 512, True),
+     (768, 768, True), (1, 4, True), (256, 768, False), (1024, 4032, False), (768, 3000, False),
+     (1024, 640, False)],
+)
+def test_opencv_matches_torch_only_where_its_positions_are_pytorchs(
+    in_size: int, out_size: int, same: bool
+) -> None:
+    """OpenCV's source positions are PyTorch's (to the bit) for power-of-two ratios and equal
+    sizes; where they are not, they differ in the last float32 bits and the products are used."""
+    assert opencv_matches_torch(in_size, out_size) == same
+    if same:
+        x = np.random.default_rng(in_size).standard_normal((in_size, 3)).astype(np.float32)
+        opencv = cv2.resize(x, (3, out_size), interpolation=cv2.INTER_LINEAR)
+        official = torch.nn.functional.interpolate(
+            torch.from_numpy(x)[None, None], size=(out_size, 3), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+        np.testing.assert_allclose(opencv, official, atol=1e-6, rtol=0)
+
+
+# Long side S * 2^k (and so the short side too) for S = 1024: every step in OpenCV.
+OPENCV_SIZES = [(768, 1024), (1536, 2048), (512, 384), (2048, 2048), (1024, 1), (96, 128)]
+
+
+@pytest.mark.parametrize(("height", "width"), OPENCV_SIZES)
+def test_postprocess_in_opencv_matches_official(height: int, width: int) -> None:
+    rng = np.random.default_rng(height + width)
+    low_res = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
+    geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
+    assert geometry.resize().in_opencv
+    official = Sam.postprocess_masks(
+        _official_sam(1024), torch.from_numpy(low_res), geometry.input_size, (height, width)
+    ).numpy()
+    ours = postprocess_masks(low_res, geometry)
+    assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
+    # The same weights in another order of summation: float32 rounding only.
+    np.testing.assert_allclose(ours, official, atol=1e-5, rtol=0)
+    masks = postprocess_masks(low_res, geometry, 0.0)
+    np.testing.assert_array_equal(masks, ours > 0)
+    assert np.mean(masks != (official > 0)) < 1e-5
+
+
+def test_sam2_upscale_in_opencv_matches_official() -> None:
+    from samdeploy.sam2.transforms import upscale_masks
+
+    low_res = (np.random.default_rng(4).standard_normal((1, 3, 256, 256)) * 4).astype(np.float32)
+    assert MaskResize.direct((256, 256), (1024, 512)).in_opencv
+    logits = upscale_masks(low_res, (1024, 512))
+    official = torch.nn.functional.interpolate(
+        torch.from_numpy(low_res), (1024, 512), mode="bilinear", align_corners=False
+    ).numpy()
+    np.testing.assert_allclose(logits, official, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(upscale_masks(low_res, (1024, 512), 0.0), logits > 0)
 
 
 @pytest.mark.parametrize(("height", "width"), [(480, 640), (1, 7), (1023, 1025), (4032, 3024)])

@@ -57,7 +57,7 @@ from samdeploy.sam.images import as_rgb_array
 from samdeploy.sam.model import ImageEmbedding, SamModel, load_model
 from samdeploy.sam.nodes import PromptBuild
 from samdeploy.sam.prompts import Prompt
-from samdeploy.sam.transforms import MASK_THRESHOLD, BandedMatrix, MaskGeometry, resized_rows
+from samdeploy.sam.transforms import MASK_THRESHOLD, MaskGeometry, MaskResize
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -216,22 +216,20 @@ class FilterMasks(Node):
         """The mask tokens the generator keeps (Bx4 -> BxC): the three multimask outputs."""
         return low_res_masks[:, MULTIMASK_TOKENS], iou_predictions[:, MULTIMASK_TOKENS]
 
-    def resize_matrices(self, low_res: np.ndarray, crop: CropInfo) -> tuple[BandedMatrix, BandedMatrix]:
-        """The (height, width) matrices that take low-res logits to the crop's size (SAM's resize,
-        crop, resize)."""
-        geometry = MaskGeometry.for_image(crop.size, self.params.image_size, low_res.shape[-2:])
-        return geometry.matrices()
+    def mask_resize(self, low_res: np.ndarray, crop: CropInfo) -> MaskResize:
+        """How low-res logits reach the crop's size (SAM's resize, crop, resize)."""
+        return MaskGeometry.for_image(crop.size, self.params.image_size, low_res.shape[-2:]).resize()
 
     def _filter_chunk(
         self, low_res: np.ndarray, iou: np.ndarray, points: np.ndarray, crop: CropInfo
     ) -> MaskCandidates:
         p = self.params
-        mh, mw = self.resize_matrices(low_res, crop)
-        # N x h x w masks and their stability, the logits at the crop's size made a block of rows
-        # at a time and never held whole.
+        resize = self.mask_resize(low_res, crop)
+        # N x h x w masks and their stability, the logits at the crop's size made a piece at a time
+        # (a mask, or a block of rows) and never held whole.
         masks, stability = masks_and_stability(
-            resized_rows(low_res, mh, mw),
-            (len(low_res), mh.shape[0], mw.shape[0]),
+            resize.rows(low_res),
+            (len(low_res), *resize.size),
             p.mask_threshold,
             p.stability_score_offset,
         )

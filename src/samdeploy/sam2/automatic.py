@@ -39,7 +39,7 @@ from samdeploy.sam.automatic import (
     merge_graph,
 )
 from samdeploy.sam.prompts import Prompt
-from samdeploy.sam.transforms import BandedMatrix
+from samdeploy.sam.transforms import MaskResize
 from samdeploy.sam2.graphs import (
     FEATURES,
     add_prompt_decoder,
@@ -51,7 +51,7 @@ from samdeploy.sam2.graphs import (
 from samdeploy.sam2.model import Sam2Model
 from samdeploy.sam2.nodes import decoder_inputs
 from samdeploy.sam2.predictor import as_sam2_model
-from samdeploy.sam2.transforms import LOW_RES_CLAMP, resize_matrices, select_masks
+from samdeploy.sam2.transforms import LOW_RES_CLAMP, select_masks
 
 
 @register_node("sam2.FilterMasks")
@@ -83,8 +83,8 @@ class FilterMasks2(FilterMasks):
             p.stability_thresh,
         )
 
-    def resize_matrices(self, low_res: np.ndarray, crop: CropInfo) -> tuple[BandedMatrix, BandedMatrix]:
-        return resize_matrices(low_res.shape[-2:], crop.size)
+    def mask_resize(self, low_res: np.ndarray, crop: CropInfo) -> MaskResize:
+        return MaskResize.direct(low_res.shape[-2:], crop.size)
 
 
 @register_node("sam2.MaskToMaskPrompts")

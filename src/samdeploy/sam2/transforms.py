@@ -17,13 +17,11 @@ Official code being reproduced (sam2 1.1.0):
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 from PIL import Image
 
 from samdeploy.errors import ImageError
-from samdeploy.sam.transforms import BandedMatrix, bilinear_matrix, resize_axes
+from samdeploy.sam.transforms import MaskResize
 
 MASK_THRESHOLD = 0.0
 LOW_RES_CLAMP = 32.0
@@ -77,29 +75,13 @@ def transform_coords(
     return coords * np.float32(image_size)
 
 
-@lru_cache(maxsize=64)
-def _axis_matrix(low_res: int, original_len: int) -> BandedMatrix:
-    """``original_len x low_res``: PyTorch's bilinear resize of one axis."""
-    return BandedMatrix.from_dense(bilinear_matrix(low_res, original_len), 64)
-
-
 def upscale_masks(
     low_res: np.ndarray, original_size: tuple[int, int], above: float | None = None
 ) -> np.ndarray:
     """Low-res logits ...xRhxRw -> logits at the original size ...xHxW, float32
     (``F.interpolate(..., original_size, mode="bilinear", align_corners=False)``), or with ``above``
     the bool masks ``logits > above`` (without the float logits at full size)."""
-    return resize_axes(low_res, *resize_matrices(low_res.shape[-2:], original_size), above)
-
-
-def resize_matrices(
-    low_res_size: tuple[int, ...], original_size: tuple[int, int]
-) -> tuple[BandedMatrix, BandedMatrix]:
-    """(Mh: H x Rh, Mw: W x Rw) of the bilinear resize from ``low_res_size`` to ``original_size``."""
-    return (
-        _axis_matrix(int(low_res_size[0]), int(original_size[0])),
-        _axis_matrix(int(low_res_size[1]), int(original_size[1])),
-    )
+    return MaskResize.direct(low_res.shape[-2:], original_size)(low_res, above)
 
 
 def stability_scores(logits: np.ndarray, delta: float) -> np.ndarray:
