@@ -116,9 +116,19 @@ def test_postprocess_matches_official(height: int, width: int) -> None:
 
 @pytest.mark.parametrize(
     ("in_size", "out_size", "same"),
-    [(256, 1024, True), (64, 256, True), (192, 768, True), (1024, 2048, True), (1024, 512, True),
-     (768, 768, True), (1, 4, True), (256, 768, False), (1024, 4032, False), (768, 3000, False),
-     (1024, 640, False)],
+    [
+        (256, 1024, True),
+        (64, 256, True),
+        (192, 768, True),
+        (1024, 2048, True),
+        (1024, 512, True),
+        (768, 768, True),
+        (1, 4, True),
+        (256, 768, False),
+        (1024, 4032, False),
+        (768, 3000, False),
+        (1024, 640, False),
+    ],
 )
 def test_opencv_matches_torch_only_where_its_positions_are_pytorchs(
     in_size: int, out_size: int, same: bool

@@ -241,7 +241,9 @@ class MaskResize:
     def in_opencv(self) -> bool:
         """Whether ``cv2.resize`` gives PyTorch's weights for every step (the fast way)."""
         steps = ((self.low_res_size, self.resize_to), (self.crop_to, self.size))
-        return all(opencv_matches_torch(a, b) for start, end in steps for a, b in zip(start, end, strict=True))
+        return all(
+            opencv_matches_torch(a, b) for start, end in steps for a, b in zip(start, end, strict=True)
+        )
 
     def rows(self, low_res: np.ndarray, *, products: bool = False) -> Rows:
         """The upscaled ...xRhxRw logits as :data:`Rows`: a whole mask at a time with OpenCV, a
