@@ -105,6 +105,23 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
     assert np.isnan(stability[3]) and np.isfinite(stability[:3]).all()
 
 
+def test_masks_and_stability_write_into_a_given_buffer() -> None:
+    """The generator passes one buffer to every chunk of a run: the masks land in it, the same as
+    in a fresh array, whatever it held before; a buffer of another shape is refused."""
+    from samdeploy.sam.transforms import MaskGeometry
+
+    low_res = (np.random.default_rng(7).standard_normal((3, 64, 64)) * 3).astype(np.float32)
+    resize = MaskGeometry.for_image((300, 200), 256, (64, 64)).resize()
+    fresh, fresh_stability = amg.masks_and_stability(resize.rows(low_res), (3, 300, 200), 0.0, 1.0)
+    buffer = np.ones((3, 300, 200), dtype=bool)
+    masks, stability = amg.masks_and_stability(resize.rows(low_res), (3, 300, 200), 0.0, 1.0, out=buffer)
+    assert masks is buffer and not fresh.all()
+    np.testing.assert_array_equal(masks, fresh)
+    np.testing.assert_array_equal(stability, fresh_stability)
+    with pytest.raises(ValueError, match=r"out is bool \(2, 300, 200\), the masks are bool \(3, 300, 200\)"):
+        amg.masks_and_stability(resize.rows(low_res), (3, 300, 200), 0.0, 1.0, out=buffer[:2])
+
+
 @pytest.mark.parametrize("shape", [(12, 31, 17), (3, 1, 1), (0, 8, 8), (2, 3, 9, 9)])
 def test_mask_to_box_equals_official(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)

@@ -96,8 +96,9 @@ def masks_and_stability(
     shape: tuple[int, ...],
     mask_threshold: float,
     threshold_offset: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bool masks ``logits > mask_threshold`` (``shape``, ...xHxW) and their
+    """Bool masks ``logits > mask_threshold`` (``shape``, ...xHxW; into ``out`` if given) and their
     :func:`calculate_stability_score`, from logits that come a piece at a time:
     ``(index, row0, row1, block)`` as :meth:`~samdeploy.sam.transforms.MaskResize.rows` yields them
     (``block`` is ``logits[index][..., row0:row1, :]``).
@@ -107,7 +108,9 @@ def masks_and_stability(
     """
     high, low = _stability_cuts(mask_threshold, threshold_offset)
     threshold = np.float32(mask_threshold)
-    masks = np.empty(shape, dtype=bool)
+    masks = np.empty(shape, dtype=bool) if out is None else out
+    if masks.shape != tuple(shape) or masks.dtype != np.bool_:
+        raise ValueError(f"out is {masks.dtype} {masks.shape}, the masks are bool {tuple(shape)}")
     intersections = np.zeros(shape[:-2], dtype=np.int32)
     unions = np.zeros(shape[:-2], dtype=np.int32)
     for index, row0, row1, block in rows:
