@@ -213,7 +213,7 @@ class MaskResize:
     - ``cv2.resize`` step by step, mask by mask, where OpenCV samples every axis of every step at
       PyTorch's positions (:func:`opencv_matches_torch`: e.g. SAM's 256 -> 1024 upscale, and a
       picture whose long side is the encoder's size or a power of two times it). Its vectorized
-      two-tap kernel is about 3x faster than the products below for a 768x1024 picture.
+      two-tap kernel is about 2.8x faster than the products below for a 768x1024 picture.
     - Otherwise each axis's steps composed into one banded matrix (exact in float64, one cast) and
       applied as two products, ``Mh @ X @ Mw^T``, a block of output rows at a time, so thresholded
       masks never hold the float logits at full size.
@@ -247,7 +247,8 @@ class MaskResize:
 
     def rows(self, low_res: np.ndarray, *, products: bool = False) -> Rows:
         """The upscaled ...xRhxRw logits as :data:`Rows`: a whole mask at a time with OpenCV, a
-        block of rows of every mask with the products (each block overwritten by the next).
+        block of rows of every mask with the products (either way each piece is overwritten by the
+        next: use it before asking for the next).
         ``products=True`` takes the products where OpenCV could be used (for comparisons)."""
         if self.in_opencv and not products:
             return self._opencv_masks(low_res)
@@ -325,10 +326,6 @@ class MaskGeometry:
         """SAM's steps: upscale to S x S, crop to the resized image, resize to the original."""
         square = (self.image_size, self.image_size)
         return MaskResize(self.low_res_size, square, self.input_size, self.original_size)
-
-    def matrices(self) -> tuple[BandedMatrix, BandedMatrix]:
-        """(Mh: H x Rh, Mw: W x Rw), cached per geometry."""
-        return self.resize().matrices()
 
 
 def _width_pass(low_res: np.ndarray, mw: BandedMatrix) -> np.ndarray:
