@@ -80,13 +80,23 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_records_match_the_official_generator(structured, case):
+    _assert_records_match(structured, CASES[case], _image(200, 300), case)
+
+
+def test_records_match_the_official_generator_with_masks_resized_in_opencv(structured):
+    """At 128x256 (the 64x64 low-res masks times 2 and 4) every mask is resized by OpenCV."""
+    from samdeploy.sam.transforms import MaskResize
+
+    assert MaskResize.direct((64, 64), (128, 256)).in_opencv
+    _assert_records_match(structured, CASES["no_nms"], _image(128, 256), "no_nms at 128x256")
+
+
+def _assert_records_match(structured, options: dict, image: np.ndarray, case: str) -> None:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as Official
 
     from samdeploy.export.sam2 import official_predictor
 
     model, package = structured
-    options = CASES[case]
-    image = _image(200, 300)
     official = Official(model, **options)
     official.predictor = official_predictor(model)  # its feature sizes for a 256 px input
     theirs = official.generate(image)
