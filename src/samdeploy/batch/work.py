@@ -127,7 +127,7 @@ class Segmenter:
                     {
                         "id": ids[start + offset],
                         "segmentation": coco_rle(mask),
-                        "area": int(mask.sum()),
+                        "area": int(np.count_nonzero(mask)),
                         "predicted_iou": float(score),
                     }
                 )
@@ -153,7 +153,7 @@ class Segmenter:
                     "id": index + 1,
                     "prompt": prompt,
                     "segmentation": coco_rle(mask),
-                    "area": int(mask.sum()),
+                    "area": int(np.count_nonzero(mask)),
                     "bbox": mask_bbox(mask),
                     "predicted_iou": float(scores[best]),
                 }

@@ -62,7 +62,7 @@ def label_map_png(masks: list[np.ndarray], size: tuple[int, int]) -> bytes:
     """HxW masks -> PNG label map of ``size`` (H, W): pixel = 1 + index of the smallest mask covering
     it, 0 where no mask does. 8-bit for up to 255 masks, else 16-bit."""
     labels = np.zeros(size, dtype=np.uint8 if len(masks) <= 255 else np.uint16)
-    for index in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+    for index in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
         labels[masks[index]] = index + 1
     buffer = io.BytesIO()
     Image.fromarray(labels).save(buffer, format="PNG")
@@ -81,7 +81,7 @@ def overlay_png(image: np.ndarray, masks: list[np.ndarray]) -> bytes:
     """The image with each mask tinted in its own colour, larger masks first. PNG bytes."""
     canvas = image.astype(np.float32)
     colours = mask_colours(len(masks))
-    for index in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+    for index in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
         mask = masks[index]
         canvas[mask] = canvas[mask] * (1 - OVERLAY_ALPHA) + colours[index] * OVERLAY_ALPHA
     buffer = io.BytesIO()

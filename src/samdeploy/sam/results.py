@@ -84,7 +84,7 @@ def result_record(segmentation: Segmentation, image_name: str, prompt: Prompt) -
         record["masks"].append(
             {
                 "score": round(float(score), 6),
-                "area": int(mask.sum()),
+                "area": int(np.count_nonzero(mask)),
                 "bbox": mask_bbox(mask),
                 "segmentation": coco_rle(mask),
             }

@@ -46,7 +46,7 @@ def _b64_png(mask: np.ndarray) -> str:
 def mask_json(mask: np.ndarray, score: float, fmt: Format, tolerance: float = 1.0) -> dict[str, Any]:
     """The API's ``<mask>`` object for an HxW bool mask and its predicted IoU ``score``."""
     bbox = mask_bbox(mask)
-    out: dict[str, Any] = {"score": float(score), "area": int(mask.sum()), "bbox": bbox}
+    out: dict[str, Any] = {"score": float(score), "area": int(np.count_nonzero(mask)), "bbox": bbox}
     if fmt == "rle":
         out["rle"] = coco_rle(mask)
     elif fmt == "polygons":
