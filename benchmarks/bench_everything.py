@@ -15,7 +15,12 @@ call per batch) per prompt at each number of points per call, on the picture's e
 writes ``benchmarks/results/decoder_sweep.json``: it says which chunk the generator should use.
 It also compares one 2-thread decoder session with two 1-thread sessions working at once.
 
-``--package`` / ``--checkpoint`` reuse an exported random-weight model (a vit_b export takes minutes).
+``--package`` / ``--checkpoint`` reuse an exported model and the checkpoint it was exported from (a
+vit_b export takes minutes); the official side is built with the architecture the package records,
+so any SAM package with its checkpoint works, e.g. the embedded default model::
+
+    .venv/bin/python benchmarks/bench_everything.py --package src/samdeploy/models/default \
+        --checkpoint src/samdeploy/models/default/checkpoint.pth --threads 2
 Needs the ``export`` extra (PyTorch and segment-anything) for the reference side.
 """
 
@@ -46,8 +51,13 @@ TINY = {
 }
 
 
-def picture(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """HxWx3 uint8: flat-coloured discs on a gradient."""
+def picture(height: int, width: int, seed: int = 0, kind: str = "discs") -> np.ndarray:
+    """HxWx3 uint8: flat-coloured discs on a gradient, or (``kind="scene"``) one of the synthetic
+    scenes the default model was trained on (shapes, textures, holes), where it finds objects."""
+    if kind == "scene":
+        from samdeploy.training.scenes import generate_scene
+
+        return generate_scene(seed, shape=(height, width)).image
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
     image = np.stack([xx * 200 // width, yy * 200 // height, np.full_like(xx, 60)], -1).astype(np.uint8)
@@ -101,15 +111,17 @@ class StageTimer:
 
 
 def official_run(
-    checkpoint: Path, model_type: str, image: np.ndarray, options: dict[str, Any]
+    checkpoint: Path, package: Path, image: np.ndarray, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """The official generator: records, wall time and the time of its stages."""
+    """The official generator on ``checkpoint``, built with the architecture ``package`` records
+    (the package exported from it): records, wall time and the time of its stages."""
     import torch
     from segment_anything import SamAutomaticMaskGenerator
 
-    from samdeploy.export import PRESETS, SamConfig, load_sam, load_state_dict
+    from samdeploy.export import SamConfig, load_sam, load_state_dict
+    from samdeploy.package import ModelPackage
 
-    config = PRESETS["vit_b"] if model_type == "vit_b" else SamConfig(**TINY)
+    config = SamConfig.from_json(ModelPackage.load(package).manifest["architecture"])
     sam = load_sam(load_state_dict(checkpoint), config)
     generator = SamAutomaticMaskGenerator(sam, **options)
     timer = StageTimer()
@@ -294,7 +306,7 @@ def run_side(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    image = picture(args.height, args.width)
+    image = picture(args.height, args.width, args.seed, args.picture)
     options = {
         "points_per_side": args.points_per_side,
         "output_mode": "uncompressed_rle",
@@ -304,7 +316,7 @@ def run_side(args: argparse.Namespace) -> None:
     if args.side == "samdeploy":
         result = samdeploy_run(args.package, image, options, args.threads)
     else:
-        result = official_run(args.checkpoint, args.model_type, image, options)
+        result = official_run(args.checkpoint, args.package, image, options)
     args.side_output.write_text(json.dumps(result))
 
 
@@ -323,7 +335,14 @@ def main() -> None:
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--package", type=Path, help="an exported random-weight package to reuse")
+    parser.add_argument(
+        "--picture",
+        choices=["discs", "scene"],
+        default="discs",
+        help="discs on a gradient, or a synthetic scene of the default model's training kind",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which picture of that kind")
+    parser.add_argument("--package", type=Path, help="an exported package to reuse (with --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint that package was exported from")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "everything.json")
     parser.add_argument(
@@ -340,7 +359,7 @@ def main() -> None:
         if args.package is None:
             parser.error("--decoder-sweep needs --package")
         sizes = [int(n) for n in args.decoder_sweep.split(",")]
-        image = picture(args.height, args.width)
+        image = picture(args.height, args.width, args.seed, args.picture)
         sweep = decoder_sweep(args.package, image, sizes, args.threads, args.sweep_prompts)
         sweep["sessions"] = decoder_sessions(args.package, 64)
         print(json.dumps(sweep["sessions"]))
@@ -351,15 +370,19 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as temp:
+        model = f"{args.model_type}, random weights"
         if args.package is None or args.checkpoint is None:
             args.checkpoint, args.package = random_model(args.model_type, Path(temp))
+        else:
+            model = f"the package {args.package} and its checkpoint {args.checkpoint.name}"
         sides = {}
         for side in ("samdeploy", "official"):
             side_output = Path(temp) / f"{side}.json"
             forwarded = ["--side", side, "--side-output", str(side_output), "--package", str(args.package)]
             forwarded += ["--checkpoint", str(args.checkpoint), "--model-type", args.model_type]
             forwarded += ["--threads", str(args.threads), "--points-per-side", str(args.points_per_side)]
-            forwarded += ["--height", str(args.height), "--width", str(args.width)]
+            forwarded += ["--height", str(args.height), "--width", str(args.width), "--picture", args.picture]
+            forwarded += ["--seed", str(args.seed)]
             forwarded += ["--pred-iou-thresh", str(args.pred_iou_thresh)]
             forwarded += ["--stability-score-thresh", str(args.stability_score_thresh)]
             subprocess.run([sys.executable, __file__, *forwarded], check=True)
@@ -367,8 +390,10 @@ def main() -> None:
     ours, theirs = sides["samdeploy"], sides["official"]
     ratio = theirs["wall_s"] / ours["wall_s"]
     result = {
-        "model": f"{args.model_type}, random weights",
+        "model": model,
         "image": [args.height, args.width],
+        "picture": args.picture,
+        "seed": args.seed,
         "options": {
             "points_per_side": args.points_per_side,
             "pred_iou_thresh": args.pred_iou_thresh,
