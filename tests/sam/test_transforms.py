@@ -100,16 +100,24 @@ def test_bilinear_matrix_matches_torch(in_size: int, out_size: int) -> None:
     np.testing.assert_allclose(bilinear_matrix(in_size, out_size).sum(axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("height", "width"), SIZES[:-2] + [(4032, 3024)])
-def test_postprocess_matches_official(height: int, width: int) -> None:
-    rng = np.random.default_rng(1)
-    low_res = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
+def _postprocessed(
+    height: int, width: int, seed: int
+) -> tuple[np.ndarray, MaskGeometry, np.ndarray, np.ndarray]:
+    """Random 2x3 low-res logits, their geometry for an HxW picture at S = 1024, and the logits
+    at the picture's size by ``Sam.postprocess_masks`` and by ours (shape and dtype checked)."""
+    low_res = (np.random.default_rng(seed).standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
     geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
     official = Sam.postprocess_masks(
         _official_sam(1024), torch.from_numpy(low_res), geometry.input_size, (height, width)
     ).numpy()
     ours = postprocess_masks(low_res, geometry)
     assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
+    return low_res, geometry, official, ours
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES[:-2] + [(4032, 3024)])
+def test_postprocess_matches_official(height: int, width: int) -> None:
+    _, _, official, ours = _postprocessed(height, width, seed=1)
     np.testing.assert_allclose(ours, official, atol=2e-4, rtol=0)
     assert np.mean((ours > 0) != (official > 0)) < 1e-4
 
@@ -151,15 +159,8 @@ OPENCV_SIZES = [(768, 1024), (1536, 2048), (512, 384), (2048, 2048), (1024, 1), 
 
 @pytest.mark.parametrize(("height", "width"), OPENCV_SIZES)
 def test_postprocess_in_opencv_matches_official(height: int, width: int) -> None:
-    rng = np.random.default_rng(height + width)
-    low_res = (rng.standard_normal((2, 3, 256, 256)) * 4).astype(np.float32)
-    geometry = MaskGeometry.for_image((height, width), 1024, (256, 256))
+    low_res, geometry, official, ours = _postprocessed(height, width, seed=height + width)
     assert geometry.resize().in_opencv
-    official = Sam.postprocess_masks(
-        _official_sam(1024), torch.from_numpy(low_res), geometry.input_size, (height, width)
-    ).numpy()
-    ours = postprocess_masks(low_res, geometry)
-    assert ours.shape == (2, 3, height, width) and ours.dtype == np.float32
     # The same weights in another order of summation: float32 rounding only.
     np.testing.assert_allclose(ours, official, atol=1e-5, rtol=0)
     masks = postprocess_masks(low_res, geometry, 0.0)
