@@ -224,7 +224,9 @@ def in_process(args: argparse.Namespace, image: np.ndarray, duration: float) -> 
     from samdeploy import SamPredictor, load_model
 
     threadpool_limits(limits=1, user_api="blas")  # as the server runs (see samdeploy.serve.app)
-    model = load_model(args.model, threads=args.threads or None, cache_mb=0)
+    solo = args.solo_threads or os.cpu_count() or 1
+    solo_threads = solo if 0 < args.threads < solo else None  # as the server decides
+    model = load_model(args.model, threads=args.threads or None, solo_threads=solo_threads, cache_mb=0)
     predictor = SamPredictor(model)
     predictor.set_image(image)
     height, width = image.shape[:2]
@@ -272,6 +274,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="intra-op threads per model call (0: all cores)"
     )
+    parser.add_argument(
+        "--solo-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of a decoder call that runs alone (0: all cores; --threads: off)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -281,7 +289,7 @@ def main() -> None:
     command += ["--cache-mb", str(args.cache_mb), "--workers", str(args.workers)]
     if args.model is not None:
         command += ["--model", str(args.model)]
-    command += ["--threads", str(args.threads)]
+    command += ["--threads", str(args.threads), "--solo-threads", str(args.solo_threads)]
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
@@ -321,7 +329,13 @@ def main() -> None:
             line.split(" ")[0]: float(line.split(" ")[1])
             for line in metrics.splitlines()
             if line.startswith(
-                ("samdeploy_cache_", "samdeploy_encode_seconds_count", "samdeploy_encode_seconds_sum")
+                (
+                    "samdeploy_cache_",
+                    "samdeploy_encode_seconds_count",
+                    "samdeploy_encode_seconds_sum",
+                    "samdeploy_decode_seconds_count",
+                    "samdeploy_segments_alone_total",
+                )
             )
         }
     finally:

@@ -11,6 +11,7 @@ already have asked the server for that point: this is what a user sees. Writes
     .venv/bin/python benchmarks/bench_web.py                              # embedded model and vit_b
     .venv/bin/python benchmarks/bench_web.py --models embedded --clicks 10  # smoke run
     .venv/bin/python benchmarks/bench_web.py --models embedded --clicks 0 --screenshot docs/web-screenshot.png
+    .venv/bin/python benchmarks/bench_web.py --solo-threads 1 0 --rounds 2   # lone clicks on 1 core / all
 
 vit_b is a random-weight model of the official vit_b size, exported once into ``--vit-b-dir``
 (minutes; needs the ``export`` extra); its masks mean nothing, its times are a real vit_b's.
@@ -25,6 +26,8 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +57,24 @@ def click_points(count: int, width: int = 640, height: int = 480) -> list[tuple[
     return points
 
 
-def measure(browser, model: Path | None, clicks: int, threads: int | None) -> dict[str, Any]:
-    extra = ["--threads", str(threads)] if threads else []
-    with serve_process(model, *extra, ready_timeout=600) as url:
+def server_counts(url: str) -> dict[str, float]:
+    """The server's decoder calls and the segment requests it answered alone (``--solo-threads``)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    names = {"samdeploy_decode_seconds_count": "decoder_calls", "samdeploy_segments_alone_total": "alone"}
+    counts = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            counts[names[name]] = float(value)
+    return counts
+
+
+def measure(
+    browser, model: Path | None, clicks: int, server_args: list[str]
+) -> tuple[float, list[float], dict[str, float]]:
+    """One server with ``server_args``: the upload's time (s), ``clicks`` click-to-mask times (ms)
+    and the server's counts (:func:`server_counts`)."""
+    with serve_process(model, *server_args, ready_timeout=600) as url:
         page = open_page(browser, url)
         page.set_default_timeout(600_000)  # a vit_b encode on a busy small machine takes a while
         start = time.perf_counter()
@@ -64,11 +82,18 @@ def measure(browser, model: Path | None, clicks: int, threads: int | None) -> di
         upload_s = time.perf_counter() - start
         click_latencies(page, click_points(3))  # warm-up: first decoder runs, first paints
         page.keyboard.press("Escape")
+        before = server_counts(url)
         times = click_latencies(page, click_points(clicks + 3)[3:])
+        after = server_counts(url)
         page.context.close()
+    return upload_s, times, {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+def summary(uploads: list[float], times: list[float], counts: dict[str, float]) -> dict[str, Any]:
     return {
-        "clicks": clicks,
-        "upload_and_embedding_s": round(upload_s, 2),
+        **{k: int(v) for k, v in counts.items()},
+        "clicks": len(times),
+        "upload_and_embedding_s": round(statistics.median(uploads), 2),
         "p50_ms": round(statistics.median(times), 1),
         "p90_ms": round(statistics.quantiles(times, n=10)[-1], 1),
         "mean_ms": round(statistics.fmean(times), 1),
@@ -109,6 +134,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=["embedded", "vit_b"], default=["embedded", "vit_b"])
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of the server's models")
+    parser.add_argument(
+        "--solo-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the server's --solo-threads; several values are measured in turn, --rounds times each",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="servers started per setting, alternating")
     parser.add_argument("--vit-b-dir", type=Path, default=ROOT / "models" / "random_vit_b")
     parser.add_argument(
         "--screenshot", type=Path, default=None, help="also save a screenshot of the page here"
@@ -138,8 +171,22 @@ def main() -> None:
                         args.vit_b_dir.mkdir(parents=True, exist_ok=True)
                         print(f"exporting a random-weight vit_b into {args.vit_b_dir} (minutes)")
                         random_model("vit_b", args.vit_b_dir)
-                results["models"][name] = measure(browser, package, args.clicks, args.threads)
-                print(name, json.dumps(results["models"][name]))
+                settings = [None] if args.solo_threads is None else args.solo_threads
+                measured: dict[int | None, tuple[list[float], list[float], Counter[str]]] = {
+                    s: ([], [], Counter()) for s in settings
+                }
+                for _ in range(args.rounds):
+                    for solo in settings:
+                        extra = ["--threads", str(args.threads)] if args.threads else []
+                        extra += [] if solo is None else ["--solo-threads", str(solo)]
+                        upload_s, times, counts = measure(browser, package, args.clicks, extra)
+                        measured[solo][0].append(upload_s)
+                        measured[solo][1].extend(times)
+                        measured[solo][2].update(counts)
+                for solo, (uploads, times, counts) in measured.items():
+                    key = name if len(settings) == 1 else f"{name}, --solo-threads {solo}"
+                    results["models"][key] = summary(uploads, times, counts)
+                    print(key, json.dumps(results["models"][key]))
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     if args.clicks:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ def load_model(
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
     verify: bool = True,
+    solo_threads: int | None = None,
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy) as the
     model of its family: a ``SamModel`` for SAM packages, a ``Sam2Model`` (a ``SamModel`` with
@@ -37,6 +38,7 @@ def load_model(
         cache_mb=cache_mb,
         inside_image=inside_image,
         verify=verify,
+        solo_threads=solo_threads,
     )
     # samdeploy.sam.model.load_model reads the manifest once and dispatches on its family
     # (looked up at call time, so that one function is the loader everywhere).

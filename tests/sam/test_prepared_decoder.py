@@ -137,3 +137,53 @@ def test_a_prepared_decoder_without_its_inputs_is_refused(tiny_package, tmp_path
     (bad / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=f"{PREPARED_DECODER}.onnx lacks the inputs image_tokens"):
         load_model(bad, threads=1)
+
+
+def test_solo_threads_reach_the_decoders_and_answer_as_they_do_on_that_many(tiny_package, image) -> None:
+    """Why: ``solo_threads`` (the server's lone clicks on every core) must reach each decoder-side
+    model, the image side, the prepared and the full decoder, but not the encoder, whose second
+    session would double the largest model's memory; and a solo call must answer exactly as the
+    same decoders do on that many threads."""
+    from samdeploy import limits
+    from samdeploy.engine import Inference
+    from samdeploy.sam.prompts import validate_prompt
+
+    if limits.max_threads() < 2:
+        pytest.skip("one CPU: nothing to run solo on")
+    model = load_model(tiny_package, threads=1, solo_threads=2)
+    wide = load_model(tiny_package, threads=2)
+    try:
+        graphs = (model.encode_graph, model.decode_graph, model.prepared_decode_graph)
+        solo = {
+            (graph.name, name): node.solo
+            for graph in graphs
+            for name, node in graph.nodes.items()
+            if isinstance(node, Inference)
+        }
+        assert solo == {
+            ("encode", "image_encoder"): False,
+            ("decode", "mask_decoder"): True,
+            ("decode_prepared", "image_side"): True,
+            ("decode_prepared", "mask_decoder"): True,
+        }
+        embedding = model.encode(image)
+        prompts = (
+            validate_prompt(np.array([[80.0, 45.0], [20.0, 70.0]]), np.array([1, 0])),
+            validate_prompt(
+                box=np.array([[10.0, 10.0, 100.0, 80.0]]),
+                mask_input=np.zeros((1, 1, *model.mask_input_size), np.float32),
+                mask_input_size=model.mask_input_size,
+            ),
+        )
+        for prompt in prompts:
+            got, expected = model.decode(embedding, prompt), wide.decode(embedding, prompt)
+            for name in ("masks", "scores", "low_res_logits"):
+                np.testing.assert_array_equal(got[name], expected[name])
+        runs = [
+            graph.nodes["mask_decoder"].solo_runs
+            for graph in (model.prepared_decode_graph, model.decode_graph)
+        ]
+        assert runs == [1, 1]  # the points took the prepared decoder, the mask_input the full one
+    finally:
+        model.close()
+        wide.close()

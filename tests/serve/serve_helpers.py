@@ -25,5 +25,10 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def make_client(**settings: object) -> TestClient:
-    """A test client on a fresh app; use it as a context manager (runs the lifespan)."""
+    """A test client on a fresh app; use it as a context manager (runs the lifespan).
+
+    One intra-op thread for every model call, lone clicks included (``solo_threads`` 1 unless
+    given): the reference predictors run on one thread, and the masks must be equal to theirs.
+    """
+    settings.setdefault("solo_threads", 1)
     return TestClient(create_app(ServeSettings(threads=1, **settings)))  # type: ignore[arg-type]

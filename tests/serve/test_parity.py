@@ -206,3 +206,34 @@ def test_everything_job_equals_generator(case: Case) -> None:
         assert got["segmentation"] == want["segmentation"]
         assert got["bbox"] == want["bbox"] and got["area"] == want["area"]
         assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], rel=1e-6)
+
+
+def test_a_lone_click_decodes_on_the_solo_threads(example_png: bytes) -> None:
+    """Why: by default a click that has the server to itself decodes on every core
+    (``--solo-threads``). Its answer must be the in-process model's on the same thread settings,
+    and the click must really take the solo session (counted in /metrics), not a one-thread one."""
+    from samdeploy.serve.settings import ServeSettings
+
+    solo = ServeSettings(threads=1).decoder_solo_threads
+    if solo is None:
+        pytest.skip("one CPU: nothing to run solo on")
+    predictor = SamPredictor(load_model(threads=1, solo_threads=solo))
+    predictor.set_image(load_image(EXAMPLE))
+    point, box = [387.0, 241.0], [300.0, 160.0, 450.0, 290.0]
+    with make_client(solo_threads=0) as client:
+        image_id = client.post("/v1/images", content=example_png).json()["image_id"]
+        for body, prompt in (
+            (
+                {"points": [point], "labels": [1]},
+                {"point_coords": np.array([point]), "point_labels": np.array([1])},
+            ),
+            ({"box": box, "multimask": False}, {"box": np.array(box), "multimask_output": False}),
+        ):
+            response = client.post(f"/v1/images/{image_id}/segment", json=body)
+            assert response.status_code == 200, response.text
+            masks, scores, _ = predictor.predict(**prompt)
+            check_answer(response.json(), masks, scores, "rle")
+        node = client.app.state.services.model.prepared_decode_graph.nodes["mask_decoder"]
+        assert node.solo and node.solo_runs == 2
+        assert "samdeploy_segments_alone_total 2.0" in client.get("/metrics").text
+    predictor.model.close()

@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 from serve_helpers import EXAMPLE
 
+from samdeploy import limits
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -68,7 +70,11 @@ def test_real_server_over_http_and_sigterm() -> None:
                 headers={"Content-Type": "application/json"},
             )
             assert bad.status_code == 422 and "error" in bad.json()
-            assert "samdeploy_requests_total" in http.get("/metrics").text
+            metrics = http.get("/metrics").text
+            assert "samdeploy_requests_total" in metrics
+            # The one click had the server to itself: by default it decoded on every core.
+            lone = "1.0" if limits.max_threads() > 1 else "0.0"
+            assert f"samdeploy_segments_alone_total {lone}" in metrics
             assert http.get("/").status_code == 200
             # An upload still encoding when SIGTERM arrives is answered before the server exits.
             big = io.BytesIO()
@@ -109,3 +115,6 @@ def test_refusals_before_binding(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
     short_key = _serve("--api-key", "abc", "--port", str(_free_port()))
     assert short_key.returncode == 2 and "at least 16" in short_key.stderr
+    negative = _serve("--solo-threads", "-1", "--port", str(_free_port()))
+    assert negative.returncode == 2 and "solo_threads must be >= 0" in negative.stderr
+    assert len(negative.stderr.strip().splitlines()) == 1

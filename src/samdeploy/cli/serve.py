@@ -35,6 +35,13 @@ def serve(
     threads: Annotated[
         int, typer.Option(help="intra-op threads per model call (0: every core); 1 suits many clients")
     ] = 1,
+    solo_threads: Annotated[
+        int,
+        typer.Option(
+            help="intra-op threads of a click's decoder call while no other model call runs"
+            " (0: every core; --threads or fewer: off)"
+        ),
+    ] = 0,
     max_body_mb: Annotated[float, typer.Option(help="largest request body, MiB (413 beyond)")] = 50.0,
     max_pixels: Annotated[
         int, typer.Option(help="largest image, width x height (413 beyond)")
@@ -64,6 +71,7 @@ def serve(
         host=host,
         port=port,
         threads=threads,
+        solo_threads=solo_threads,
         cache_mb=cache_mb,
         workers=workers,
         queue_depth=queue_depth,

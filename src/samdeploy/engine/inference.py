@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,37 @@ _BACKEND_OPTIONS = (
     "precision",
     "quantization_group",
 )
+
+
+class RunCount:
+    """Inference runs in progress in this process, for :attr:`Inference.Params.solo_threads`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @contextmanager
+    def run(self) -> Iterator[bool]:
+        """Count one run while the block runs; yields whether it started alone (no other run)."""
+        with self._lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+# Every Inference node's runs, whatever graph or model it belongs to.
+RUNS = RunCount()
+# Whether runs in this context may take a solo session at all: a caller that knows of other work
+# about to run (a server with other requests in flight) sets it False around its calls.
+SOLO_ALLOWED: ContextVar[bool] = ContextVar("samdeploy_solo_allowed", default=True)
 
 
 @register_node("engine.Inference")
@@ -57,6 +91,10 @@ class Inference(Node):
         # Remember the outputs for this many inputs (0: none), see Inference.run: for a model whose
         # inputs are the same read-only arrays again and again (per-image tensors).
         memo: int = 0
+        # Intra-op threads of a run that starts while no other Inference run is in progress in
+        # this process (0: off; used only above a nonzero ``threads``). For a server whose
+        # requests each run on one thread: a lone call takes every core, concurrent ones one each.
+        solo_threads: int = 0
 
     def __init__(self, name: str, params: Any = None) -> None:
         super().__init__(name, params)
@@ -80,7 +118,11 @@ class Inference(Node):
         self.input_specs: tuple[TensorSpec, ...] = inputs
         self.output_specs: tuple[TensorSpec, ...] = outputs
         self._output_names = [spec.name for spec in outputs]
+        if p.solo_threads < 0:
+            raise BackendError(f"node '{name}': params.solo_threads must be >= 0, got {p.solo_threads}")
         self._backend: Backend | None = None
+        self._solo_backend: Backend | None = None
+        self.solo_runs = 0  # runs that took the solo_threads session
         self._memo: OrderedDict[tuple[int, ...], tuple[list[weakref.ref], dict[str, np.ndarray]]] = (
             OrderedDict()
         )
@@ -107,11 +149,21 @@ class Inference(Node):
         assert self._backend is not None
         return self._backend
 
+    @property
+    def solo(self) -> bool:
+        """Whether a lone run takes a session of its own with ``solo_threads`` intra-op threads."""
+        threads = self.params.threads
+        return 0 < threads < self.params.solo_threads
+
     def setup(self) -> None:
         self._backend = shared_backend(self.params.backend, self.path, **self.options)
+        if self.solo:
+            options = {**self.options, "threads": self.params.solo_threads}
+            self._solo_backend = shared_backend(self.params.backend, self.path, **options)
 
     def close(self) -> None:
         self._backend = None
+        self._solo_backend = None
         with self._memo_lock:
             self._memo.clear()
 
@@ -123,10 +175,15 @@ class Inference(Node):
         array objects, still alive) for the ``memo`` most recent of them, and their outputs, made
         read-only, are returned again without a run. Such an array cannot change, so the outputs
         cannot go stale; other feeds always run.
+
+        With ``solo_threads``, a run that starts while no other Inference run is in progress in
+        this process (:data:`RUNS`) takes a second session of the same model with that many
+        intra-op threads, unless :data:`SOLO_ALLOWED` is False in the caller's context; the others
+        take the ``threads`` one.
         """
         memo = self.params.memo
         if memo <= 0 or not all(unchanging(value) for value in feeds.values()):
-            return self._backend.run(feeds, self._output_names)  # type: ignore[union-attr]
+            return self._run(feeds)
         names = sorted(feeds)
         key = tuple(id(feeds[name]) for name in names)
         with self._memo_lock:
@@ -136,7 +193,7 @@ class Inference(Node):
             ):
                 self._memo.move_to_end(key)
                 return dict(entry[1])
-        outputs = self._backend.run(feeds, self._output_names)  # type: ignore[union-attr]
+        outputs = self._run(feeds)
         for value in outputs.values():
             value.setflags(write=False)
         with self._memo_lock:
@@ -147,3 +204,13 @@ class Inference(Node):
             while len(self._memo) > memo:
                 self._memo.popitem(last=False)
         return outputs
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One backend run, counted in :data:`RUNS`: on the solo session when it starts alone."""
+        with RUNS.run() as alone:
+            solo = alone and self._solo_backend is not None and SOLO_ALLOWED.get()
+            backend = self._solo_backend if solo else self._backend
+            if solo:
+                with self._memo_lock:
+                    self.solo_runs += 1
+            return backend.run(feeds, self._output_names)  # type: ignore[union-attr]

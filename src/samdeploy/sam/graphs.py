@@ -60,6 +60,9 @@ class BackendOptions:
     backend: str = "onnxruntime"
     providers: list[str] | None = None
     threads: int = 0  # intra-op threads; 0: the backend's default
+    # Intra-op threads of a decoder-side run (every model but the encoder) that starts while no
+    # other model runs in this process; 0, or not above a nonzero ``threads``: off (see Inference).
+    solo_threads: int = 0
     # Models that run elsewhere than ``backend``: a bf16 package's encoder and decoders on OpenVINO
     # at bf16 (see samdeploy.sam.model.package_runtime).
     roles: tuple[RoleRuntime, ...] = ()
@@ -89,6 +92,8 @@ class BackendOptions:
             params["providers"] = list(self.providers)
         if self.threads:
             params["threads"] = self.threads
+            if self.solo_threads > self.threads and role != ENCODER:
+                params["solo_threads"] = self.solo_threads
         return params
 
 

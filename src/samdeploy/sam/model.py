@@ -450,6 +450,7 @@ def load_model(
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
     verify: bool = True,
+    solo_threads: int | None = None,
 ) -> SamModel:
     """Load a model package folder (``None``: the default model embedded in samdeploy).
 
@@ -464,12 +465,16 @@ def load_model(
     ``verify``: check every file's sha256 against the manifest before loading it (the default,
     also for the embedded model). Each file is hashed once and its digest remembered by file
     identity (:class:`samdeploy.package.ChecksumCache`), so later loads cost a ``stat`` per file;
-    ``False`` skips the check for trusted packages on hot paths.
+    ``False`` skips the check for trusted packages on hot paths. ``solo_threads`` (with ``threads``
+    set lower): intra-op threads of a decoder call that starts while no other model call runs in
+    this process (a server's lone click takes every core, concurrent ones ``threads`` each); the
+    decoders get a second session for it, the encoder does not.
 
     Both models are loaded now, so a bad package fails here: :class:`PackageError` for a missing,
     malformed or modified package (see :meth:`ModelPackage.load`) or one of another model family,
     :class:`BackendError` for a model file the backend cannot load (or a backend or provider that
-    is not installed), :class:`OptionError` for ``threads`` or ``cache_mb`` out of range.
+    is not installed), :class:`OptionError` for ``threads``, ``solo_threads`` or ``cache_mb`` out
+    of range.
     """
     if path is None:
         if not (DEFAULT_MODEL / "model.json").is_file():
@@ -479,6 +484,7 @@ def load_model(
             )
         path = DEFAULT_MODEL
     thread_count = check_threads(threads)
+    check_threads(solo_threads)
     check_cache_mb(cache_mb)
     package = ModelPackage.load(path)
     if package.is_sam2:
@@ -486,7 +492,7 @@ def load_model(
         from samdeploy.sam2.model import load_sam2_model
 
         return load_sam2_model(
-            package, backend, mode, providers, threads, cache_mb, inside_image, verify=verify
+            package, backend, mode, providers, threads, cache_mb, inside_image, verify, solo_threads
         )
     if package.family != FAMILY:
         raise PackageError(
@@ -504,6 +510,7 @@ def load_model(
         cache_mb,
         inside_image,
         verify,
+        solo_threads,
     )
 
 
@@ -518,6 +525,7 @@ def open_model(
     cache_mb: float,
     inside_image: bool,
     verify: bool = True,
+    solo_threads: int | None = None,
 ) -> Any:
     """``model_class`` (a SAM or SAM 2 model) on ``package``, checked by ``check(package, model)``
     (and every file's sha256 first with ``verify``), with its sessions created; a failure closes
@@ -528,6 +536,7 @@ def open_model(
         backend=backend or "onnxruntime",
         providers=providers,
         threads=threads,
+        solo_threads=check_threads(solo_threads),
         roles=package_runtime(package, backend),
     )
     model = model_class(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)

@@ -165,15 +165,17 @@ def load_sam2_model(
     cache_mb: float = DEFAULT_CACHE_MB,
     inside_image: bool = False,
     verify: bool = True,
+    solo_threads: int | None = None,
 ) -> Sam2Model:
     """Load a SAM 2.x package folder (or an already loaded package); the arguments are
     :func:`samdeploy.load_model`'s, ``verify`` included (every file's sha256 is checked).
 
     Raises :class:`PackageError` for a missing, corrupt or non-SAM 2 package,
     :class:`BackendError` for a backend or provider that is not installed and
-    :class:`OptionError` for ``threads`` or ``cache_mb`` out of range.
+    :class:`OptionError` for ``threads``, ``solo_threads`` or ``cache_mb`` out of range.
     """
     threads = check_threads(threads)
+    check_threads(solo_threads)
     check_cache_mb(cache_mb)
     package = path if isinstance(path, ModelPackage) else ModelPackage.load(path)
     if not package.is_sam2:
@@ -182,5 +184,15 @@ def load_sam2_model(
             " use samdeploy.SamPredictor / SamAutomaticMaskGenerator"
         )
     return open_model(
-        Sam2Model, package, _check_package, backend, mode, providers, threads, cache_mb, inside_image, verify
+        Sam2Model,
+        package,
+        _check_package,
+        backend,
+        mode,
+        providers,
+        threads,
+        cache_mb,
+        inside_image,
+        verify,
+        solo_threads,
     )

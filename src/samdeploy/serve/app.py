@@ -51,6 +51,7 @@ def build_services(settings: ServeSettings, metrics: Metrics) -> Services:
         backend=settings.backend,
         providers=None if settings.providers is None else list(settings.providers),
         threads=settings.threads or None,
+        solo_threads=settings.decoder_solo_threads,
         cache_mb=0,
     )
     cache = EmbeddingCache(settings.cache_mb)

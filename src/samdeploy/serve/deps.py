@@ -29,6 +29,12 @@ class Services:
     jobs: JobManager
     metrics: Metrics
     draining: bool = False
+    segments_in_flight: int = 0  # segment requests between parsing and answer (event loop only)
+
+    def alone(self) -> bool:
+        """Whether the one segment request in flight has the server to itself: no other segment
+        request, no encode and no segment-everything job running or waiting."""
+        return self.segments_in_flight == 1 and not self.encoder.pending and not self.jobs.active
 
 
 def get_settings(request: Request) -> ServeSettings:

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from samdeploy.engine.inference import SOLO_ALLOWED
 from samdeploy.errors import SamDeployError
 from samdeploy.loading import mask_generator_for
 from samdeploy.sam.automatic import SamAutomaticMaskGenerator
@@ -94,6 +95,8 @@ class JobManager:
             del self._jobs[job_id]
 
     def _work(self) -> None:
+        # A job's decoder calls keep to --threads: it runs for seconds, beside whatever clicks come.
+        SOLO_ALLOWED.set(False)
         while (task := self._queue.get()) is not None:
             self._run(*task)
             self._queue.task_done()

@@ -91,6 +91,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.segments_alone = Counter(
+            "samdeploy_segments_alone",
+            "Segment requests that had the server to themselves (decoded on --solo-threads)",
+            registry=self.registry,
+        )
         self.decode_seconds = Histogram(
             "samdeploy_decode_seconds",
             "Time of one mask decoder call (a prompt batch)",

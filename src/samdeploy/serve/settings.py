@@ -30,7 +30,9 @@ class ServeSettings:
     to these; None: ONNX Runtime on the CPU, or as the package asks). threads: intra-op threads of each
     model call (0: the backend's default, every core). Each request runs on its own thread, so one
     intra-op thread per call uses the cores best under concurrent clients (default model, 4 at
-    once: 26 clicks/s with 1, 13 with every core, on 2 cores). cache_mb: bound of the embedding cache, in MiB (embeddings and the
+    once: 26 clicks/s with 1, 13 with every core, on 2 cores). solo_threads: intra-op threads of a decoder call (a click) that starts while no other
+    model call runs, so a lone user's clicks take every core (0: every core; at most ``threads``:
+    off). cache_mb: bound of the embedding cache, in MiB (embeddings and the
     uploaded files kept for segment-everything jobs). workers: threads that encode images.
     queue_depth: encodes that may wait for a worker; beyond it an upload gets 503 + Retry-After.
     api_key: when set, every /v1 request needs the header ``X-API-Key``.
@@ -51,6 +53,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 1
+    solo_threads: int = 0
     cache_mb: float = 1024.0
     workers: int = 1
     queue_depth: int = 8
@@ -85,6 +88,7 @@ class ServeSettings:
                 raise SettingsError(f"{name} must be at least 1, got {value}")
         at_least_zero = {
             "threads": self.threads,
+            "solo_threads": self.solo_threads,
             "queue_depth": self.queue_depth,
             "cache_mb": self.cache_mb,
             "logits_mb": self.logits_mb,
@@ -100,6 +104,7 @@ class ServeSettings:
             "max_boxes": (self.max_boxes, limits.MAX_PROMPTS),
             "max_prompts": (self.max_prompts, limits.MAX_PROMPTS),
             "threads": (self.threads, limits.max_threads()),
+            "solo_threads": (self.solo_threads, limits.max_threads()),
         }
         for name, (value, limit) in capped.items():
             limits.check(value, limit, name, SettingsError)
@@ -138,6 +143,13 @@ class ServeSettings:
     @property
     def request_limit(self) -> limits.Limit:
         return replace(limits.MAX_REQUEST_BYTES, value=self.max_body_bytes)
+
+    @property
+    def decoder_solo_threads(self) -> int | None:
+        """What :func:`samdeploy.load_model` gets as ``solo_threads``: None where it is off (model
+        calls on every core already, or ``solo_threads`` at most ``threads``)."""
+        solo = self.solo_threads or limits.max_threads()
+        return solo if 0 < self.threads < solo else None
 
     @property
     def max_queued_encodes(self) -> int:
