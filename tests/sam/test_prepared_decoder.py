@@ -187,3 +187,21 @@ def test_solo_threads_reach_the_decoders_and_answer_as_they_do_on_that_many(tiny
     finally:
         model.close()
         wide.close()
+
+
+def test_solo_threads_only_for_decoder_side_models_on_the_cpu() -> None:
+    """Why: on a GPU intra-op threads do not run the model, and a second TensorRT session would build
+    its engines twice; the encoder never gets one (memory)."""
+    from samdeploy.package import ENCODER
+    from samdeploy.sam.graphs import BackendOptions
+
+    def solo(options: BackendOptions, role: str) -> int | None:
+        return options.params("m.onnx", [], role=role).get("solo_threads")
+
+    assert solo(BackendOptions(threads=1, solo_threads=2), PREPARED_DECODER) == 2
+    assert solo(BackendOptions(threads=1, solo_threads=2, providers=["cpu"]), IMAGE_SIDE) == 2
+    assert solo(BackendOptions(threads=1, solo_threads=2), ENCODER) is None
+    assert (
+        solo(BackendOptions(threads=1, solo_threads=2, providers=["cuda", "cpu"]), PREPARED_DECODER) is None
+    )
+    assert solo(BackendOptions(threads=0, solo_threads=2), PREPARED_DECODER) is None

@@ -488,6 +488,11 @@ def test_solo_threads_setting() -> None:
     assert ServeSettings(threads=1).decoder_solo_threads == (cpus if cpus > 1 else None)
     assert ServeSettings(threads=0).decoder_solo_threads is None  # every call on every core already
     assert ServeSettings(threads=1, solo_threads=1).decoder_solo_threads is None
+    # On a GPU the decoders do not run on CPU threads (a second TensorRT session would build its
+    # engines twice): no solo session there.
+    assert ServeSettings(threads=1, providers=("cuda", "cpu")).decoder_solo_threads is None
+    expected = cpus if cpus > 1 else None
+    assert ServeSettings(threads=1, providers=("CPUExecutionProvider",)).decoder_solo_threads == expected
     if cpus > 2:
         assert ServeSettings(threads=2, solo_threads=2).decoder_solo_threads is None
         assert ServeSettings(threads=1, solo_threads=2).decoder_solo_threads == 2

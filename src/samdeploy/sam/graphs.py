@@ -19,6 +19,7 @@ also gets ``decode_prepared``, for prompts without a ``mask_input``::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -92,9 +93,19 @@ class BackendOptions:
             params["providers"] = list(self.providers)
         if self.threads:
             params["threads"] = self.threads
-            if self.solo_threads > self.threads and role != ENCODER:
+            if self.solo_threads > self.threads and role != ENCODER and self.on_cpu:
                 params["solo_threads"] = self.solo_threads
         return params
+
+    @property
+    def on_cpu(self) -> bool:
+        return on_cpu(self.providers)
+
+
+def on_cpu(providers: Sequence[str] | None) -> bool:
+    """Whether models given these ONNX Runtime ``providers`` run on the CPU (none, or only the CPU
+    one): only there do intra-op threads, and so ``solo_threads``, matter."""
+    return all(p.lower().removesuffix("executionprovider") == "cpu" for p in providers or ())
 
 
 def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from samdeploy import limits
 from samdeploy.errors import SamDeployError
+from samdeploy.sam.graphs import on_cpu
 
 LOOPBACK_NAMES = ("localhost",)
 MIN_API_KEY_LENGTH = 16
@@ -147,9 +148,9 @@ class ServeSettings:
     @property
     def decoder_solo_threads(self) -> int | None:
         """What :func:`samdeploy.load_model` gets as ``solo_threads``: None where it is off (model
-        calls on every core already, or ``solo_threads`` at most ``threads``)."""
+        calls on every core already, ``solo_threads`` at most ``threads``, or the models on a GPU)."""
         solo = self.solo_threads or limits.max_threads()
-        return solo if 0 < self.threads < solo else None
+        return solo if 0 < self.threads < solo and on_cpu(self.providers) else None
 
     @property
     def max_queued_encodes(self) -> int:
