@@ -521,6 +521,16 @@ def test_a_request_is_alone_only_with_nothing_else_in_flight() -> None:
     assert not services(2).alone()
     assert not services(1, pending=1).alone()
     assert not services(1, active=1).alone()
+    # The route's block: counts itself in flight and tells the model, then restores both.
+    from samdeploy.engine.inference import SOLO_ALLOWED
+
+    server = services(0)
+    solo = server.settings.decoder_solo_threads is not None  # None on a 1-CPU machine
+    with server.segment_request() as first:
+        assert first == solo and SOLO_ALLOWED.get() == solo and server.segments_in_flight == 1
+        with server.segment_request() as second:
+            assert not second and not SOLO_ALLOWED.get() and server.segments_in_flight == 2
+    assert SOLO_ALLOWED.get() and server.segments_in_flight == 0
 
 
 def test_static_page_docs_and_unknown_routes(client: TestClient) -> None:

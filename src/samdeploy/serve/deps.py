@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
+from samdeploy.engine.inference import SOLO_ALLOWED
 from samdeploy.sam.model import SamModel
 from samdeploy.serve.errors import Unauthorized
 from samdeploy.serve.jobs import JobManager
@@ -35,6 +38,23 @@ class Services:
         """Whether the one segment request in flight has the server to itself: no other segment
         request, no encode and no segment-everything job running or waiting."""
         return self.segments_in_flight == 1 and not self.encoder.pending and not self.jobs.active
+
+    @contextmanager
+    def segment_request(self) -> Iterator[bool]:
+        """Count a segment request in flight while the block runs (on the event loop); yields
+        whether it may decode on ``--solo-threads``: it has the server to itself and the model has
+        solo sessions. The block's context says so to the model (``SOLO_ALLOWED``); a worker thread
+        started from it runs in a copy of that context."""
+        self.segments_in_flight += 1
+        try:
+            alone = self.alone() and self.settings.decoder_solo_threads is not None
+            token = SOLO_ALLOWED.set(alone)
+            try:
+                yield alone
+            finally:
+                SOLO_ALLOWED.reset(token)
+        finally:
+            self.segments_in_flight -= 1
 
 
 def get_settings(request: Request) -> ServeSettings:

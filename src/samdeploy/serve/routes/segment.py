@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from samdeploy.engine.inference import SOLO_ALLOWED
 from samdeploy.serve import answers
 from samdeploy.serve.deps import ServicesDep, require_api_key
 from samdeploy.serve.schemas import SegmentIn, SegmentListOut, SegmentOut
@@ -28,18 +27,10 @@ async def segment(image_id: str, body: SegmentIn, services: ServicesDep) -> dict
     """
     entry = services.encoder.lookup(image_id)
     items = answers.parse(services, image_id, entry, body)
-    services.segments_in_flight += 1
-    try:
-        # A request with the server to itself may decode on every core (--solo-threads); beside
-        # other work each decoder call keeps to --threads. The worker thread runs in a copy of
-        # this context.
-        alone = services.alone() and services.settings.decoder_solo_threads is not None
-        SOLO_ALLOWED.set(alone)
+    with services.segment_request() as alone:
         if alone:
             services.metrics.segments_alone.inc()
         results = await run_in_threadpool(
             answers.answer, services, image_id, entry, items, body.format, body.polygon_tolerance
         )
-    finally:
-        services.segments_in_flight -= 1
     return results[0] if body.prompts is None else {"results": results}
