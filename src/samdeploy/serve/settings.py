@@ -31,15 +31,16 @@ class ServeSettings:
     to these; None: ONNX Runtime on the CPU, or as the package asks). threads: intra-op threads of each
     model call (0: the backend's default, every core). Each request runs on its own thread, so one
     intra-op thread per call uses the cores best under concurrent clients (default model, 4 at
-    once: 26 clicks/s with 1, 13 with every core, on 2 cores). solo_threads: intra-op threads of a decoder call (a click) that starts while no other
-    model call runs, so a lone user's clicks take every core (0: every core; at most ``threads``:
-    off). cache_mb: bound of the embedding cache, in MiB (embeddings and the
-    uploaded files kept for segment-everything jobs). workers: threads that encode images.
+    once: 26 clicks/s with 1, 13 with every core, on 2 cores). solo_threads: intra-op threads of a
+    decoder call (a click) that starts while nothing else runs, so a lone user's clicks take every
+    core (0: every core; at most ``threads``, or a GPU: off). cache_mb: bound of the embedding
+    cache, in MiB (embeddings and the uploaded files kept for segment-everything jobs). workers:
+    threads that encode images.
     queue_depth: encodes that may wait for a worker; beyond it an upload gets 503 + Retry-After.
     api_key: when set, every /v1 request needs the header ``X-API-Key``.
     max_body_bytes: largest request body (413 beyond). max_pixels: largest image, width x height
     (413 beyond; the decompression-bomb guard). max_points / max_boxes / max_prompts: per segment
-    request. Each of these and ``threads`` is capped by :mod:`samdeploy.limits` (request size,
+    request. Each of these, ``threads`` and ``solo_threads`` is capped by :mod:`samdeploy.limits` (request size,
     pixel ceiling, points per prompt, prompts per call, CPUs); the defaults are a quarter of the
     library's prompt limits. max_jobs: segment-everything jobs queued or running at once (503 beyond);
     kept_jobs: finished jobs kept for ``GET /v1/jobs/{id}`` (the oldest are forgotten).
