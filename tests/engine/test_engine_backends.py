@@ -11,10 +11,11 @@ import pytest
 from engine_toys import Scale, build_tiny_model
 
 from samdeploy.engine import Graph, Inference, available_backends, create_backend
+from samdeploy.engine import inference as inference_module
 from samdeploy.engine.backends import OpenVinoBackend, shared_backend
 from samdeploy.engine.backends.base import unchanging
 from samdeploy.engine.backends.onnx_header import read_onnx_specs
-from samdeploy.engine.inference import RUNS, SOLO_ALLOWED
+from samdeploy.engine.inference import SOLO_ALLOWED, RunCount
 from samdeploy.errors import BackendError, NodeError
 from samdeploy.package import TensorSpec
 
@@ -452,7 +453,16 @@ def _threads(backend: object) -> int:
     return backend._session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
 
 
-def test_a_lone_run_takes_the_solo_session(tiny_model: Path) -> None:
+@pytest.fixture
+def own_run_count(monkeypatch: pytest.MonkeyPatch) -> RunCount:
+    """A run count of the test's own: another test's background work (a job thread still running
+    in this worker) must not make the test's runs look concurrent."""
+    count = RunCount()
+    monkeypatch.setattr(inference_module, "RUNS", count)
+    return count
+
+
+def test_a_lone_run_takes_the_solo_session(tiny_model: Path, own_run_count: RunCount) -> None:
     """Why: a server whose requests each run on one intra-op thread answers a lone click on every
     core only if its node takes the solo session when no other run is in progress, and keeps to its
     own threads beside another run or where the caller forbids it (concurrent clicks on 2 cores
@@ -464,7 +474,7 @@ def test_a_lone_run_takes_the_solo_session(tiny_model: Path) -> None:
     node._backend, node._solo_backend = shared, solo  # type: ignore[assignment]
     np.testing.assert_allclose(node.run(x=np.array(X))["sum"], SUM)
     assert (solo.runs, shared.runs, node.solo_runs) == (1, 0, 1)
-    with RUNS.run():  # another node's run in progress
+    with own_run_count.run():  # another node's run in progress
         np.testing.assert_allclose(node.run(x=np.array(X))["sum"], SUM)
     assert (solo.runs, shared.runs) == (1, 1)
     token = SOLO_ALLOWED.set(False)
@@ -473,17 +483,18 @@ def test_a_lone_run_takes_the_solo_session(tiny_model: Path) -> None:
     finally:
         SOLO_ALLOWED.reset(token)
     assert (solo.runs, shared.runs, node.solo_runs) == (1, 2, 1)
-    assert RUNS.running == 0  # every run was counted out again
+    assert own_run_count.running == 0  # every run was counted out again
     node.close()
     assert node._solo_backend is None
 
 
 def test_run_count_counts_out_a_failed_run() -> None:
     """Why: a run that raised must not leave the count up, or no run would ever be alone again."""
-    with pytest.raises(RuntimeError), RUNS.run():
-        assert RUNS.running >= 1
+    count = RunCount()
+    with pytest.raises(RuntimeError), count.run() as alone:
+        assert alone and count.running == 1
         raise RuntimeError("the model failed")
-    assert RUNS.running == 0
+    assert count.running == 0
 
 
 @pytest.mark.parametrize(("threads", "solo_threads"), [(0, 2), (2, 2), (2, 1), (1, 0)])

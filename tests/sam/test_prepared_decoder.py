@@ -139,17 +139,22 @@ def test_a_prepared_decoder_without_its_inputs_is_refused(tiny_package, tmp_path
         load_model(bad, threads=1)
 
 
-def test_solo_threads_reach_the_decoders_and_answer_as_they_do_on_that_many(tiny_package, image) -> None:
+def test_solo_threads_reach_the_decoders_and_answer_as_they_do_on_that_many(
+    tiny_package, image, monkeypatch
+) -> None:
     """Why: ``solo_threads`` (the server's lone clicks on every core) must reach each decoder-side
     model, the image side, the prepared and the full decoder, but not the encoder, whose second
     session would double the largest model's memory; and a solo call must answer exactly as the
     same decoders do on that many threads."""
     from samdeploy import limits
     from samdeploy.engine import Inference
+    from samdeploy.engine.inference import RunCount
     from samdeploy.sam.prompts import validate_prompt
 
     if limits.max_threads() < 2:
         pytest.skip("one CPU: nothing to run solo on")
+    # A run count of the test's own: no other test's background run may look concurrent.
+    monkeypatch.setattr("samdeploy.engine.inference.RUNS", RunCount())
     model = load_model(tiny_package, threads=1, solo_threads=2)
     wide = load_model(tiny_package, threads=2)
     try:

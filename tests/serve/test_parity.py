@@ -208,15 +208,20 @@ def test_everything_job_equals_generator(case: Case) -> None:
         assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], rel=1e-6)
 
 
-def test_a_lone_click_decodes_on_the_solo_threads(example_png: bytes) -> None:
+def test_a_lone_click_decodes_on_the_solo_threads(
+    example_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Why: by default a click that has the server to itself decodes on every core
     (``--solo-threads``). Its answer must be the in-process model's on the same thread settings,
     and the click must really take the solo session (counted in /metrics), not a one-thread one."""
+    from samdeploy.engine.inference import RunCount
     from samdeploy.serve.settings import ServeSettings
 
     solo = ServeSettings(threads=1).decoder_solo_threads
     if solo is None:
         pytest.skip("one CPU: nothing to run solo on")
+    # A run count of the test's own: no other test's background run may look concurrent.
+    monkeypatch.setattr("samdeploy.engine.inference.RUNS", RunCount())
     predictor = SamPredictor(load_model(threads=1, solo_threads=solo))
     predictor.set_image(load_image(EXAMPLE))
     point, box = [387.0, 241.0], [300.0, 160.0, 450.0, 290.0]
