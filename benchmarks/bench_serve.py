@@ -217,6 +217,16 @@ def wait_ready(base: str, process: subprocess.Popen) -> None:
     raise SystemExit("the server did not become ready")
 
 
+def metric_values(text: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The samples of a Prometheus text exposition whose names start with one of ``prefixes``."""
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(prefixes):
+            values[name] = float(value)
+    return values
+
+
 def in_process(args: argparse.Namespace, image: np.ndarray, duration: float) -> dict[str, Any]:
     """``SamPredictor.predict`` latency from ``--clients`` threads at once on one model."""
     from threadpoolctl import threadpool_limits
@@ -224,9 +234,10 @@ def in_process(args: argparse.Namespace, image: np.ndarray, duration: float) -> 
     from samdeploy import SamPredictor, load_model
 
     threadpool_limits(limits=1, user_api="blas")  # as the server runs (see samdeploy.serve.app)
-    solo = args.solo_threads or os.cpu_count() or 1
-    solo_threads = solo if 0 < args.threads < solo else None  # as the server decides
-    model = load_model(args.model, threads=args.threads or None, solo_threads=solo_threads, cache_mb=0)
+    from samdeploy.serve.settings import ServeSettings
+
+    solo = ServeSettings(threads=args.threads, solo_threads=args.solo_threads).decoder_solo_threads
+    model = load_model(args.model, threads=args.threads or None, solo_threads=solo, cache_mb=0)
     predictor = SamPredictor(model)
     predictor.set_image(image)
     height, width = image.shape[:2]
@@ -324,20 +335,16 @@ def main() -> None:
         result["clicks"] = asyncio.run(
             run_phase(base, args, cached, uploads, 0.0, args.clicks_duration, process.pid)
         )
-        metrics = httpx.get(f"{base}/metrics").text
-        result["server_metrics"] = {
-            line.split(" ")[0]: float(line.split(" ")[1])
-            for line in metrics.splitlines()
-            if line.startswith(
-                (
-                    "samdeploy_cache_",
-                    "samdeploy_encode_seconds_count",
-                    "samdeploy_encode_seconds_sum",
-                    "samdeploy_decode_seconds_count",
-                    "samdeploy_segments_alone_total",
-                )
-            )
-        }
+        result["server_metrics"] = metric_values(
+            httpx.get(f"{base}/metrics").text,
+            (
+                "samdeploy_cache_",
+                "samdeploy_encode_seconds_count",
+                "samdeploy_encode_seconds_sum",
+                "samdeploy_decode_seconds_count",
+                "samdeploy_segments_alone_total",
+            ),
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         result["server_exit_code"] = process.wait(timeout=120)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "web"))
 
 from bench_everything import random_model  # noqa: E402
-from bench_serve import cpu_name  # noqa: E402
+from bench_serve import cpu_name, metric_values  # noqa: E402
 from pagedriver import (  # noqa: E402
     chromium,
     click_latencies,
@@ -61,12 +61,7 @@ def server_counts(url: str) -> dict[str, float]:
     """The server's decoder calls and the segment requests it answered alone (``--solo-threads``)."""
     text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
     names = {"samdeploy_decode_seconds_count": "decoder_calls", "samdeploy_segments_alone_total": "alone"}
-    counts = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in names:
-            counts[names[name]] = float(value)
-    return counts
+    return {names[name]: value for name, value in metric_values(text, tuple(names)).items() if name in names}
 
 
 def measure(

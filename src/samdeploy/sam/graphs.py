@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from samdeploy.engine import Graph, Inference
+from samdeploy.engine.backends.onnxruntime import provider_name
 from samdeploy.errors import PackageError
 from samdeploy.package import (
     ENCODER,
@@ -105,7 +106,8 @@ class BackendOptions:
 def on_cpu(providers: Sequence[str] | None) -> bool:
     """Whether models given these ONNX Runtime ``providers`` run on the CPU (none, or only the CPU
     one): only there do intra-op threads, and so ``solo_threads``, matter."""
-    return all(p.lower().removesuffix("executionprovider") == "cpu" for p in providers or ())
+    cpu = "CPUExecutionProvider"
+    return all(provider_name(p, [cpu]) == cpu for p in providers or ())
 
 
 def encode_graph(package: ModelPackage, options: BackendOptions) -> Graph:

@@ -484,7 +484,7 @@ def load_model(
             )
         path = DEFAULT_MODEL
     thread_count = check_threads(threads)
-    check_threads(solo_threads)
+    solo_count = check_threads(solo_threads)
     check_cache_mb(cache_mb)
     package = ModelPackage.load(path)
     if package.is_sam2:
@@ -510,7 +510,7 @@ def load_model(
         cache_mb,
         inside_image,
         verify,
-        solo_threads,
+        solo_count,
     )
 
 
@@ -525,7 +525,7 @@ def open_model(
     cache_mb: float,
     inside_image: bool,
     verify: bool = True,
-    solo_threads: int | None = None,
+    solo_threads: int = 0,
 ) -> Any:
     """``model_class`` (a SAM or SAM 2 model) on ``package``, checked by ``check(package, model)``
     (and every file's sha256 first with ``verify``), with its sessions created; a failure closes
@@ -536,7 +536,7 @@ def open_model(
         backend=backend or "onnxruntime",
         providers=providers,
         threads=threads,
-        solo_threads=check_threads(solo_threads),
+        solo_threads=solo_threads,
         roles=package_runtime(package, backend),
     )
     model = model_class(package, options, mode=mode, cache_mb=cache_mb, inside_image=inside_image)

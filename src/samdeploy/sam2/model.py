@@ -175,7 +175,7 @@ def load_sam2_model(
     :class:`OptionError` for ``threads``, ``solo_threads`` or ``cache_mb`` out of range.
     """
     threads = check_threads(threads)
-    check_threads(solo_threads)
+    solo_count = check_threads(solo_threads)
     check_cache_mb(cache_mb)
     package = path if isinstance(path, ModelPackage) else ModelPackage.load(path)
     if not package.is_sam2:
@@ -194,5 +194,5 @@ def load_sam2_model(
         cache_mb,
         inside_image,
         verify,
-        solo_threads,
+        solo_count,
     )
