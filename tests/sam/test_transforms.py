@@ -199,6 +199,35 @@ def test_postprocess_to_bool_masks_equals_thresholding_the_logits(
     assert masks[0, 0].all() == (above < 1.0) and masks[0, 1].any() == (above < -1.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_tiles_threshold_and_count_as_the_full_logits(seed: int) -> None:
+    """``threshold_and_count`` fills the tiles whose low-res bounds are past every level and makes
+    the rest by the products: the masks and counts of the full-size logits, bit for bit, on blobs
+    (mostly known tiles), noise (mostly made), constant, NaN and leading axes, SAM's and SAM 2's
+    geometries."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    blobs = [
+        (rng.uniform(5, 90) - np.hypot(yy - rng.uniform(0, 256), xx - rng.uniform(0, 256))) for _ in range(3)
+    ]
+    low_res = np.stack([*blobs, rng.standard_normal((256, 256)) * 3, np.full((256, 256), -20.0)])
+    low_res = low_res.astype(np.float32).reshape(1, 5, 256, 256)
+    low_res[0, 1, 40:50, 60:70] = np.nan
+    size = (int(rng.integers(50, 3000)), int(rng.integers(50, 3000)))
+    resize = (
+        MaskResize.direct((256, 256), size)
+        if seed % 2
+        else MaskGeometry.for_image(size, 1024, (256, 256)).resize()
+    )
+    levels = (np.float32(0.0), np.float32(1.0), np.float32(-1.0))
+    masks, counts = resize.threshold_and_count(low_res, levels[0], levels[1:])
+    logits = resize(low_res, products=True)
+    np.testing.assert_array_equal(masks, logits > levels[0])
+    np.testing.assert_array_equal(counts, np.stack([(logits > cut).sum((-2, -1)) for cut in levels[1:]], -1))
+    empty, none = resize.threshold_and_count(low_res[:, :0], levels[0], levels[1:])
+    assert empty.shape == (1, 0, *size) and none.shape == (1, 0, 2)
+
+
 def test_sam2_upscale_to_bool_masks_equals_thresholding_the_logits() -> None:
     from samdeploy.sam2.transforms import upscale_masks
 
@@ -245,15 +274,14 @@ def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
         assert blas_threads() == before and blas._depth == 0
         postprocess_masks(low_res, geometry)
         assert seen[-1] == [1] * len(before) and blas_threads() == before
-        # Bool masks: the height pass runs block by block (BandedMatrix.products), also on one thread.
-        original_products = BandedMatrix.products
+        # Bool masks: the height pass runs tile by tile (BandedMatrix.block_product), also on one thread.
+        original_block = BandedMatrix.block_product
 
-        def products_spy(self, x):
-            for block in original_products(self, x):
-                seen.append(blas_threads())
-                yield block
+        def block_spy(self, block, x):
+            seen.append(blas_threads())
+            return original_block(self, block, x)
 
-        monkeypatch.setattr(BandedMatrix, "products", products_spy)
+        monkeypatch.setattr(BandedMatrix, "block_product", block_spy)
         count = len(seen)
         postprocess_masks(low_res, geometry, 0.0)
         assert len(seen) > count + 2 and all(threads == [1] * len(before) for threads in seen[count:])

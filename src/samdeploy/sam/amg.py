@@ -15,11 +15,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+if TYPE_CHECKING:
+    from samdeploy.sam.transforms import MaskResize
 
 Rle = dict[str, Any]
 """Uncompressed RLE: ``{"size": [h, w], "counts": [zeros, ones, zeros, ...]}`` over column-major pixels."""
@@ -118,6 +121,33 @@ def masks_and_stability(
         unions[index] += _count_above(block, low)
         np.greater(block, threshold, out=masks[index][..., row0:row1, :])
     return masks, _stability(intersections, unions)
+
+
+def resized_masks_and_stability(
+    resize: MaskResize,
+    low_res: np.ndarray,
+    mask_threshold: float,
+    threshold_offset: float,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`masks_and_stability` of N x Rh x Rw low-res logits brought to ``resize.size``.
+
+    Where OpenCV resizes, mask by mask (:meth:`~samdeploy.sam.transforms.MaskResize.rows`).
+    Otherwise by the products, skipping the tiles whose pixels the low-res logits already put on
+    one side of the threshold and of both stability cuts
+    (:meth:`~samdeploy.sam.transforms.MaskResize.threshold_and_count`): the same masks and scores,
+    several times faster at the sizes of most photos. Rows wider than int16 counts (32767 pixels)
+    keep the official per-row sums, mask by mask.
+    """
+    shape = (len(low_res), *resize.size)
+    if resize.in_opencv or resize.size[1] > np.iinfo(np.int16).max:
+        return masks_and_stability(resize.rows(low_res), shape, mask_threshold, threshold_offset, out)
+    if out is not None and (out.shape != shape or out.dtype != np.bool_):
+        raise ValueError(f"out is {out.dtype} {out.shape}, the masks are bool {shape}")
+    masks, counts = resize.threshold_and_count(
+        low_res, np.float32(mask_threshold), _stability_cuts(mask_threshold, threshold_offset), out=out
+    )
+    return masks, _stability(counts[:, 0], counts[:, 1])
 
 
 def _stability_cuts(mask_threshold: float, threshold_offset: float) -> tuple[np.float32, np.float32]:

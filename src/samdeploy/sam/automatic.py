@@ -45,8 +45,8 @@ from samdeploy.sam.amg import (
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_rle,
-    masks_and_stability,
     remove_small_regions,
+    resized_masks_and_stability,
     rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
@@ -236,14 +236,10 @@ class FilterMasks(Node):
         buffer: np.ndarray,
     ) -> MaskCandidates:
         p = self.params
-        # N x h x w masks and their stability, the logits at the crop's size made a piece at a time
-        # (a mask, or a block of rows) and never held whole; the masks in the run's buffer.
-        masks, stability = masks_and_stability(
-            resize.rows(low_res),
-            (len(low_res), *resize.size),
-            p.mask_threshold,
-            p.stability_score_offset,
-            out=buffer[: len(low_res)],
+        # N x h x w masks and their stability, the logits at the crop's size never held whole (a
+        # mask at a time in OpenCV, else only the tiles near the masks' edges); masks in the buffer.
+        masks, stability = resized_masks_and_stability(
+            resize, low_res, p.mask_threshold, p.stability_score_offset, out=buffer[: len(low_res)]
         )
         keep = np.arange(len(masks))
         if p.stability_score_thresh > 0.0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
@@ -170,6 +170,21 @@ class BandedMatrix:
             np.matmul(weights, x[..., col0:col1, :], out=out[..., row0:row1, :])
         return out
 
+    @cached_property
+    def bands(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the input indices each block reads, block after block; where each block's run starts in
+        them): ``np.maximum.reduceat(x[..., index, :], starts, axis=-2)`` is the largest input each
+        block reads, per column of ``x``."""
+        index = np.concatenate([np.arange(col0, col1) for _, _, col0, col1, _ in self.blocks])
+        starts = np.cumsum([0] + [col1 - col0 for _, _, col0, col1, _ in self.blocks[:-1]])
+        return index, starts
+
+    def block_product(self, block: int, x: np.ndarray) -> np.ndarray:
+        """``(M @ x)[..., row0:row1, :]`` for the rows of block number ``block``: the product
+        :meth:`apply` makes of them (the same bits, for any columns of ``x``)."""
+        _, _, col0, col1, weights = self.blocks[block]
+        return np.matmul(weights, x[..., col0:col1, :])
+
     def products(self, x: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(row0, row1, (M @ x)[..., row0:row1, :])`` block by block, each in one scratch buffer
         that the next block overwrites: for callers that threshold or count the product without
@@ -263,6 +278,8 @@ class MaskResize:
             mh, mw = self.matrices()
             with single_threaded_blas():
                 return mh.apply(_width_pass(low_res, mw))
+        if above is not None and (products or not self.in_opencv):
+            return self.threshold_and_count(low_res, above)[0]
         out = np.empty((*low_res.shape[:-2], *self.size), dtype=np.float32 if above is None else bool)
         threshold = None if above is None else np.float32(above)
         for index, row0, row1, block in self.rows(low_res, products=products):
@@ -272,6 +289,72 @@ class MaskResize:
             else:
                 np.greater(block, threshold, out=target)
         return out
+
+    def threshold_and_count(
+        self,
+        low_res: np.ndarray,
+        threshold: float,
+        cuts: tuple[float, ...] = (),
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``...xRhxRw`` logits -> (the bool masks ``upscaled > threshold``, ``...xHxW``, into ``out``
+        if given; int64 ``... x len(cuts)``: the pixels of each upscaled mask ``> cut``), by the
+        products, without making the tiles whose answers the low-res logits already give.
+
+        Each output pixel is a weighted mean (weights >= 0, summing to one) of the low-res logits
+        its block of rows and block of columns read, so a tile (a row block of ``Mh`` by a row block
+        of ``Mw``) lies between the least and the largest of them. Where that range, widened by far
+        more than float32 rounding can move a pixel, is on one side of the threshold and of every
+        cut, the tile is filled and counted whole: a mask's inside and outside, all but a band along
+        its edges. The other tiles are made by the products :meth:`rows` makes, restricted to their
+        columns, so the masks and counts are those of the full-size logits.
+        """
+        low_res = np.asarray(low_res, dtype=np.float32)
+        lead = low_res.shape[:-2]
+        flat = low_res.reshape(-1, *low_res.shape[-2:])
+        count, (height, width) = len(flat), self.size
+        masks = np.empty((*lead, height, width), dtype=bool) if out is None else out
+        flat_masks = masks.reshape(count, height, width)  # a view: out is filled in place
+        levels = np.asarray([threshold, *cuts], dtype=np.float32)
+        counts = np.zeros((count, len(cuts)), dtype=np.int64)
+        if count == 0:
+            return masks, counts.reshape(*lead, len(cuts))
+        mh, mw = self.matrices()
+        least, largest = _tile_bounds(flat, mh, mw)  # N x B x C
+        # Two products of a few non-zero terms each: rounding moves a pixel by under 1e-6 of the
+        # largest logit; 1e-5 of it is the margin.
+        margin = np.abs(flat).max(axis=(1, 2)) * np.float32(1e-5)
+        above = (least - margin[:, None, None])[..., None] > levels  # N x B x C x L: every pixel
+        below = (largest + margin[:, None, None])[..., None] <= levels  # no pixel
+        known = (above | below).all(axis=-1)
+        heights = np.array([row1 - row0 for row0, row1, *_ in mh.blocks])
+        widths = np.array([row1 - row0 for row0, row1, *_ in mw.blocks])
+        whole = (above[..., 1:] & known[..., None]).astype(np.int64)
+        counts += np.einsum("nbcl,b,c->nl", whole, heights, widths)
+        column_block = np.repeat(np.arange(len(widths)), widths)
+        for b, (row0, row1, *_) in enumerate(mh.blocks):  # the known tiles' answer; the rest below
+            flat_masks[:, row0:row1, :] = above[:, b, column_block, 0][:, None, :]
+        unknown = np.argwhere(~known)  # (mask, row block, column block), column blocks in order
+        if not len(unknown):
+            return masks, counts.reshape(*lead, len(cuts))
+        with single_threaded_blas():
+            wide = _width_pass(flat, mw)  # N x Rh x W
+            # Runs of neighbouring unknown tiles in one row block of one mask: one product each.
+            starts = np.flatnonzero(
+                np.r_[
+                    True, (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
+                ]
+            )
+            ends = np.r_[starts[1:], len(unknown)] - 1
+            for first, last in zip(unknown[starts], unknown[ends], strict=True):
+                index, b = int(first[0]), int(first[1])
+                row0, row1 = mh.blocks[b][:2]
+                x0, x1 = mw.blocks[first[2]][0], mw.blocks[last[2]][1]
+                block = mh.block_product(b, wide[index, :, x0:x1])
+                np.greater(block, levels[0], out=flat_masks[index, row0:row1, x0:x1])
+                for level, cut in enumerate(levels[1:]):
+                    counts[index, level] += np.count_nonzero(block > cut)
+        return masks, counts.reshape(*lead, len(cuts))
 
     def _opencv_masks(self, low_res: np.ndarray) -> Rows:
         low_res = np.asarray(low_res, dtype=np.float32)
@@ -326,6 +409,19 @@ class MaskGeometry:
         """SAM's steps: upscale to S x S, crop to the resized image, resize to the original."""
         square = (self.image_size, self.image_size)
         return MaskResize(self.low_res_size, square, self.input_size, self.original_size)
+
+
+def _tile_bounds(low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """For N x Rh x Rw logits: the least and the largest logit each tile of ``Mh @ X @ Mw^T`` reads
+    (N x row blocks of Mh x row blocks of Mw). NaN where a tile reads a NaN."""
+    rows, row_starts = mh.bands
+    cols, col_starts = mw.bands
+    band = low_res[:, rows, :]
+    least = np.minimum.reduceat(np.minimum.reduceat(band, row_starts, axis=1)[..., cols], col_starts, axis=2)
+    largest = np.maximum.reduceat(
+        np.maximum.reduceat(band, row_starts, axis=1)[..., cols], col_starts, axis=2
+    )
+    return least, largest
 
 
 def _width_pass(low_res: np.ndarray, mw: BandedMatrix) -> np.ndarray:
