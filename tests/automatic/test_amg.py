@@ -103,23 +103,30 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
     expected = amg.calculate_stability_score(logits, threshold, offset)
     np.testing.assert_array_equal(stability, expected)
     assert np.isnan(stability[3]) and np.isfinite(stability[:3]).all()
-    # What the generator calls: OpenCV's masks as above, else the products' tiles near the edges.
-    masks, stability = amg.resized_masks_and_stability(resize, low_res, threshold, offset)
-    np.testing.assert_array_equal(masks, logits > np.float32(threshold))
-    np.testing.assert_array_equal(stability, expected)
+    # What the generator calls: OpenCV's masks as above, else the products' tiles near the edges,
+    # the scores counted first and only the masks that pass the filter made.
+    for stability_thresh in (0.0, float(np.nanmedian(expected))):
+        keep, masks, stability = amg.stable_masks(resize, low_res, threshold, offset, stability_thresh)
+        np.testing.assert_array_equal(stability, expected)
+        passed = (
+            np.flatnonzero(expected >= np.float32(stability_thresh)) if stability_thresh else np.arange(4)
+        )
+        np.testing.assert_array_equal(keep, passed)
+        np.testing.assert_array_equal(masks, logits[keep] > np.float32(threshold))
 
 
-def test_resized_masks_and_stability_skip_known_tiles_and_keep_every_bit() -> None:
+def test_stable_masks_skip_known_tiles_and_keep_every_bit() -> None:
     """Mask-like logits (a blob each, inside and outside far from the cuts) at a photo's size
-    OpenCV cannot take: most tiles are filled and counted from the low-res bounds, and the masks and
-    scores are still those of the full-size logits; into the given buffer, which must fit."""
+    OpenCV cannot take: most tiles are filled and counted from the low-res bounds, and the scores
+    and the masks that pass are still those of the full-size logits; the masks land at the start
+    of the given buffer, which must fit."""
     from samdeploy.sam.transforms import MaskGeometry, _tile_bounds, postprocess_masks
 
     yy, xx = np.mgrid[:256, :256]
     low_res = np.stack(
         [
-            (r - np.hypot(yy - cy, xx - cx)) * 0.5
-            for cy, cx, r in [(60, 80, 40), (128, 128, 100), (200, 30, 8)]
+            (r - np.hypot(yy - cy, xx - cx)) * 4
+            for cy, cx, r in [(60, 80, 40), (90, 150, 60), (100, 30, 8), (10, 10, 0.5)]
         ]
     ).astype(np.float32)
     low_res[2, :, 128:] = np.nan  # tiles reading a NaN are made, and give what the logits give
@@ -129,19 +136,22 @@ def test_resized_masks_and_stability_skip_known_tiles_and_keep_every_bit() -> No
     least, largest = _tile_bounds(low_res, *resize.matrices())
     read = ~np.isnan(least)  # of the tiles reading no NaN, most need no product
     assert ((least > 1.01) | (largest < -1.01))[read].mean() > 0.85
-    buffer = np.ones((3, 1500, 2000), dtype=bool)
-    masks, stability = amg.resized_masks_and_stability(resize, low_res, 0.0, 1.0, out=buffer)
+    buffer = np.ones((4, 1500, 2000), dtype=bool)
+    keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.9, out=buffer)
     logits = postprocess_masks(low_res, geometry)
-    assert masks is buffer
-    np.testing.assert_array_equal(masks, logits > 0)
-    np.testing.assert_array_equal(stability, amg.calculate_stability_score(logits, 0.0, 1.0))
+    expected = amg.calculate_stability_score(logits, 0.0, 1.0)
+    np.testing.assert_array_equal(stability, expected)
+    assert list(keep) == [0, 1] and 0 < expected[2] < 0.9  # the small blob and the speck fail
+    assert masks.base is buffer or masks.base is buffer.base
+    np.testing.assert_array_equal(masks, logits[:2] > 0)
+    np.testing.assert_array_equal(buffer[:2], logits[:2] > 0)
     with pytest.raises(
-        ValueError, match=r"out is bool \(2, 1500, 2000\), the masks are bool \(3, 1500, 2000\)"
+        ValueError, match=r"out is bool \(2, 1500, 2000\), the masks are bool \(4, 1500, 2000\)"
     ):
-        amg.resized_masks_and_stability(resize, low_res, 0.0, 1.0, out=buffer[:2])
+        amg.stable_masks(resize, low_res, 0.0, 1.0, 0.9, out=buffer[:2])
 
 
-def test_resized_masks_and_stability_wider_than_int16_rows_sum_as_officially(monkeypatch) -> None:
+def test_stable_masks_wider_than_int16_rows_sum_as_officially(monkeypatch) -> None:
     """Rows over 32767 pixels: the official counts sum each row in int16 first, so such masks go
     the way that reproduces it (mask by mask, whole rows), not by tiles."""
     from samdeploy.sam.transforms import MaskResize
@@ -149,11 +159,12 @@ def test_resized_masks_and_stability_wider_than_int16_rows_sum_as_officially(mon
     def no_tiles(*args, **kwargs):
         raise AssertionError("counted by tiles")
 
-    monkeypatch.setattr(MaskResize, "threshold_and_count", no_tiles)
+    monkeypatch.setattr(MaskResize, "count_above", no_tiles)
     low_res = (np.random.default_rng(5).standard_normal((2, 16, 16)) * 3).astype(np.float32)
     resize = MaskResize.direct((16, 16), (2, 33000))
-    masks, stability = amg.resized_masks_and_stability(resize, low_res, 0.0, 1.0)
+    keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.0)
     logits = resize(low_res)
+    np.testing.assert_array_equal(keep, [0, 1])
     np.testing.assert_array_equal(masks, logits > 0)
     np.testing.assert_array_equal(stability, amg.calculate_stability_score(logits, 0.0, 1.0))
 

@@ -201,10 +201,10 @@ def test_postprocess_to_bool_masks_equals_thresholding_the_logits(
 
 @pytest.mark.parametrize("seed", range(6))
 def test_tiles_threshold_and_count_as_the_full_logits(seed: int) -> None:
-    """``threshold_and_count`` fills the tiles whose low-res bounds are past every level and makes
-    the rest by the products: the masks and counts of the full-size logits, bit for bit, on blobs
-    (mostly known tiles), noise (mostly made), constant, NaN and leading axes, SAM's and SAM 2's
-    geometries."""
+    """``threshold`` and ``count_above`` fill or count the tiles whose low-res bounds are past every
+    level and make the rest by the products: the masks and counts of the full-size logits, bit for
+    bit, on blobs (mostly known tiles), noise (mostly made), constant, NaN and leading axes, SAM's
+    and SAM 2's geometries."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:256, :256]
     blobs = [
@@ -219,13 +219,13 @@ def test_tiles_threshold_and_count_as_the_full_logits(seed: int) -> None:
         if seed % 2
         else MaskGeometry.for_image(size, 1024, (256, 256)).resize()
     )
-    levels = (np.float32(0.0), np.float32(1.0), np.float32(-1.0))
-    masks, counts = resize.threshold_and_count(low_res, levels[0], levels[1:])
     logits = resize(low_res, products=True)
-    np.testing.assert_array_equal(masks, logits > levels[0])
-    np.testing.assert_array_equal(counts, np.stack([(logits > cut).sum((-2, -1)) for cut in levels[1:]], -1))
-    empty, none = resize.threshold_and_count(low_res[:, :0], levels[0], levels[1:])
-    assert empty.shape == (1, 0, *size) and none.shape == (1, 0, 2)
+    np.testing.assert_array_equal(resize.threshold(low_res, 0.0), logits > 0)
+    cuts = (np.float32(1.0), np.float32(-1.0), np.float32(0.25))
+    counts = resize.count_above(low_res, cuts)
+    np.testing.assert_array_equal(counts, np.stack([(logits > cut).sum((-2, -1)) for cut in cuts], -1))
+    assert resize.threshold(low_res[:, :0], 0.0).shape == (1, 0, *size)
+    assert resize.count_above(low_res[:, :0], cuts).shape == (1, 0, 3)
 
 
 def test_sam2_upscale_to_bool_masks_equals_thresholding_the_logits() -> None:

@@ -123,31 +123,50 @@ def masks_and_stability(
     return masks, _stability(intersections, unions)
 
 
-def resized_masks_and_stability(
+def stable_masks(
     resize: MaskResize,
     low_res: np.ndarray,
     mask_threshold: float,
     threshold_offset: float,
+    stability_thresh: float,
     out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`masks_and_stability` of N x Rh x Rw low-res logits brought to ``resize.size``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generator's stability filter on N x Rh x Rw low-res logits brought to ``resize.size``:
+    (``keep``, the indices whose :func:`calculate_stability_score` is ``>= stability_thresh``, all
+    of them if it is <= 0; their bool masks ``> mask_threshold``, K x H x W, in ``out[:K]`` if
+    ``out`` (N x H x W) is given; every mask's stability score).
 
-    Where OpenCV resizes, mask by mask (:meth:`~samdeploy.sam.transforms.MaskResize.rows`).
-    Otherwise by the products, skipping the tiles whose pixels the low-res logits already put on
-    one side of the threshold and of both stability cuts
-    (:meth:`~samdeploy.sam.transforms.MaskResize.threshold_and_count`): the same masks and scores,
-    several times faster at the sizes of most photos. Rows wider than int16 counts (32767 pixels)
+    Where OpenCV resizes, the masks and scores come mask by mask (:func:`masks_and_stability`).
+    Otherwise the scores are counted first (:meth:`~samdeploy.sam.transforms.MaskResize.count_above`)
+    and only the masks that pass are made (:meth:`~samdeploy.sam.transforms.MaskResize.threshold`;
+    with no filter, both in one pass), by the products, skipping the tiles the low-res logits
+    already decide: the same masks and scores, several times faster at most photos' sizes. Rows wider than int16 counts (32767 pixels)
     keep the official per-row sums, mask by mask.
     """
     shape = (len(low_res), *resize.size)
-    if resize.in_opencv or resize.size[1] > np.iinfo(np.int16).max:
-        return masks_and_stability(resize.rows(low_res), shape, mask_threshold, threshold_offset, out)
     if out is not None and (out.shape != shape or out.dtype != np.bool_):
         raise ValueError(f"out is {out.dtype} {out.shape}, the masks are bool {shape}")
-    masks, counts = resize.threshold_and_count(
-        low_res, np.float32(mask_threshold), _stability_cuts(mask_threshold, threshold_offset), out=out
-    )
-    return masks, _stability(counts[:, 0], counts[:, 1])
+    if resize.in_opencv or resize.size[1] > np.iinfo(np.int16).max:
+        masks, stability = masks_and_stability(
+            resize.rows(low_res), shape, mask_threshold, threshold_offset, out
+        )
+        keep = _stable(stability, stability_thresh)
+        return keep, masks[keep], stability
+    cuts = _stability_cuts(mask_threshold, threshold_offset)
+    if stability_thresh <= 0.0:  # every mask is kept: one pass makes masks and counts
+        masks, counts = resize.threshold_and_count(low_res, mask_threshold, cuts, out)
+        return np.arange(len(masks)), masks, _stability(counts[:, 0], counts[:, 1])
+    counts = resize.count_above(low_res, cuts)
+    stability = _stability(counts[:, 0], counts[:, 1])
+    keep = _stable(stability, stability_thresh)
+    masks = resize.threshold(low_res[keep], mask_threshold, out=None if out is None else out[: len(keep)])
+    return keep, masks, stability
+
+
+def _stable(stability: np.ndarray, stability_thresh: float) -> np.ndarray:
+    if stability_thresh <= 0.0:
+        return np.arange(len(stability))
+    return np.flatnonzero(stability >= np.float32(stability_thresh))
 
 
 def _stability_cuts(mask_threshold: float, threshold_offset: float) -> tuple[np.float32, np.float32]:

@@ -46,8 +46,8 @@ from samdeploy.sam.amg import (
     is_box_near_crop_edge,
     mask_to_rle,
     remove_small_regions,
-    resized_masks_and_stability,
     rle_to_mask,
+    stable_masks,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
@@ -236,15 +236,16 @@ class FilterMasks(Node):
         buffer: np.ndarray,
     ) -> MaskCandidates:
         p = self.params
-        # N x h x w masks and their stability, the logits at the crop's size never held whole (a
-        # mask at a time in OpenCV, else only the tiles near the masks' edges); masks in the buffer.
-        masks, stability = resized_masks_and_stability(
-            resize, low_res, p.mask_threshold, p.stability_score_offset, out=buffer[: len(low_res)]
+        # The masks that pass the stability filter, the logits at the crop's size never held whole
+        # (a mask at a time in OpenCV, else only the tiles near the masks' edges); in the buffer.
+        keep, masks, stability = stable_masks(
+            resize,
+            low_res,
+            p.mask_threshold,
+            p.stability_score_offset,
+            p.stability_score_thresh,
+            out=buffer[: len(low_res)],
         )
-        keep = np.arange(len(masks))
-        if p.stability_score_thresh > 0.0:
-            keep = np.flatnonzero(stability >= np.float32(p.stability_score_thresh))
-        masks = masks[keep]  # a copy: the buffer is the next chunk's
         boxes = batched_mask_to_box(masks)
         inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
         keep, masks, boxes = keep[inside], masks[inside], boxes[inside]

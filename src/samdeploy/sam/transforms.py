@@ -212,6 +212,10 @@ def _axis_matrix(low_res: int, resize_len: int, crop_len: int, out_len: int) -> 
     return BandedMatrix.from_dense(matrix, _ROWS_PER_BLOCK)
 
 
+Tile = tuple[int, slice, slice, np.ndarray]
+"""A piece of upscaled masks made by the products: ``(mask, rows, columns, block)``, where ``block``
+is ``logits[mask][rows, columns]`` of the masks flattened to N x H x W."""
+
 Rows = Iterator[tuple[tuple[int, ...], int, int, np.ndarray]]
 """Upscaled logits a piece at a time: ``(index, row0, row1, block)``, where ``block`` is
 ``logits[index][..., row0:row1, :]``, ``index`` a (possibly empty) index into the leading axes."""
@@ -279,7 +283,7 @@ class MaskResize:
             with single_threaded_blas():
                 return mh.apply(_width_pass(low_res, mw))
         if above is not None and (products or not self.in_opencv):
-            return self.threshold_and_count(low_res, above)[0]
+            return self.threshold(low_res, above)
         out = np.empty((*low_res.shape[:-2], *self.size), dtype=np.float32 if above is None else bool)
         threshold = None if above is None else np.float32(above)
         for index, row0, row1, block in self.rows(low_res, products=products):
@@ -290,71 +294,99 @@ class MaskResize:
                 np.greater(block, threshold, out=target)
         return out
 
+    def threshold(self, low_res: np.ndarray, threshold: float, out: np.ndarray | None = None) -> np.ndarray:
+        """``...xRhxRw`` logits -> the bool masks ``upscaled > threshold`` (``...xHxW``, into ``out``
+        if given) by the products, making only the tiles the low-res logits leave open
+        (:meth:`_tiles`): the same bits as thresholding the full-size logits."""
+        return self.threshold_and_count(low_res, threshold, (), out)[0]
+
     def threshold_and_count(
-        self,
-        low_res: np.ndarray,
-        threshold: float,
-        cuts: tuple[float, ...] = (),
-        out: np.ndarray | None = None,
+        self, low_res: np.ndarray, threshold: float, cuts: tuple[float, ...], out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``...xRhxRw`` logits -> (the bool masks ``upscaled > threshold``, ``...xHxW``, into ``out``
-        if given; int64 ``... x len(cuts)``: the pixels of each upscaled mask ``> cut``), by the
-        products, without making the tiles whose answers the low-res logits already give.
+        """:meth:`threshold` and :meth:`count_above` in one pass over the tiles: (masks, counts)."""
+        flat = _masks_first(low_res)
+        masks = np.empty((*np.shape(low_res)[:-2], *self.size), dtype=bool) if out is None else out
+        flat_masks = masks.reshape(len(flat), *self.size)  # a view: out is filled in place
+        levels = np.asarray([threshold, *cuts], dtype=np.float32)
+        counts = np.zeros((len(flat), len(cuts)), dtype=np.int64)
+        if len(flat):
+            above, made = self._tiles(flat, levels)
+            counts += self._whole_tiles(above[..., 1:])
+            mh, mw = self.matrices()
+            pattern = np.repeat(
+                above[..., 0], [row1 - row0 for row0, row1, *_ in mw.blocks], axis=2
+            )  # N x B x W
+            for b, (row0, row1, *_) in enumerate(mh.blocks):  # the known tiles' answer, the rest after
+                flat_masks[:, row0, :] = pattern[:, b]
+                flat_masks[:, row0 + 1 : row1, :] = flat_masks[
+                    :, row0 : row0 + 1, :
+                ]  # 4x faster than from pattern
+            for index, rows, columns, block in made:
+                np.greater(block, levels[0], out=flat_masks[index, rows, columns])
+                for level, cut in enumerate(levels[1:]):
+                    counts[index, level] += np.count_nonzero(block > cut)
+        return masks, counts.reshape(*np.shape(low_res)[:-2], len(cuts))
+
+    def count_above(self, low_res: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
+        """``...xRhxRw`` logits -> int64 ``... x len(cuts)``: the pixels of each upscaled mask
+        ``> cut``, by the products, making only the tiles the low-res logits leave open
+        (:meth:`_tiles`): the counts of the full-size logits."""
+        flat = _masks_first(low_res)
+        levels = np.asarray(cuts, dtype=np.float32)
+        counts = np.zeros((len(flat), len(levels)), dtype=np.int64)
+        if len(flat) and len(levels):
+            above, made = self._tiles(flat, levels)
+            counts += self._whole_tiles(above)
+            for index, _, _, block in made:
+                for level, cut in enumerate(levels):
+                    counts[index, level] += np.count_nonzero(block > cut)
+        return counts.reshape(*np.shape(low_res)[:-2], len(levels))
+
+    def _tiles(self, flat: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, Iterator[Tile]]:
+        """The tiles of N x Rh x Rw logits' upscaled masks (a row block of ``Mh`` by a row block of
+        ``Mw``) against L levels: (bool N x B x C x L, the tiles known to be all above each level;
+        the products of the others, as :data:`Tile` pieces).
 
         Each output pixel is a weighted mean (weights >= 0, summing to one) of the low-res logits
-        its block of rows and block of columns read, so a tile (a row block of ``Mh`` by a row block
-        of ``Mw``) lies between the least and the largest of them. Where that range, widened by far
-        more than float32 rounding can move a pixel, is on one side of the threshold and of every
-        cut, the tile is filled and counted whole: a mask's inside and outside, all but a band along
-        its edges. The other tiles are made by the products :meth:`rows` makes, restricted to their
-        columns, so the masks and counts are those of the full-size logits.
+        its row block and column block read, so a tile lies between the least and the largest of
+        them. Where that range, widened by far more than float32 rounding moves a pixel, is on one
+        side of every level, the tile is known: above or not. That is a mask's inside and outside,
+        all but a band along its edges. Neighbouring unknown tiles of a row block are made by one
+        product, the one :meth:`rows` makes restricted to their columns: the same bits.
         """
-        low_res = np.asarray(low_res, dtype=np.float32)
-        lead = low_res.shape[:-2]
-        flat = low_res.reshape(-1, *low_res.shape[-2:])
-        count, (height, width) = len(flat), self.size
-        masks = np.empty((*lead, height, width), dtype=bool) if out is None else out
-        flat_masks = masks.reshape(count, height, width)  # a view: out is filled in place
-        levels = np.asarray([threshold, *cuts], dtype=np.float32)
-        counts = np.zeros((count, len(cuts)), dtype=np.int64)
-        if count == 0:
-            return masks, counts.reshape(*lead, len(cuts))
         mh, mw = self.matrices()
-        least, largest = _tile_bounds(flat, mh, mw)  # N x B x C
+        least, largest = _tile_bounds(flat, mh, mw)  # N x B x C (NaN where a tile reads a NaN)
         # Two products of a few non-zero terms each: rounding moves a pixel by under 1e-6 of the
         # largest logit; 1e-5 of it is the margin.
-        margin = np.abs(flat).max(axis=(1, 2)) * np.float32(1e-5)
-        above = (least - margin[:, None, None])[..., None] > levels  # N x B x C x L: every pixel
-        below = (largest + margin[:, None, None])[..., None] <= levels  # no pixel
-        known = (above | below).all(axis=-1)
+        margin = (np.abs(flat).max(axis=(1, 2)) * np.float32(1e-5))[:, None, None, None]
+        above = (least[..., None] - margin) > levels  # N x B x C x L
+        known = (above | ((largest[..., None] + margin) <= levels)).all(axis=-1)
+        above &= known[..., None]
+        return above, self._made(flat, np.argwhere(~known))
+
+    def _whole_tiles(self, above: np.ndarray) -> np.ndarray:
+        """N x L pixel counts of the tiles ``above`` (N x B x C x L) marks."""
+        mh, mw = self.matrices()
         heights = np.array([row1 - row0 for row0, row1, *_ in mh.blocks])
         widths = np.array([row1 - row0 for row0, row1, *_ in mw.blocks])
-        whole = (above[..., 1:] & known[..., None]).astype(np.int64)
-        counts += np.einsum("nbcl,b,c->nl", whole, heights, widths)
-        column_block = np.repeat(np.arange(len(widths)), widths)
-        for b, (row0, row1, *_) in enumerate(mh.blocks):  # the known tiles' answer; the rest below
-            flat_masks[:, row0:row1, :] = above[:, b, column_block, 0][:, None, :]
-        unknown = np.argwhere(~known)  # (mask, row block, column block), column blocks in order
+        return np.einsum("nbcl,b,c->nl", above.astype(np.int64), heights, widths)
+
+    def _made(self, flat: np.ndarray, unknown: np.ndarray) -> Iterator[Tile]:
+        """The products of the ``unknown`` tiles (rows of (mask, row block, column block), in order)."""
         if not len(unknown):
-            return masks, counts.reshape(*lead, len(cuts))
+            return
+        mh, mw = self.matrices()
+        # Runs of neighbouring unknown tiles in a row block of a mask: one product each.
+        breaks = (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
+        starts = np.flatnonzero(np.r_[True, breaks])
+        ends = np.r_[starts[1:], len(unknown)] - 1
         with single_threaded_blas():
             wide = _width_pass(flat, mw)  # N x Rh x W
-            # Runs of neighbouring unknown tiles in one row block of one mask: one product each.
-            starts = np.flatnonzero(
-                np.r_[
-                    True, (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
-                ]
-            )
-            ends = np.r_[starts[1:], len(unknown)] - 1
             for first, last in zip(unknown[starts], unknown[ends], strict=True):
                 index, b = int(first[0]), int(first[1])
                 row0, row1 = mh.blocks[b][:2]
                 x0, x1 = mw.blocks[first[2]][0], mw.blocks[last[2]][1]
-                block = mh.block_product(b, wide[index, :, x0:x1])
-                np.greater(block, levels[0], out=flat_masks[index, row0:row1, x0:x1])
-                for level, cut in enumerate(levels[1:]):
-                    counts[index, level] += np.count_nonzero(block > cut)
-        return masks, counts.reshape(*lead, len(cuts))
+                yield index, slice(row0, row1), slice(x0, x1), mh.block_product(b, wide[index, :, x0:x1])
 
     def _opencv_masks(self, low_res: np.ndarray) -> Rows:
         low_res = np.asarray(low_res, dtype=np.float32)
@@ -409,6 +441,12 @@ class MaskGeometry:
         """SAM's steps: upscale to S x S, crop to the resized image, resize to the original."""
         square = (self.image_size, self.image_size)
         return MaskResize(self.low_res_size, square, self.input_size, self.original_size)
+
+
+def _masks_first(low_res: np.ndarray) -> np.ndarray:
+    """``...xRhxRw`` logits as float32 N x Rh x Rw (a view where they already are)."""
+    low_res = np.asarray(low_res, dtype=np.float32)
+    return low_res.reshape(-1, *low_res.shape[-2:])
 
 
 def _tile_bounds(low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix) -> tuple[np.ndarray, np.ndarray]:
