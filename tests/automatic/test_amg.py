@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import product
+
 import numpy as np
 import pytest
 import torch
@@ -105,8 +107,13 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
     assert np.isnan(stability[3]) and np.isfinite(stability[:3]).all()
     # What the generator calls: OpenCV's masks as above, else the products' tiles near the edges,
     # the scores counted first and only the masks that pass the filter made.
-    for stability_thresh in (0.0, float(np.nanmedian(expected))):
-        keep, masks, stability = amg.stable_masks(resize, low_res, threshold, offset, stability_thresh)
+    from unittest import mock
+
+    from samdeploy.sam import transforms
+
+    for stability_thresh, tiles in product((0.0, float(np.nanmedian(expected))), (0, None)):
+        with mock.patch.object(transforms, "TILE_MIN_PIXELS", tiles or transforms.TILE_MIN_PIXELS):
+            keep, masks, stability = amg.stable_masks(resize, low_res, threshold, offset, stability_thresh)
         np.testing.assert_array_equal(stability, expected)
         passed = (
             np.flatnonzero(expected >= np.float32(stability_thresh)) if stability_thresh else np.arange(4)
@@ -161,7 +168,8 @@ def test_stable_masks_wider_than_int16_rows_sum_as_officially(monkeypatch) -> No
 
     monkeypatch.setattr(MaskResize, "count_above", no_tiles)
     low_res = (np.random.default_rng(5).standard_normal((2, 16, 16)) * 3).astype(np.float32)
-    resize = MaskResize.direct((16, 16), (2, 33000))
+    resize = MaskResize.direct((16, 16), (100, 33000))
+    assert resize.tiles_pay(2) and not resize.in_opencv
     keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.0)
     logits = resize(low_res)
     np.testing.assert_array_equal(keep, [0, 1])

@@ -274,15 +274,25 @@ def test_upscaling_runs_blas_on_one_thread_and_restores_it(monkeypatch) -> None:
         assert blas_threads() == before and blas._depth == 0
         postprocess_masks(low_res, geometry)
         assert seen[-1] == [1] * len(before) and blas_threads() == before
-        # Bool masks: the height pass runs tile by tile (BandedMatrix.block_product), also on one thread.
-        original_block = BandedMatrix.block_product
+        # Bool masks: the height pass runs block by block (BandedMatrix.products), or tile by tile
+        # on large pictures (BandedMatrix.block_product), also on one thread.
+        original_products, original_block = BandedMatrix.products, BandedMatrix.block_product
+
+        def products_spy(self, x):
+            for block in original_products(self, x):
+                seen.append(blas_threads())
+                yield block
 
         def block_spy(self, block, x):
             seen.append(blas_threads())
             return original_block(self, block, x)
 
+        monkeypatch.setattr(BandedMatrix, "products", products_spy)
         monkeypatch.setattr(BandedMatrix, "block_product", block_spy)
-        count = len(seen)
-        postprocess_masks(low_res, geometry, 0.0)
-        assert len(seen) > count + 2 and all(threads == [1] * len(before) for threads in seen[count:])
-        assert blas_threads() == before and blas._depth == 0
+        for size in ((300, 500), (1500, 2000)):
+            count = len(seen)
+            geometry = MaskGeometry.for_image(size, 1024, (256, 256))
+            assert geometry.resize().tiles_pay(3) == (size == (1500, 2000))
+            postprocess_masks(low_res, geometry, 0.0)
+            assert len(seen) > count + 2 and all(threads == [1] * len(before) for threads in seen[count:])
+            assert blas_threads() == before and blas._depth == 0

@@ -137,16 +137,18 @@ def stable_masks(
     ``out`` (N x H x W) is given; every mask's stability score).
 
     Where OpenCV resizes, the masks and scores come mask by mask (:func:`masks_and_stability`).
-    Otherwise the scores are counted first (:meth:`~samdeploy.sam.transforms.MaskResize.count_above`)
-    and only the masks that pass are made (:meth:`~samdeploy.sam.transforms.MaskResize.threshold`;
-    with no filter, both in one pass), by the products, skipping the tiles the low-res logits
-    already decide: the same masks and scores, several times faster at most photos' sizes. Rows wider than int16 counts (32767 pixels)
-    keep the official per-row sums, mask by mask.
-    """
+    Otherwise, where the tiles pay (:meth:`~samdeploy.sam.transforms.MaskResize.tiles_pay`: 6
+    megapixels in all), the scores are counted first
+    (:meth:`~samdeploy.sam.transforms.MaskResize.count_above`) and only the masks that pass are made
+    (:meth:`~samdeploy.sam.transforms.MaskResize.threshold`; with no filter, both in one pass), by
+    the products, skipping the tiles the low-res logits already decide: the same masks and scores,
+    several times faster at most photos' sizes. Smaller calls take whole rows
+    (:meth:`~samdeploy.sam.transforms.MaskResize.rows`), and so do rows wider than int16 counts
+    (32767 pixels), to keep the official per-row sums."""
     shape = (len(low_res), *resize.size)
     if out is not None and (out.shape != shape or out.dtype != np.bool_):
         raise ValueError(f"out is {out.dtype} {out.shape}, the masks are bool {shape}")
-    if resize.in_opencv or resize.size[1] > np.iinfo(np.int16).max:
+    if resize.in_opencv or resize.size[1] > np.iinfo(np.int16).max or not resize.tiles_pay(len(low_res)):
         masks, stability = masks_and_stability(
             resize.rows(low_res), shape, mask_threshold, threshold_offset, out
         )
