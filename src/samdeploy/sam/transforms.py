@@ -240,7 +240,9 @@ class MaskResize:
       two-tap kernel is about 2.8x faster than the products below for a 768x1024 picture.
     - Otherwise each axis's steps composed into one banded matrix (exact in float64, one cast) and
       applied as two products, ``Mh @ X @ Mw^T``, a block of output rows at a time, so thresholded
-      masks never hold the float logits at full size.
+      masks never hold the float logits at full size. Masks and counts of large pictures
+      (:meth:`threshold`, :meth:`count_above`) make only the tiles near each mask's edges, where
+      the low-res logits do not already tell the answer (:meth:`_tiles`).
     """
 
     low_res_size: tuple[int, int]
