@@ -248,7 +248,8 @@ class FilterMasks(Node):
         )
         boxes = batched_mask_to_box(masks)
         inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
-        keep, masks, boxes = keep[inside], masks[inside], boxes[inside]
+        if not inside.all():  # a copy of every mask otherwise (12 MB each at 12 megapixels)
+            keep, masks, boxes = keep[inside], masks[inside], boxes[inside]
         height, width = crop.image_size
         return MaskCandidates(
             rles=mask_to_rle(uncrop_masks(masks, list(crop.box), height, width)),
