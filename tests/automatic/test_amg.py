@@ -194,7 +194,7 @@ def test_masks_and_stability_write_into_a_given_buffer() -> None:
         amg.masks_and_stability(resize.rows(low_res), (3, 300, 200), 0.0, 1.0, out=buffer[:2])
 
 
-@pytest.mark.parametrize("shape", [(12, 31, 17), (3, 1, 1), (0, 8, 8), (2, 3, 9, 9)])
+@pytest.mark.parametrize("shape", [(12, 31, 17), (3, 1, 1), (0, 8, 8), (2, 3, 9, 9), (40, 27)])
 def test_mask_to_box_equals_official(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
     masks = random_masks(rng, int(np.prod(shape[:-2])), *shape[-2:]).reshape(shape)
@@ -294,6 +294,10 @@ def test_rle_equals_official_and_round_trips(seed: int, h: int, w: int) -> None:
         assert coco == official.coco_encode_rle(rle)
         np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), mask)
     assert amg.mask_to_rle(masks[:0]) == []
+    # Boxes given (the generator's, of the masks uncropped): looser ones search more, find the same.
+    loose = amg.batched_mask_to_box(masks) + np.array([-1, -2, 1, 2])
+    loose = np.clip(loose, 0, [w - 1, h - 1, w - 1, h - 1])
+    assert amg.mask_to_rle(masks, loose) == ours
 
 
 @pytest.mark.parametrize("mode", ["holes", "islands"])

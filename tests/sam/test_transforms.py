@@ -225,6 +225,11 @@ def test_tiles_threshold_and_count_as_the_full_logits(seed: int) -> None:
     counts = resize.count_above(low_res, cuts)
     np.testing.assert_array_equal(counts, np.stack([(logits > cut).sum((-2, -1)) for cut in cuts], -1))
     assert resize.threshold(low_res[:, :0], 0.0).shape == (1, 0, *size)
+    out = np.ones((1, 5, *size), dtype=bool)
+    assert resize.threshold(low_res, 0.0, out=out) is out
+    np.testing.assert_array_equal(out, logits > 0)
+    with pytest.raises(ValueError, match="the masks are C-contiguous bool"):
+        resize.threshold(low_res, 0.0, out=np.ones((1, 5, size[0], size[1] + 1), dtype=bool)[..., 1:])
     assert resize.count_above(low_res[:, :0], cuts).shape == (1, 0, 3)
 
 

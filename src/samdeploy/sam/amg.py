@@ -189,18 +189,22 @@ def _stability(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
 
 
 def batched_mask_to_box(masks: np.ndarray) -> np.ndarray:
-    """Boxes around ...xHxW boolean masks -> ...x4 int64 XYXY, right/bottom inclusive; [0,0,0,0] if empty."""
+    """Boxes around ...xHxW boolean masks -> ...x4 int64 XYXY, right/bottom inclusive; [0,0,0,0] if empty.
+
+    The rows of each mask are searched whole, its columns only between its top and bottom row.
+    """
     h, w = masks.shape[-2:]
+    boxes = np.zeros((*masks.shape[:-2], 4), dtype=np.int64)
     if masks.size == 0:
-        return np.zeros((*masks.shape[:-2], 4), dtype=np.int64)
+        return boxes
     rows = masks.any(axis=-1)  # ...xH
-    cols = masks.any(axis=-2)  # ...xW
-    top = rows.argmax(axis=-1)
-    bottom = h - 1 - rows[..., ::-1].argmax(axis=-1)
-    left = cols.argmax(axis=-1)
-    right = w - 1 - cols[..., ::-1].argmax(axis=-1)
-    boxes = np.stack([left, top, right, bottom], axis=-1).astype(np.int64)
-    boxes[~rows.any(axis=-1)] = 0
+    for index in np.ndindex(masks.shape[:-2]):
+        filled = np.flatnonzero(rows[index])
+        if not filled.size:
+            continue
+        top, bottom = int(filled[0]), int(filled[-1])
+        cols = np.flatnonzero(masks[index][top : bottom + 1].any(axis=0))
+        boxes[index] = cols[0], top, cols[-1], bottom
     return boxes
 
 
@@ -437,28 +441,33 @@ class _IntroSort:
 # ---------------------------------------------------------------------------------------------
 
 
-def mask_to_rle(masks: np.ndarray) -> list[Rle]:
-    """NxHxW boolean masks -> N uncompressed RLEs (column-major, counts start with a run of zeros)."""
+def mask_to_rle(masks: np.ndarray, boxes: np.ndarray | None = None) -> list[Rle]:
+    """NxHxW boolean masks -> N uncompressed RLEs (column-major, counts start with a run of zeros).
+
+    The changes of value in column-major order are found in the C-order masks (a transposed copy of
+    bool masks costs ~10x the rest): down a column, between (y - 1, x) and (y, x), at column-major
+    index x * h + y, searched only in each mask's box (``boxes``, Nx4 XYXY inclusive as
+    :func:`batched_mask_to_box` gives them, computed if not given: every True pixel must be inside)
+    and a row on either side; from the bottom of a column to the top of the next, at (x + 1) * h.
+    A 2-D search is one-dimensional ``flatnonzero`` on the box (a 2-D nonzero is ~10x slower).
+    """
     n, h, w = masks.shape
     if n == 0:
         return []
-    # The changes of value in column-major order, found in the C-order masks (a transposed copy of
-    # bool masks costs ~10x the rest): down a column, between (y - 1, x) and (y, x), at column-major
-    # index x * h + y; from the bottom of a column to the top of the next, at (x + 1) * h. Each is
-    # keyed by mask * h * w + index, sorted. One-dimensional flatnonzero: a 3-D nonzero is ~10x slower.
+    if boxes is None:
+        boxes = batched_mask_to_box(masks)
     size = h * w
-    down = np.flatnonzero(masks[:, 1:, :] != masks[:, :-1, :])
-    owner, rest = np.divmod(down, max((h - 1) * w, 1))
-    y, x = np.divmod(rest, w)
-    across = np.flatnonzero(masks[:, 0, 1:] != masks[:, -1, :-1])
-    owner_across, x_across = np.divmod(across, max(w - 1, 1))
-    keys = np.sort(np.concatenate([owner * size + x * h + y + 1, owner_across * size + (x_across + 1) * h]))
-    owner, changes = np.divmod(keys, size)
+    across = masks[:, 0, 1:] != masks[:, -1, :-1]
     out = []
-    for i, change in enumerate(np.split(changes, np.searchsorted(owner, np.arange(1, n)))):
-        runs = np.diff(np.concatenate(([0], change, [size])))
-        counts = runs.tolist() if not masks[i, 0, 0] else [0, *runs.tolist()]
-        out.append({"size": [h, w], "counts": counts})
+    for mask, box, changes_across in zip(masks, boxes, across, strict=True):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        top = max(y0 - 1, 0)
+        region = mask[top : min(y1 + 2, h), x0 : x1 + 1]
+        y, x = np.divmod(np.flatnonzero(region[1:] != region[:-1]), max(region.shape[1], 1))
+        keys = np.concatenate([(x + x0) * h + y + top + 1, (np.flatnonzero(changes_across) + 1) * h])
+        keys.sort()
+        runs = np.diff(np.concatenate(([0], keys, [size]))).tolist()
+        out.append({"size": [h, w], "counts": [0, *runs] if mask[0, 0] else runs})
     return out
 
 

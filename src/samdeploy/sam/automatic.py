@@ -252,7 +252,9 @@ class FilterMasks(Node):
             keep, masks, boxes = keep[inside], masks[inside], boxes[inside]
         height, width = crop.image_size
         return MaskCandidates(
-            rles=mask_to_rle(uncrop_masks(masks, list(crop.box), height, width)),
+            rles=mask_to_rle(
+                uncrop_masks(masks, list(crop.box), height, width), uncrop_boxes_xyxy(boxes, list(crop.box))
+            ),
             boxes=boxes,
             iou_preds=iou[keep],
             points=points[keep],
