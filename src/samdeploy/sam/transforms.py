@@ -18,6 +18,7 @@ into one matrix per axis (``H x R`` and ``W x R`` for R x R low-res logits) appl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -289,7 +290,11 @@ class MaskResize:
             mh, mw = self.matrices()
             with single_threaded_blas():
                 return mh.apply(_width_pass(low_res, mw))
-        if above is not None and (products or not self.in_opencv) and self.tiles_pay(low_res[..., 0, 0].size):
+        if (
+            above is not None
+            and (products or not self.in_opencv)
+            and self.tiles_pay(math.prod(low_res.shape[:-2]))
+        ):
             return self.threshold(low_res, above)
         out = np.empty((*low_res.shape[:-2], *self.size), dtype=np.float32 if above is None else bool)
         threshold = None if above is None else np.float32(above)
