@@ -111,8 +111,10 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
 
     from samdeploy.sam import transforms
 
-    for stability_thresh, tiles in product((0.0, float(np.nanmedian(expected))), (0, None)):
-        with mock.patch.object(transforms, "TILE_MIN_PIXELS", tiles or transforms.TILE_MIN_PIXELS):
+    minimums = (0, transforms.TILE_MIN_PIXELS)  # tiles forced at this small size, or as set
+    for stability_thresh, minimum in product((0.0, float(np.nanmedian(expected))), minimums):
+        with mock.patch.object(transforms, "TILE_MIN_PIXELS", minimum):
+            assert resize.tiles_pay(4) == (minimum == 0)
             keep, masks, stability = amg.stable_masks(resize, low_res, threshold, offset, stability_thresh)
         np.testing.assert_array_equal(stability, expected)
         passed = (
