@@ -121,14 +121,17 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
             np.flatnonzero(expected >= np.float32(stability_thresh)) if stability_thresh else np.arange(4)
         )
         np.testing.assert_array_equal(keep, passed)
-        np.testing.assert_array_equal(masks, logits[keep] > np.float32(threshold))
+        expected_masks = logits[keep] > np.float32(threshold)
+        np.testing.assert_array_equal(masks.to_masks(), expected_masks)
+        np.testing.assert_array_equal(masks.boxes, amg.batched_mask_to_box(expected_masks))
+        assert masks.to_rle() == amg.mask_to_rle(expected_masks)
 
 
 def test_stable_masks_skip_known_tiles_and_keep_every_bit() -> None:
     """Mask-like logits (a blob each, inside and outside far from the cuts) at a photo's size
-    OpenCV cannot take: most tiles are filled and counted from the low-res bounds, and the scores
-    and the masks that pass are still those of the full-size logits; the masks land at the start
-    of the given buffer, which must fit."""
+    OpenCV cannot take: most tiles are filled and counted from the low-res bounds, and the scores,
+    the masks that pass and their boxes are still those of the full-size logits; each mask is made
+    only inside its box (the buffer, which must fit, serves the other ways)."""
     from samdeploy.sam.transforms import MaskGeometry, _tile_bounds, postprocess_masks
 
     yy, xx = np.mgrid[:256, :256]
@@ -151,9 +154,17 @@ def test_stable_masks_skip_known_tiles_and_keep_every_bit() -> None:
     expected = amg.calculate_stability_score(logits, 0.0, 1.0)
     np.testing.assert_array_equal(stability, expected)
     assert list(keep) == [0, 1] and 0 < expected[2] < 0.9  # the small blob and the speck fail
-    assert masks.base is buffer or masks.base is buffer.base
-    np.testing.assert_array_equal(masks, logits[:2] > 0)
-    np.testing.assert_array_equal(buffer[:2], logits[:2] > 0)
+    np.testing.assert_array_equal(masks.to_masks(), logits[:2] > 0)
+    np.testing.assert_array_equal(masks.boxes, amg.batched_mask_to_box(logits[:2] > 0))
+    assert [region.size for region in masks.regions] == [
+        (x1 - x0 + 1) * (y1 - y0 + 1) for x0, y0, x1, y1 in masks.boxes
+    ]
+    assert buffer.all()  # untouched: the tiles' masks are arrays of their own, the size of their boxes
+    # No filter: masks and counts in one pass, every mask kept (the speck too, whose box is small).
+    keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.0)
+    np.testing.assert_array_equal(stability, expected)
+    np.testing.assert_array_equal(masks.to_masks(), logits > 0)
+    assert masks.to_rle() == amg.mask_to_rle(logits > 0)
     with pytest.raises(
         ValueError, match=r"out is bool \(2, 1500, 2000\), the masks are bool \(4, 1500, 2000\)"
     ):
@@ -175,7 +186,7 @@ def test_stable_masks_wider_than_int16_rows_sum_as_officially(monkeypatch) -> No
     keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.0)
     logits = resize(low_res)
     np.testing.assert_array_equal(keep, [0, 1])
-    np.testing.assert_array_equal(masks, logits > 0)
+    np.testing.assert_array_equal(masks.to_masks(), logits > 0)
     np.testing.assert_array_equal(stability, amg.calculate_stability_score(logits, 0.0, 1.0))
 
 
@@ -300,6 +311,26 @@ def test_rle_equals_official_and_round_trips(seed: int, h: int, w: int) -> None:
     loose = amg.batched_mask_to_box(masks) + np.array([-1, -2, 1, 2])
     loose = np.clip(loose, 0, [w - 1, h - 1, w - 1, h - 1])
     assert amg.mask_to_rle(masks, loose) == ours
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1))
+def test_boxed_masks_of_a_crop_give_the_official_rles(seed: int) -> None:
+    """Masks kept inside their boxes, selected and moved from a crop into the image (without a
+    mask at the image's size): the RLEs of the official uncropped masks."""
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+    crop_box = [x0, y0, int(rng.integers(x0 + 1, width + 1)), int(rng.integers(y0 + 1, height + 1))]
+    masks = random_masks(rng, 6, crop_box[3] - y0, crop_box[2] - x0)
+    masks[1] = False
+    chosen = rng.random(6) < 0.7
+    boxed = amg.BoxedMasks.from_masks(masks).select(chosen).uncrop(crop_box, height, width)
+    expected = official.uncrop_masks(torch.from_numpy(masks[chosen]), crop_box, height, width)
+    assert boxed.to_rle() == official.mask_to_rle_pytorch(expected)
+    np.testing.assert_array_equal(boxed.to_masks(), expected.numpy())
+    crop_boxes = official.batched_mask_to_box(torch.from_numpy(masks[chosen]))
+    np.testing.assert_array_equal(boxed.boxes, official.uncrop_boxes_xyxy(crop_boxes, crop_box).numpy())
 
 
 @pytest.mark.parametrize("mode", ["holes", "islands"])

@@ -130,21 +130,23 @@ def stable_masks(
     threshold_offset: float,
     stability_thresh: float,
     out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, BoxedMasks, np.ndarray]:
     """The generator's stability filter on N x Rh x Rw low-res logits brought to ``resize.size``:
     (``keep``, the indices whose :func:`calculate_stability_score` is ``>= stability_thresh``, all
-    of them if it is <= 0; their bool masks ``> mask_threshold``, K x H x W, in ``out[:K]`` if
-    ``out`` (N x H x W) is given; every mask's stability score).
+    of them if it is <= 0; their bool masks ``> mask_threshold`` as :class:`BoxedMasks`, with the
+    boxes :func:`batched_mask_to_box` gives; every mask's stability score).
 
     Where OpenCV resizes, the masks and scores come mask by mask (:func:`masks_and_stability`).
     Otherwise, where the tiles pay (:meth:`~samdeploy.sam.transforms.MaskResize.tiles_pay`: 6
     megapixels in all), the scores are counted first
-    (:meth:`~samdeploy.sam.transforms.MaskResize.count_above`) and only the masks that pass are made
-    (:meth:`~samdeploy.sam.transforms.MaskResize.threshold`; with no filter, both in one pass), by
-    the products, skipping the tiles the low-res logits already decide: the same masks and scores,
-    several times faster at most photos' sizes. Smaller calls take whole rows
-    (:meth:`~samdeploy.sam.transforms.MaskResize.rows`), and so do rows wider than int16 counts
-    (32767 pixels), to keep the official per-row sums."""
+    (:meth:`~samdeploy.sam.transforms.Tiling.count_above`) and only the masks that pass are made,
+    each only inside its box (:meth:`~samdeploy.sam.transforms.Tiling.make`; with no filter, masks
+    and counts in one pass), by the products, skipping the tiles the low-res logits already decide:
+    the same masks, boxes and scores, several times faster at most photos' sizes. Smaller calls take
+    whole rows (:meth:`~samdeploy.sam.transforms.MaskResize.rows`), and so do rows wider than int16
+    counts (32767 pixels), to keep the official per-row sums; their masks are made in ``out``
+    (N x H x W bool) if given. (The tiles' regions are arrays of their own: contiguous, they are
+    searched faster than views of a buffer.)"""
     shape = (len(low_res), *resize.size)
     if out is not None and (out.shape != shape or out.dtype != np.bool_):
         raise ValueError(f"out is {out.dtype} {out.shape}, the masks are bool {shape}")
@@ -153,16 +155,18 @@ def stable_masks(
             resize.rows(low_res), shape, mask_threshold, threshold_offset, out
         )
         keep = _stable(stability, stability_thresh)
-        return keep, masks[keep], stability
+        return keep, BoxedMasks.from_masks(masks if len(keep) == len(masks) else masks[keep]), stability
     cuts = _stability_cuts(mask_threshold, threshold_offset)
+    tiling = resize.tiling(low_res)
     if stability_thresh <= 0.0:  # every mask is kept: one pass makes masks and counts
-        masks, counts = resize.threshold_and_count(low_res, mask_threshold, cuts, out)
-        return np.arange(len(masks)), masks, _stability(counts[:, 0], counts[:, 1])
-    counts = resize.count_above(low_res, cuts)
+        regions, boxes, counts = tiling.make(mask_threshold, cuts)
+        stability = _stability(counts[:, 0], counts[:, 1])
+        return np.arange(len(low_res)), BoxedMasks(tuple(regions), boxes, resize.size), stability
+    counts = tiling.count_above(cuts)
     stability = _stability(counts[:, 0], counts[:, 1])
     keep = _stable(stability, stability_thresh)
-    masks = resize.threshold(low_res[keep], mask_threshold, out=None if out is None else out[: len(keep)])
-    return keep, masks, stability
+    regions, boxes, _ = tiling.make(mask_threshold, masks=keep)
+    return keep, BoxedMasks(tuple(regions), boxes, resize.size), stability
 
 
 def _stable(stability: np.ndarray, stability_thresh: float) -> np.ndarray:
@@ -441,34 +445,97 @@ class _IntroSort:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BoxedMasks:
+    """N boolean masks of an H x W picture held as the pixels inside each one's box, every pixel
+    outside it False: what the generator keeps of a candidate mask until its run-length encoding,
+    without writing each mask at the picture's size (12 MB apiece at 12 megapixels).
+
+    ``regions[i]`` is mask i's ``[y0 : y1 + 1, x0 : x1 + 1]`` for ``boxes[i] = [x0, y0, x1, y1]``
+    (inclusive; ``[0, 0, 0, 0]`` and one False pixel for an empty mask). The boxes are those of
+    :func:`batched_mask_to_box` when the masks were made by :func:`stable_masks` or
+    :meth:`from_masks` without boxes; looser ones describe the same masks.
+    """
+
+    regions: tuple[np.ndarray, ...]
+    boxes: np.ndarray
+    size: tuple[int, int]
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, boxes: np.ndarray | None = None) -> BoxedMasks:
+        """NxHxW bool masks -> their regions inside ``boxes`` (views; :func:`batched_mask_to_box`
+        if not given)."""
+        boxes = batched_mask_to_box(masks) if boxes is None else np.asarray(boxes, dtype=np.int64)
+        regions = tuple(
+            mask[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
+            for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True)
+        )
+        return cls(regions, boxes, (int(masks.shape[-2]), int(masks.shape[-1])))
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def select(self, index: np.ndarray) -> BoxedMasks:
+        """The masks at ``index`` (integer indices or a bool selector)."""
+        index = np.arange(len(self))[index]
+        return BoxedMasks(tuple(self.regions[i] for i in index), self.boxes[index], self.size)
+
+    def uncrop(self, crop_box: list[int], height: int, width: int) -> BoxedMasks:
+        """Masks of a crop (XYXY, exclusive) -> the same masks in the ``height`` x ``width`` image,
+        False outside the crop (:func:`uncrop_masks`, without a copy)."""
+        return BoxedMasks(self.regions, uncrop_boxes_xyxy(self.boxes, crop_box), (int(height), int(width)))
+
+    def to_masks(self) -> np.ndarray:
+        """The NxHxW bool masks."""
+        masks = np.zeros((len(self), *self.size), dtype=bool)
+        for mask, region, (x0, y0, _, _) in zip(masks, self.regions, self.boxes, strict=True):
+            mask[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+        return masks
+
+    def to_rle(self) -> list[Rle]:
+        """N uncompressed RLEs, as the official ``mask_to_rle_pytorch`` gives them for the masks.
+
+        The changes of value in column-major order are found in the row-major regions (a
+        transposed copy costs ~10x the rest): down a column, between (y - 1, x) and (y, x), at
+        column-major index x * h + y, inside the box and across its top and bottom edges; from
+        the bottom of a column to the top of the next, at (x + 1) * h, only where a box touches
+        the picture's top or bottom row. A 2-D search is one-dimensional ``flatnonzero`` on the
+        region (a 2-D nonzero is ~10x slower).
+        """
+        h, w = self.size
+        out = []
+        for region, box in zip(self.regions, self.boxes, strict=True):
+            x0, y0 = int(box[0]), int(box[1])
+            rows, cols = region.shape
+            y, x = np.divmod(np.flatnonzero(region[1:] != region[:-1]), cols)
+            keys = [(x + x0) * h + y + y0 + 1]
+            if y0 > 0:  # into the box from the False pixel above it
+                keys.append((np.flatnonzero(region[0]) + x0) * h + y0)
+            if y0 + rows < h:  # out of it into the False pixel below
+                keys.append((np.flatnonzero(region[-1]) + x0) * h + y0 + rows)
+            if y0 == 0 or y0 + rows == h:  # column x's bottom pixel against column x + 1's top one
+                bottom, top = np.zeros(w, dtype=bool), np.zeros(w, dtype=bool)
+                if y0 + rows == h:
+                    bottom[x0 : x0 + cols] = region[-1]
+                if y0 == 0:
+                    top[x0 : x0 + cols] = region[0]
+                keys.append((np.flatnonzero(bottom[:-1] != top[1:]) + 1) * h)
+            changes = np.concatenate(keys)
+            changes.sort()
+            runs = np.diff(np.concatenate(([0], changes, [h * w]))).tolist()
+            first = bool(region[0, 0]) if x0 == 0 and y0 == 0 else False
+            out.append({"size": [h, w], "counts": [0, *runs] if first else runs})
+        return out
+
+
 def mask_to_rle(masks: np.ndarray, boxes: np.ndarray | None = None) -> list[Rle]:
     """NxHxW boolean masks -> N uncompressed RLEs (column-major, counts start with a run of zeros).
 
-    The changes of value in column-major order are found in the C-order masks (a transposed copy of
-    bool masks costs ~10x the rest): down a column, between (y - 1, x) and (y, x), at column-major
-    index x * h + y, searched only in each mask's box (``boxes``, Nx4 XYXY inclusive as
-    :func:`batched_mask_to_box` gives them, computed if not given: every True pixel must be inside)
-    and a row on either side; from the bottom of a column to the top of the next, at (x + 1) * h.
-    A 2-D search is one-dimensional ``flatnonzero`` on the box (a 2-D nonzero is ~10x slower).
+    ``boxes`` (Nx4 XYXY inclusive, as :func:`batched_mask_to_box` gives them; computed if not
+    given) may be looser than the masks' own, but every True pixel must be inside: only the boxes
+    are searched (:meth:`BoxedMasks.to_rle`).
     """
-    n, h, w = masks.shape
-    if n == 0:
-        return []
-    if boxes is None:
-        boxes = batched_mask_to_box(masks)
-    size = h * w
-    across = masks[:, 0, 1:] != masks[:, -1, :-1]
-    out = []
-    for mask, box, changes_across in zip(masks, boxes, across, strict=True):
-        x0, y0, x1, y1 = (int(v) for v in box)
-        top = max(y0 - 1, 0)
-        region = mask[top : min(y1 + 2, h), x0 : x1 + 1]
-        y, x = np.divmod(np.flatnonzero(region[1:] != region[:-1]), max(region.shape[1], 1))
-        keys = np.concatenate([(x + x0) * h + y + top + 1, (np.flatnonzero(changes_across) + 1) * h])
-        keys.sort()
-        runs = np.diff(np.concatenate(([0], keys, [size]))).tolist()
-        out.append({"size": [h, w], "counts": [0, *runs] if mask[0, 0] else runs})
-    return out
+    return BoxedMasks.from_masks(masks, boxes).to_rle()
 
 
 def rle_to_mask(rle: Rle) -> np.ndarray:

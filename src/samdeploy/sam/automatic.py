@@ -49,7 +49,6 @@ from samdeploy.sam.amg import (
     rle_to_mask,
     stable_masks,
     uncrop_boxes_xyxy,
-    uncrop_masks,
     uncrop_points,
 )
 from samdeploy.sam.graphs import EMBEDDINGS, connect_prompt_ports, decoder_node, encode_graph
@@ -237,7 +236,8 @@ class FilterMasks(Node):
     ) -> MaskCandidates:
         p = self.params
         # The masks that pass the stability filter, the logits at the crop's size never held whole
-        # (a mask at a time in OpenCV, else only the tiles near the masks' edges); in the buffer.
+        # (a mask at a time in OpenCV, into the buffer; else only the tiles near the masks' edges,
+        # each mask made only inside its box).
         keep, masks, stability = stable_masks(
             resize,
             low_res,
@@ -246,15 +246,13 @@ class FilterMasks(Node):
             p.stability_score_thresh,
             out=buffer[: len(low_res)],
         )
-        boxes = batched_mask_to_box(masks)
-        inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
-        if not inside.all():  # a copy of every mask otherwise (12 MB each at 12 megapixels)
-            keep, masks, boxes = keep[inside], masks[inside], boxes[inside]
+        inside = ~is_box_near_crop_edge(masks.boxes, list(crop.box), crop.image_box)
+        if not inside.all():
+            keep, masks = keep[inside], masks.select(inside)
+        boxes = masks.boxes
         height, width = crop.image_size
         return MaskCandidates(
-            rles=mask_to_rle(
-                uncrop_masks(masks, list(crop.box), height, width), uncrop_boxes_xyxy(boxes, list(crop.box))
-            ),
+            rles=masks.uncrop(list(crop.box), height, width).to_rle(),
             boxes=boxes,
             iou_preds=iou[keep],
             points=points[keep],

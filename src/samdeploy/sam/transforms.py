@@ -219,8 +219,8 @@ def _axis_matrix(low_res: int, resize_len: int, crop_len: int, out_len: int) -> 
 TILE_MIN_PIXELS = 6_000_000
 
 Tile = tuple[int, slice, slice, np.ndarray]
-"""A piece of upscaled masks made by the products: ``(mask, rows, columns, block)``, where ``block``
-is ``logits[mask][rows, columns]`` of the masks flattened to N x H x W."""
+"""A piece of upscaled masks made by the products: ``(k, rows, columns, block)``, where ``block``
+is ``logits[k][rows, columns]`` of the k-th mask asked for (:meth:`Tiling.make`)."""
 
 Rows = Iterator[tuple[tuple[int, ...], int, int, np.ndarray]]
 """Upscaled logits a piece at a time: ``(index, row0, row1, block)``, where ``block`` is
@@ -315,99 +315,32 @@ class MaskResize:
     def threshold(self, low_res: np.ndarray, threshold: float, out: np.ndarray | None = None) -> np.ndarray:
         """``...xRhxRw`` logits -> the bool masks ``upscaled > threshold`` (``...xHxW``, into ``out``
         if given) by the products, making only the tiles the low-res logits leave open
-        (:meth:`_tiles`): the same bits as thresholding the full-size logits."""
+        (:class:`Tiling`): the same bits as thresholding the full-size logits."""
         return self.threshold_and_count(low_res, threshold, (), out)[0]
 
     def threshold_and_count(
         self, low_res: np.ndarray, threshold: float, cuts: tuple[float, ...], out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`threshold` and :meth:`count_above` in one pass over the tiles: (masks, counts)."""
-        flat = _masks_first(low_res)
         shape = (*np.shape(low_res)[:-2], *self.size)
         if out is not None and (out.shape != shape or out.dtype != np.bool_ or not out.flags.c_contiguous):
             raise ValueError(f"out is {out.dtype} {out.shape}, the masks are C-contiguous bool {shape}")
         masks = np.empty(shape, dtype=bool) if out is None else out
-        flat_masks = masks.reshape(len(flat), *self.size)  # a view: out is filled in place
-        levels = np.asarray([threshold, *cuts], dtype=np.float32)
-        counts = np.zeros((len(flat), len(cuts)), dtype=np.int64)
-        if len(flat):
-            above, made = self._tiles(flat, levels)
-            counts += self._whole_tiles(above[..., 1:])
-            mh, mw = self.matrices()
-            pattern = np.repeat(
-                above[..., 0], [row1 - row0 for row0, row1, *_ in mw.blocks], axis=2
-            )  # N x B x W
-            # The known tiles' answer (the open ones are made after): each block's first row from
-            # the pattern, the rest copied from it (4x faster than broadcasting the pattern).
-            for b, (row0, row1, *_) in enumerate(mh.blocks):
-                flat_masks[:, row0, :] = pattern[:, b]
-                flat_masks[:, row0 + 1 : row1, :] = flat_masks[:, row0 : row0 + 1, :]
-            for index, rows, columns, block in made:
-                np.greater(block, levels[0], out=flat_masks[index, rows, columns])
-                for level, cut in enumerate(levels[1:]):
-                    counts[index, level] += np.count_nonzero(block > cut)
-        return masks, counts.reshape(*np.shape(low_res)[:-2], len(cuts))
+        tiling = self.tiling(low_res)
+        flat_masks = masks.reshape(tiling.count, *self.size)  # a view: out is filled in place
+        counts = tiling.make(threshold, cuts, flat_masks, boxes=False)[2]
+        return masks, counts.reshape(*shape[:-2], len(cuts))
 
     def count_above(self, low_res: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
         """``...xRhxRw`` logits -> int64 ``... x len(cuts)``: the pixels of each upscaled mask
         ``> cut``, by the products, making only the tiles the low-res logits leave open
-        (:meth:`_tiles`): the counts of the full-size logits."""
-        flat = _masks_first(low_res)
-        levels = np.asarray(cuts, dtype=np.float32)
-        counts = np.zeros((len(flat), len(levels)), dtype=np.int64)
-        if len(flat) and len(levels):
-            above, made = self._tiles(flat, levels)
-            counts += self._whole_tiles(above)
-            for index, _, _, block in made:
-                for level, cut in enumerate(levels):
-                    counts[index, level] += np.count_nonzero(block > cut)
-        return counts.reshape(*np.shape(low_res)[:-2], len(levels))
+        (:class:`Tiling`): the counts of the full-size logits."""
+        counts = self.tiling(low_res).count_above(cuts)
+        return counts.reshape(*np.shape(low_res)[:-2], len(cuts))
 
-    def _tiles(self, flat: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, Iterator[Tile]]:
-        """The tiles of N x Rh x Rw logits' upscaled masks (a row block of ``Mh`` by a row block of
-        ``Mw``) against L levels: (bool N x B x C x L, the tiles known to be all above each level;
-        the products of the others, as :data:`Tile` pieces).
-
-        Each output pixel is a weighted mean (weights >= 0, summing to one) of the low-res logits
-        its row block and column block read, so a tile lies between the least and the largest of
-        them. Where that range, widened by far more than float32 rounding moves a pixel, is on one
-        side of every level, the tile is known: above or not. That is a mask's inside and outside,
-        all but a band along its edges. Neighbouring unknown tiles of a row block are made by one
-        product, the one :meth:`rows` makes restricted to their columns: the same bits.
-        """
-        mh, mw = self.matrices()
-        least, largest = _tile_bounds(flat, mh, mw)  # N x B x C (NaN where a tile reads a NaN)
-        # Two products of a few non-zero terms each: rounding moves a pixel by under 1e-6 of the
-        # largest logit; 1e-5 of it is the margin.
-        margin = (np.abs(flat).max(axis=(1, 2)) * np.float32(1e-5))[:, None, None, None]
-        above = (least[..., None] - margin) > levels  # N x B x C x L
-        known = (above | ((largest[..., None] + margin) <= levels)).all(axis=-1)
-        above &= known[..., None]
-        return above, self._made(flat, np.argwhere(~known))
-
-    def _whole_tiles(self, above: np.ndarray) -> np.ndarray:
-        """N x L pixel counts of the tiles ``above`` (N x B x C x L) marks."""
-        mh, mw = self.matrices()
-        heights = np.array([row1 - row0 for row0, row1, *_ in mh.blocks])
-        widths = np.array([row1 - row0 for row0, row1, *_ in mw.blocks])
-        return np.einsum("nbcl,b,c->nl", above.astype(np.int64), heights, widths)
-
-    def _made(self, flat: np.ndarray, unknown: np.ndarray) -> Iterator[Tile]:
-        """The products of the ``unknown`` tiles (rows of (mask, row block, column block), in order)."""
-        if not len(unknown):
-            return
-        mh, mw = self.matrices()
-        # Runs of neighbouring unknown tiles in a row block of a mask: one product each.
-        breaks = (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
-        starts = np.flatnonzero(np.r_[True, breaks])
-        ends = np.r_[starts[1:], len(unknown)] - 1
-        with single_threaded_blas():
-            wide = _width_pass(flat, mw)  # N x Rh x W
-            for first, last in zip(unknown[starts], unknown[ends], strict=True):
-                index, b = int(first[0]), int(first[1])
-                row0, row1 = mh.blocks[b][:2]
-                x0, x1 = mw.blocks[first[2]][0], mw.blocks[last[2]][1]
-                yield index, slice(row0, row1), slice(x0, x1), mh.block_product(b, wide[index, :, x0:x1])
+    def tiling(self, low_res: np.ndarray) -> Tiling:
+        """The tiles of ``...xRhxRw`` logits' upscaled masks, bounded from the low-res logits."""
+        return Tiling(self, _masks_first(low_res))
 
     def _opencv_masks(self, low_res: np.ndarray) -> Rows:
         low_res = np.asarray(low_res, dtype=np.float32)
@@ -431,6 +364,169 @@ class MaskResize:
         with single_threaded_blas():
             for row0, row1, block in mh.products(_width_pass(low_res, mw)):
                 yield (), row0, row1, block
+
+
+class Tiling:
+    """The upscaled masks of N x Rh x Rw low-res logits as tiles (a row block of ``Mh`` by a row
+    block of ``Mw``: 64 x 64 pixels inside the picture), each bounded from the low-res logits.
+
+    Each output pixel is a weighted mean (weights >= 0, summing to one) of the low-res logits its
+    row block and column block read, so a tile lies between the least and the largest of them.
+    Where that range, widened by far more than float32 rounding moves a pixel, is on one side of
+    every level asked about, the tile is known: above or not. That is a mask's inside and outside,
+    all but a band along its edges. Neighbouring open tiles of a row block are made by one product,
+    the one :meth:`MaskResize.rows` makes restricted to their columns: the same bits.
+
+    The bounds and the products' first pass are computed once, so the pixels above some levels
+    can be counted (:meth:`count_above`) and then some of the masks made (:meth:`make`).
+    """
+
+    def __init__(self, resize: MaskResize, flat: np.ndarray) -> None:
+        self.resize = resize
+        self.flat = flat
+        self.count = len(flat)
+        self.mh, self.mw = resize.matrices()
+        # NaN where a tile reads a NaN: never known.
+        self.least, self.largest = _tile_bounds(flat, self.mh, self.mw)  # N x B x C
+        # Two products of a few non-zero terms each: rounding moves a pixel by under 1e-6 of the
+        # largest logit; 1e-5 of it is the margin.
+        self.margin = (np.abs(flat).max(axis=(1, 2)) * np.float32(1e-5))[:, None, None, None]
+        self.row_edges, self.col_edges = _block_edges(self.mh), _block_edges(self.mw)
+
+    @cached_property
+    def wide(self) -> np.ndarray:
+        """``X @ Mw^T`` of every mask (N x Rh x W): the first of the products that make open tiles."""
+        with single_threaded_blas():
+            return _width_pass(self.flat, self.mw)
+
+    def classify(self, levels: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the ``masks`` (indices) and L ``levels``: (bool K x B x C x L, the tiles known to be
+        all above each level; bool K x B x C, the tiles left open at one level or more)."""
+        least, largest, margin = self.least[masks], self.largest[masks], self.margin[masks]
+        above = (least[..., None] - margin) > levels
+        known = (above | ((largest[..., None] + margin) <= levels)).all(axis=-1)
+        above &= known[..., None]
+        return above, ~known
+
+    def count_above(self, cuts: tuple[float, ...]) -> np.ndarray:
+        """int64 N x len(cuts): the pixels of each upscaled mask ``> cut``."""
+        levels = np.asarray(cuts, dtype=np.float32)
+        counts = np.zeros((self.count, len(levels)), dtype=np.int64)
+        if self.count and len(levels):
+            masks = np.arange(self.count)
+            above, unknown = self.classify(levels, masks)
+            counts += self._whole_tiles(above)
+            for index, _, _, block in self._made(masks, unknown):
+                for level, cut in enumerate(levels):
+                    counts[index, level] += np.count_nonzero(block > cut)
+        return counts
+
+    def make(
+        self,
+        threshold: float,
+        cuts: tuple[float, ...] = (),
+        out: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+        boxes: bool = True,
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """The upscaled masks ``> threshold`` of ``masks`` (indices; all if None), K of them:
+        (K bool arrays; K x 4 int64 boxes; K x len(cuts) pixel counts ``> cut``, as
+        :meth:`count_above`).
+
+        With ``boxes`` each mask is made only inside its box: array i is mask i's pixels
+        ``[y0 : y1 + 1, x0 : x1 + 1]`` for its box ``[x0, y0, x1, y1]`` (right and bottom
+        inclusive, as ``batched_mask_to_box`` finds them; ``[0, 0, 0, 0]`` with one False pixel
+        where a mask is empty), and every pixel outside it is False: only the tiles between a
+        mask's first and last tile that is above the threshold or left open are written, most
+        of them filled from the low-res bounds. Without, the whole masks are made (boxes all
+        zero). Into ``out[k]`` for the k-th mask (``out``: K or more x H x W bool) if given: the
+        arrays are views of it, and its pixels outside the boxes are left as they were.
+        """
+        masks = np.arange(self.count) if masks is None else np.asarray(masks, dtype=np.int64)
+        levels = np.asarray([threshold, *cuts], dtype=np.float32)
+        regions: list[np.ndarray] = []
+        found = np.zeros((len(masks), 4), dtype=np.int64)
+        counts = np.zeros((len(masks), len(cuts)), dtype=np.int64)
+        if not len(masks):
+            return regions, found, counts
+        above, unknown = self.classify(levels, masks)
+        counts += self._whole_tiles(above[..., 1:])
+        made = self._made(masks, unknown)
+        tile = next(made, None)
+        for k in range(len(masks)):
+            # The tiles the mask may have pixels in (every tile without boxes).
+            b0, b1, c0, c1 = 0, above.shape[1], 0, above.shape[2]
+            if boxes:
+                reach = above[k, :, :, 0] | unknown[k]
+                rows = np.flatnonzero(reach.any(axis=1))
+                if not rows.size:
+                    regions.append(np.zeros((1, 1), dtype=bool))
+                    continue
+                b0, b1 = int(rows[0]), int(rows[-1]) + 1
+                cols = np.flatnonzero(reach[b0:b1].any(axis=0))
+                c0, c1 = int(cols[0]), int(cols[-1]) + 1
+            y0, y1 = int(self.row_edges[b0]), int(self.row_edges[b1])
+            x0, x1 = int(self.col_edges[c0]), int(self.col_edges[c1])
+            # The known tiles' answer (the open ones are made after): tile columns widened to pixels,
+            # then tile rows, whole pixel rows copied (4x faster than broadcasting the pattern).
+            pattern = np.repeat(above[k, b0:b1, c0:c1, 0], np.diff(self.col_edges[c0 : c1 + 1]), axis=1)
+            if out is None:
+                region = np.repeat(pattern, np.diff(self.row_edges[b0 : b1 + 1]), axis=0)
+            else:
+                region = out[k, y0:y1, x0:x1]
+                for b in range(b0, b1):
+                    row0, row1 = self.row_edges[b] - y0, self.row_edges[b + 1] - y0
+                    region[row0] = pattern[b - b0]
+                    region[row0 + 1 : row1] = region[row0]
+            while tile is not None and tile[0] == k:
+                _, tile_rows, tile_cols, block = tile
+                target = region[
+                    tile_rows.start - y0 : tile_rows.stop - y0, tile_cols.start - x0 : tile_cols.stop - x0
+                ]
+                np.greater(block, levels[0], out=target)
+                for level, cut in enumerate(levels[1:]):
+                    counts[k, level] += np.count_nonzero(block > cut)
+                tile = next(made, None)
+            if boxes:
+                region = self._boxed(region, y0, x0, found[k])
+            regions.append(region)
+        return regions, found, counts
+
+    @staticmethod
+    def _boxed(region: np.ndarray, y0: int, x0: int, box: np.ndarray) -> np.ndarray:
+        """A mask's pixels inside its box, from ``region`` (at row ``y0``, column ``x0``), with the
+        box written into ``box``."""
+        filled = np.flatnonzero(region.any(axis=1))
+        if not filled.size:
+            return np.zeros((1, 1), dtype=bool)
+        top, bottom = int(filled[0]), int(filled[-1]) + 1
+        cols = np.flatnonzero(region[top:bottom].any(axis=0))
+        left, right = int(cols[0]), int(cols[-1]) + 1
+        box[:] = x0 + left, y0 + top, x0 + right - 1, y0 + bottom - 1
+        return region[top:bottom, left:right]
+
+    def _whole_tiles(self, above: np.ndarray) -> np.ndarray:
+        """K x L pixel counts of the tiles ``above`` (K x B x C x L) marks."""
+        heights, widths = np.diff(self.row_edges), np.diff(self.col_edges)
+        return np.einsum("nbcl,b,c->nl", above.astype(np.int64), heights, widths)
+
+    def _made(self, masks: np.ndarray, unknown: np.ndarray) -> Iterator[Tile]:
+        """The products of the ``unknown`` tiles of ``masks`` (K x B x C), in order, as :data:`Tile`
+        pieces numbered 0..K-1."""
+        unknown = np.argwhere(unknown)  # rows of (k, row block, column block)
+        if not len(unknown):
+            return
+        # Runs of neighbouring unknown tiles in a row block of a mask: one product each.
+        breaks = (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
+        starts = np.flatnonzero(np.r_[True, breaks])
+        ends = np.r_[starts[1:], len(unknown)] - 1
+        wide = self.wide
+        with single_threaded_blas():
+            for first, last in zip(unknown[starts], unknown[ends], strict=True):
+                k, b = int(first[0]), int(first[1])
+                row0, row1 = self.mh.blocks[b][:2]
+                x0, x1 = self.mw.blocks[first[2]][0], self.mw.blocks[last[2]][1]
+                yield k, slice(row0, row1), slice(x0, x1), self.mh.block_product(b, wide[masks[k], :, x0:x1])
 
 
 @dataclass(frozen=True)
@@ -468,6 +564,11 @@ def _masks_first(low_res: np.ndarray) -> np.ndarray:
     """``...xRhxRw`` logits as float32 N x Rh x Rw (a view where they already are)."""
     low_res = np.asarray(low_res, dtype=np.float32)
     return low_res.reshape(-1, *low_res.shape[-2:])
+
+
+def _block_edges(matrix: BandedMatrix) -> np.ndarray:
+    """Where each row block of ``matrix`` starts, and where the last one ends (blocks + 1 values)."""
+    return np.array([row0 for row0, *_ in matrix.blocks] + [matrix.blocks[-1][1]], dtype=np.int64)
 
 
 def _tile_bounds(low_res: np.ndarray, mh: BandedMatrix, mw: BandedMatrix) -> tuple[np.ndarray, np.ndarray]:
