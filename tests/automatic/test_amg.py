@@ -130,8 +130,8 @@ def test_masks_and_stability_from_row_blocks_equal_those_of_the_whole_logits(
 def test_stable_masks_skip_known_tiles_and_keep_every_bit() -> None:
     """Mask-like logits (a blob each, inside and outside far from the cuts) at a photo's size
     OpenCV cannot take: most tiles are filled and counted from the low-res bounds, and the scores,
-    the masks that pass and their boxes are still those of the full-size logits; each mask is made
-    only inside its box (the buffer, which must fit, serves the other ways)."""
+    the masks that pass, their boxes and RLEs are still those of the full-size logits; each mask is
+    made as tiles, none written whole (the buffer, which must fit, serves the other ways)."""
     from samdeploy.sam.transforms import MaskGeometry, _tile_bounds, postprocess_masks
 
     yy, xx = np.mgrid[:256, :256]
@@ -156,10 +156,10 @@ def test_stable_masks_skip_known_tiles_and_keep_every_bit() -> None:
     assert list(keep) == [0, 1] and 0 < expected[2] < 0.9  # the small blob and the speck fail
     np.testing.assert_array_equal(masks.to_masks(), logits[:2] > 0)
     np.testing.assert_array_equal(masks.boxes, amg.batched_mask_to_box(logits[:2] > 0))
-    assert [region.size for region in masks.regions] == [
-        (x1 - x0 + 1) * (y1 - y0 + 1) for x0, y0, x1, y1 in masks.boxes
-    ]
-    assert buffer.all()  # untouched: the tiles' masks are arrays of their own, the size of their boxes
+    assert masks.to_rle() == amg.mask_to_rle(logits[:2] > 0)
+    # Held as tiles: the made pixels (the open tiles along the edges) a small part of the masks'.
+    assert isinstance(masks, amg.TiledMasks) and masks.cells.size < 0.1 * 2 * 1500 * 2000
+    assert buffer.all()  # untouched: serves the other ways
     # No filter: masks and counts in one pass, every mask kept (the speck too, whose box is small).
     keep, masks, stability = amg.stable_masks(resize, low_res, 0.0, 1.0, 0.0)
     np.testing.assert_array_equal(stability, expected)

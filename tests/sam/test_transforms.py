@@ -231,22 +231,30 @@ def test_tiles_threshold_and_count_as_the_full_logits(seed: int) -> None:
     with pytest.raises(ValueError, match="the masks are C-contiguous bool"):
         resize.threshold(low_res, 0.0, out=np.ones((1, 5, size[0], size[1] + 1), dtype=bool)[..., 1:])
     assert resize.count_above(low_res[:, :0], cuts).shape == (1, 0, 3)
-    # Counted first, then some masks made only inside their boxes (the generator's way): the
-    # boxes of the full masks, the pixels inside them, counts for the cuts asked again.
-    from samdeploy.sam.amg import batched_mask_to_box
+    # Counted first, then some masks made as tiles, none written whole (the generator's way): the
+    # masks, boxes and RLEs of the full masks, counts for the cuts asked again, in a crop too.
+    from samdeploy.sam.amg import batched_mask_to_box, mask_to_rle
 
     tiling = resize.tiling(low_res)
     np.testing.assert_array_equal(tiling.count_above(cuts), counts[0])
     chosen = np.array([4, 0, 3, 1])  # the empty mask, a blob, the noise, the blob with NaN
-    regions, boxes, chosen_counts = tiling.make(0.0, cuts[:2], masks=chosen)
+    tiled, chosen_counts = tiling.make_tiled(0.0, cuts[:2], masks=chosen)
     expected = logits[0, chosen] > 0
-    np.testing.assert_array_equal(boxes, batched_mask_to_box(expected))
     np.testing.assert_array_equal(chosen_counts, counts[0, chosen, :2])
-    for region, (x0, y0, x1, y1), mask in zip(regions, boxes, expected, strict=True):
-        np.testing.assert_array_equal(region, mask[y0 : y1 + 1, x0 : x1 + 1])
-        assert mask.sum() == region.sum()  # nothing outside the box
-    assert regions[0].shape == (1, 1) and not regions[0].any()
-    assert tiling.make(0.0, masks=chosen[:0])[1].shape == (0, 4)
+    np.testing.assert_array_equal(tiled.to_masks(), expected)
+    np.testing.assert_array_equal(tiled.boxes, batched_mask_to_box(expected))
+    assert tiled.to_rle() == mask_to_rle(expected)
+    assert len(tiled.select([2, 0])) == 2
+    assert tiled.select([2, 0]).to_rle() == mask_to_rle(expected[[2, 0]])
+    for crop in ([0, 0], [3, 0], [0, 5], [7, 2]):  # the frame at the picture's top, left, inside
+        height, width = size[0] + crop[1] + (crop[1] % 2), size[1] + crop[0]
+        picture = np.zeros((len(chosen), height, width), dtype=bool)
+        picture[:, crop[1] : crop[1] + size[0], crop[0] : crop[0] + size[1]] = expected
+        moved = tiled.uncrop([*crop, crop[0] + size[1], crop[1] + size[0]], height, width)
+        assert moved.to_rle() == mask_to_rle(picture)
+        np.testing.assert_array_equal(moved.to_masks(), picture)
+    empty, none_counted = tiling.make_tiled(0.0, cuts, masks=chosen[:0])
+    assert len(empty) == 0 and empty.to_rle() == [] and none_counted.shape == (0, 3)
 
 
 def test_sam2_upscale_to_bool_masks_equals_thresholding_the_logits() -> None:

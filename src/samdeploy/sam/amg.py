@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,7 @@ def stable_masks(
     threshold_offset: float,
     stability_thresh: float,
     out: np.ndarray | None = None,
-) -> tuple[np.ndarray, BoxedMasks, np.ndarray]:
+) -> tuple[np.ndarray, BoxedMasks | TiledMasks, np.ndarray]:
     """The generator's stability filter on N x Rh x Rw low-res logits brought to ``resize.size``:
     (``keep``, the indices whose :func:`calculate_stability_score` is ``>= stability_thresh``, all
     of them if it is <= 0; their bool masks ``> mask_threshold`` as :class:`BoxedMasks`, with the
@@ -159,14 +160,12 @@ def stable_masks(
     cuts = _stability_cuts(mask_threshold, threshold_offset)
     tiling = resize.tiling(low_res)
     if stability_thresh <= 0.0:  # every mask is kept: one pass makes masks and counts
-        regions, boxes, counts = tiling.make(mask_threshold, cuts)
-        stability = _stability(counts[:, 0], counts[:, 1])
-        return np.arange(len(low_res)), BoxedMasks(tuple(regions), boxes, resize.size), stability
+        masks, counts = tiling.make_tiled(mask_threshold, cuts)
+        return np.arange(len(low_res)), masks, _stability(counts[:, 0], counts[:, 1])
     counts = tiling.count_above(cuts)
     stability = _stability(counts[:, 0], counts[:, 1])
     keep = _stable(stability, stability_thresh)
-    regions, boxes, _ = tiling.make(mask_threshold, masks=keep)
-    return keep, BoxedMasks(tuple(regions), boxes, resize.size), stability
+    return keep, tiling.make_tiled(mask_threshold, masks=keep)[0], stability
 
 
 def _stable(stability: np.ndarray, stability_thresh: float) -> np.ndarray:
@@ -525,6 +524,162 @@ class BoxedMasks:
             runs = np.diff(np.concatenate(([0], changes, [h * w]))).tolist()
             first = bool(region[0, 0]) if x0 == 0 and y0 == 0 else False
             out.append({"size": [h, w], "counts": [0, *runs] if first else runs})
+        return out
+
+
+@dataclass(frozen=True)
+class TiledMasks:
+    """K boolean masks of an ``size`` (h x w) frame as bands of rows, none written whole: every row of
+    band b of mask k (rows ``edges[b]`` to ``edges[b + 1] - 1``) is ``patterns[k, b]`` (K x B x w),
+    except in the columns of the cells. Cell column j is column ``cell_x[j]`` of band ``cell_band[j]``
+    of mask ``cell_mask[j]``, and its rows are ``cells[:height, j]`` (``cells`` is as tall as the
+    tallest band; below a shorter band's rows its last row repeats). ``patterns`` is False under
+    the cells, whose columns come mask by mask.
+
+    :meth:`~samdeploy.sam.transforms.Tiling.make_tiled` makes them from tiles: the known ones are the
+    patterns, the open ones' pixels the cells. The boxes and RLEs follow from the bands' first and
+    last rows and the cells, so their cost grows with the masks' edges, not their areas.
+    ``index`` selects masks (:meth:`select`) and ``origin``/``picture`` place the frame in a
+    larger picture (:meth:`uncrop`), as :class:`BoxedMasks` does.
+    """
+
+    edges: np.ndarray
+    patterns: np.ndarray
+    cells: np.ndarray
+    cell_mask: np.ndarray
+    cell_band: np.ndarray
+    cell_x: np.ndarray
+    size: tuple[int, int]
+    index: np.ndarray | None = None
+    origin: tuple[int, int] = (0, 0)  # (x, y) of the frame in the picture
+    picture: tuple[int, int] | None = None  # (h, w); the frame's size if None
+
+    def __len__(self) -> int:
+        return len(self.patterns) if self.index is None else len(self.index)
+
+    @property
+    def _chosen(self) -> np.ndarray:
+        return np.arange(len(self.patterns)) if self.index is None else self.index
+
+    def select(self, index: np.ndarray) -> TiledMasks:
+        """The masks at ``index`` (integer indices or a bool selector)."""
+        return replace(self, index=self._chosen[index])
+
+    def uncrop(self, crop_box: list[int], height: int, width: int) -> TiledMasks:
+        """Masks of a crop (XYXY, exclusive) -> the same masks in the ``height`` x ``width`` image."""
+        x0, y0 = self.origin
+        return replace(self, origin=(x0 + crop_box[0], y0 + crop_box[1]), picture=(int(height), int(width)))
+
+    @cached_property
+    def _frame_boxes(self) -> np.ndarray:
+        """K x 4 boxes of every mask in the frame, as :func:`batched_mask_to_box` finds them."""
+        k_masks, bands, width = self.patterns.shape
+        heights = np.diff(self.edges)
+        band_any = self.patterns.any(axis=2)  # K x B
+        top, bottom = np.full(k_masks, self.size[0]), np.full(k_masks, -1)
+        has = band_any.any(axis=1)
+        first, last = band_any.argmax(axis=1), bands - 1 - band_any[:, ::-1].argmax(axis=1)
+        top[has], bottom[has] = self.edges[first[has]], self.edges[last[has] + 1] - 1
+        columns = self.patterns.any(axis=1)  # K x w
+        if self.cells.size:
+            # The rows with a True pixel in each run of cell columns of one band of one mask (a
+            # reduction along the rows; searching down each column is strided, several times slower).
+            group = self.cell_mask * bands + self.cell_band
+            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+            rows = np.logical_or.reduceat(self.cells, starts, axis=1)  # R x groups
+            filled = rows.any(axis=0)
+            owner, band = self.cell_mask[starts][filled], self.cell_band[starts][filled]
+            row_first = rows[:, filled].argmax(axis=0)
+            row_last = np.minimum(len(rows) - 1 - rows[::-1, filled].argmax(axis=0), heights[band] - 1)
+            np.minimum.at(top, owner, self.edges[band] + row_first)
+            np.maximum.at(bottom, owner, self.edges[band] + row_last)
+            filled = self.cells.any(axis=0)
+            columns[self.cell_mask[filled], self.cell_x[filled]] = True
+        left, right = columns.argmax(axis=1), width - 1 - columns[:, ::-1].argmax(axis=1)
+        boxes = np.stack([left, top, right, bottom], axis=1).astype(np.int64)
+        boxes[bottom < 0] = 0
+        return boxes
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """N x 4 int64 boxes XYXY inclusive in the picture ([0, 0, 0, 0] in the frame for an empty mask)."""
+        x0, y0 = self.origin
+        return self._frame_boxes[self._chosen] + np.array([x0, y0, x0, y0], dtype=np.int64)
+
+    def _band_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """K x B x w: the first and the last row of every band of every mask."""
+        first, last = self.patterns.copy(), self.patterns.copy()
+        if self.cells.size:
+            _, bands, width = self.patterns.shape
+            at = (self.cell_mask * bands + self.cell_band) * width + self.cell_x
+            first.reshape(-1)[at] = self.cells[0]
+            last.reshape(-1)[at] = self.cells[-1]  # a short band's last row repeats down to there
+        return first, last
+
+    def to_masks(self) -> np.ndarray:
+        """The N x h x w bool masks of the picture."""
+        height, width = self.picture or self.size
+        x0, y0 = self.origin
+        heights = np.diff(self.edges)
+        out = np.zeros((len(self), height, width), dtype=bool)
+        for n, k in enumerate(self._chosen):
+            frame = np.repeat(self.patterns[k], heights, axis=0)
+            for j in np.flatnonzero(self.cell_mask == k):
+                band = self.cell_band[j]
+                frame[self.edges[band] : self.edges[band + 1], self.cell_x[j]] = self.cells[
+                    : heights[band], j
+                ]
+            out[n, y0 : y0 + self.size[0], x0 : x0 + self.size[1]] = frame
+        return out
+
+    def to_rle(self) -> list[Rle]:
+        """N uncompressed RLEs, as the official ``mask_to_rle_pytorch`` gives them for the masks
+        in the picture: the changes of value in column-major order (key x * h + y for a change
+        between (y - 1, x) and (y, x), and (x + 1) * h from the bottom of column x to the top of
+        the next) are down the cells, between bands, across the frame's top and bottom edges and,
+        where the frame touches the picture's top or bottom row, from column to column."""
+        height, width = self.picture or self.size
+        x0, y0 = self.origin
+        frame_h, frame_w = self.size
+        k_masks, bands, _ = self.patterns.shape
+        first, last = self._band_rows()
+        owners, keys = [], []
+
+        def add(masks: np.ndarray, changes: np.ndarray) -> None:
+            owners.append(masks)
+            keys.append(changes)
+
+        if self.cells.size:  # down a column inside a band: only in the cells
+            row, j = np.divmod(np.flatnonzero(self.cells[1:] != self.cells[:-1]), self.cells.shape[1])
+            y = y0 + self.edges[self.cell_band[j]] + row + 1
+            add(self.cell_mask[j], (self.cell_x[j] + x0) * height + y)
+        k, rest = np.divmod(np.flatnonzero(last[:, :-1] != first[:, 1:]), max((bands - 1) * frame_w, 1))
+        band, x = np.divmod(rest, frame_w)
+        add(k, (x + x0) * height + y0 + self.edges[band + 1])  # from band to band
+        if y0 > 0:  # into the frame from the False pixel above it
+            k, x = np.divmod(np.flatnonzero(first[:, 0]), frame_w)
+            add(k, (x + x0) * height + y0)
+        if y0 + frame_h < height:  # out of it into the False pixel below
+            k, x = np.divmod(np.flatnonzero(last[:, -1]), frame_w)
+            add(k, (x + x0) * height + y0 + frame_h)
+        if y0 == 0 or y0 + frame_h == height:  # column x's bottom pixel against column x + 1's top one
+            bottom, top = np.zeros((k_masks, width), dtype=bool), np.zeros((k_masks, width), dtype=bool)
+            if y0 + frame_h == height:
+                bottom[:, x0 : x0 + frame_w] = last[:, -1]
+            if y0 == 0:
+                top[:, x0 : x0 + frame_w] = first[:, 0]
+            k, x = np.divmod(np.flatnonzero(bottom[:, :-1] != top[:, 1:]), max(width - 1, 1))
+            add(k, (x + 1) * height)
+        size = height * width
+        combined = np.concatenate(owners).astype(np.int64) * (size + 1) + np.concatenate(keys)
+        combined.sort()
+        owner, changes = np.divmod(combined, size + 1)
+        bounds = np.searchsorted(owner, np.arange(k_masks + 1))
+        out = []
+        for k in self._chosen.tolist():
+            runs = np.diff(np.concatenate(([0], changes[bounds[k] : bounds[k + 1]], [size]))).tolist()
+            starts_true = x0 == 0 and y0 == 0 and bool(first[k, 0, 0])
+            out.append({"size": [height, width], "counts": [0, *runs] if starts_true else runs})
         return out
 
 

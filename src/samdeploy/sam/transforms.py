@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from PIL import Image
 
 from samdeploy.errors import ImageError
 from samdeploy.sam.blas import single_threaded_blas
+
+if TYPE_CHECKING:
+    from samdeploy.sam.amg import TiledMasks
 
 MASK_THRESHOLD = 0.0
 
@@ -328,7 +332,7 @@ class MaskResize:
         masks = np.empty(shape, dtype=bool) if out is None else out
         tiling = self.tiling(low_res)
         flat_masks = masks.reshape(tiling.count, *self.size)  # a view: out is filled in place
-        counts = tiling.make(threshold, cuts, flat_masks, boxes=False)[2]
+        counts = tiling.make(threshold, cuts, flat_masks)
         return masks, counts.reshape(*shape[:-2], len(cuts))
 
     def count_above(self, low_res: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
@@ -416,117 +420,103 @@ class Tiling:
             masks = np.arange(self.count)
             above, unknown = self.classify(levels, masks)
             counts += self._whole_tiles(above)
-            for index, _, _, block in self._made(masks, unknown):
+            for index, _, _, block in self._made(masks, self._runs(unknown)):
                 for level, cut in enumerate(levels):
                     counts[index, level] += np.count_nonzero(block > cut)
         return counts
 
-    def make(
-        self,
-        threshold: float,
-        cuts: tuple[float, ...] = (),
-        out: np.ndarray | None = None,
-        masks: np.ndarray | None = None,
-        boxes: bool = True,
-    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        """The upscaled masks ``> threshold`` of ``masks`` (indices; all if None), K of them:
-        (K bool arrays; K x 4 int64 boxes; K x len(cuts) pixel counts ``> cut``, as
-        :meth:`count_above`).
-
-        With ``boxes`` each mask is made only inside its box: array i is mask i's pixels
-        ``[y0 : y1 + 1, x0 : x1 + 1]`` for its box ``[x0, y0, x1, y1]`` (right and bottom
-        inclusive, as ``batched_mask_to_box`` finds them; ``[0, 0, 0, 0]`` with one False pixel
-        where a mask is empty), and every pixel outside it is False: only the tiles between a
-        mask's first and last tile that is above the threshold or left open are written, most
-        of them filled from the low-res bounds. Without, the whole masks are made (boxes all
-        zero). Into ``out[k]`` for the k-th mask (``out``: K or more x H x W bool) if given: the
-        arrays are views of it, and its pixels outside the boxes are left as they were.
-        """
-        masks = np.arange(self.count) if masks is None else np.asarray(masks, dtype=np.int64)
+    def make(self, threshold: float, cuts: tuple[float, ...], out: np.ndarray) -> np.ndarray:
+        """Every upscaled mask ``> threshold`` into ``out`` (N x H x W bool), and the N x len(cuts)
+        pixel counts ``> cut`` (as :meth:`count_above`): the known tiles filled whole, the open
+        ones made."""
         levels = np.asarray([threshold, *cuts], dtype=np.float32)
-        regions: list[np.ndarray] = []
-        found = np.zeros((len(masks), 4), dtype=np.int64)
-        counts = np.zeros((len(masks), len(cuts)), dtype=np.int64)
-        if not len(masks):
-            return regions, found, counts
+        counts = np.zeros((self.count, len(cuts)), dtype=np.int64)
+        if not self.count:
+            return counts
+        masks = np.arange(self.count)
         above, unknown = self.classify(levels, masks)
         counts += self._whole_tiles(above[..., 1:])
-        made = self._made(masks, unknown)
-        tile = next(made, None)
-        for k in range(len(masks)):
-            # The tiles the mask may have pixels in (every tile without boxes).
-            b0, b1, c0, c1 = 0, above.shape[1], 0, above.shape[2]
-            if boxes:
-                reach = above[k, :, :, 0] | unknown[k]
-                rows = np.flatnonzero(reach.any(axis=1))
-                if not rows.size:
-                    regions.append(np.zeros((1, 1), dtype=bool))
-                    continue
-                b0, b1 = int(rows[0]), int(rows[-1]) + 1
-                cols = np.flatnonzero(reach[b0:b1].any(axis=0))
-                c0, c1 = int(cols[0]), int(cols[-1]) + 1
-            y0, y1 = int(self.row_edges[b0]), int(self.row_edges[b1])
-            x0, x1 = int(self.col_edges[c0]), int(self.col_edges[c1])
-            # The known tiles' answer (the open ones are made after): tile columns widened to pixels,
-            # then tile rows, whole pixel rows copied (4x faster than broadcasting the pattern).
-            pattern = np.repeat(above[k, b0:b1, c0:c1, 0], np.diff(self.col_edges[c0 : c1 + 1]), axis=1)
-            if out is None:
-                region = np.repeat(pattern, np.diff(self.row_edges[b0 : b1 + 1]), axis=0)
-            else:
-                region = out[k, y0:y1, x0:x1]
-                for b in range(b0, b1):
-                    row0, row1 = self.row_edges[b] - y0, self.row_edges[b + 1] - y0
-                    region[row0] = pattern[b - b0]
-                    region[row0 + 1 : row1] = region[row0]
-            while tile is not None and tile[0] == k:
-                _, tile_rows, tile_cols, block = tile
-                target = region[
-                    tile_rows.start - y0 : tile_rows.stop - y0, tile_cols.start - x0 : tile_cols.stop - x0
-                ]
-                np.greater(block, levels[0], out=target)
-                for level, cut in enumerate(levels[1:]):
-                    counts[k, level] += np.count_nonzero(block > cut)
-                tile = next(made, None)
-            if boxes:
-                region = self._boxed(region, y0, x0, found[k])
-            regions.append(region)
-        return regions, found, counts
-
-    @staticmethod
-    def _boxed(region: np.ndarray, y0: int, x0: int, box: np.ndarray) -> np.ndarray:
-        """A mask's pixels inside its box, from ``region`` (at row ``y0``, column ``x0``), with the
-        box written into ``box``."""
-        filled = np.flatnonzero(region.any(axis=1))
-        if not filled.size:
-            return np.zeros((1, 1), dtype=bool)
-        top, bottom = int(filled[0]), int(filled[-1]) + 1
-        cols = np.flatnonzero(region[top:bottom].any(axis=0))
-        left, right = int(cols[0]), int(cols[-1]) + 1
-        box[:] = x0 + left, y0 + top, x0 + right - 1, y0 + bottom - 1
-        return region[top:bottom, left:right]
+        pattern = np.repeat(above[..., 0], np.diff(self.col_edges), axis=2)  # N x B x W
+        # The known tiles' answer (the open ones are made after): each block's first row from the
+        # pattern, the rest copied from it (4x faster than broadcasting the pattern).
+        edges = self.row_edges.tolist()
+        for b, (row0, row1) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            out[:, row0, :] = pattern[:, b]
+            out[:, row0 + 1 : row1, :] = out[:, row0 : row0 + 1, :]
+        for k, rows, columns, block in self._made(masks, self._runs(unknown)):
+            np.greater(block, levels[0], out=out[k, rows, columns])
+            for level, cut in enumerate(levels[1:]):
+                counts[k, level] += np.count_nonzero(block > cut)
+        return counts
 
     def _whole_tiles(self, above: np.ndarray) -> np.ndarray:
         """K x L pixel counts of the tiles ``above`` (K x B x C x L) marks."""
         heights, widths = np.diff(self.row_edges), np.diff(self.col_edges)
         return np.einsum("nbcl,b,c->nl", above.astype(np.int64), heights, widths)
 
-    def _made(self, masks: np.ndarray, unknown: np.ndarray) -> Iterator[Tile]:
-        """The products of the ``unknown`` tiles of ``masks`` (K x B x C), in order, as :data:`Tile`
-        pieces numbered 0..K-1."""
+    def _runs(self, unknown: np.ndarray) -> np.ndarray:
+        """Runs of neighbouring ``unknown`` tiles (K x B x C) in a row block of a mask, in order:
+        rows of (k, row block, first pixel column, end pixel column)."""
         unknown = np.argwhere(unknown)  # rows of (k, row block, column block)
         if not len(unknown):
-            return
-        # Runs of neighbouring unknown tiles in a row block of a mask: one product each.
+            return np.zeros((0, 4), dtype=np.int64)
         breaks = (np.diff(unknown[:, 2]) != 1) | (np.diff(unknown[:, :2], axis=0) != 0).any(axis=1)
         starts = np.flatnonzero(np.r_[True, breaks])
         ends = np.r_[starts[1:], len(unknown)] - 1
-        wide = self.wide
+        first, last = unknown[starts], unknown[ends]
+        return np.stack(
+            [first[:, 0], first[:, 1], self.col_edges[first[:, 2]], self.col_edges[last[:, 2] + 1]], axis=1
+        ).astype(np.int64)
+
+    def _made(self, masks: np.ndarray, runs: np.ndarray) -> Iterator[Tile]:
+        """The products of the ``runs`` (:meth:`_runs`) of ``masks``, one each, in order, as
+        :data:`Tile` pieces numbered 0..K-1."""
+        wide = self.wide if len(runs) else None
         with single_threaded_blas():
-            for first, last in zip(unknown[starts], unknown[ends], strict=True):
-                k, b = int(first[0]), int(first[1])
-                row0, row1 = self.mh.blocks[b][:2]
-                x0, x1 = self.mw.blocks[first[2]][0], self.mw.blocks[last[2]][1]
-                yield k, slice(row0, row1), slice(x0, x1), self.mh.block_product(b, wide[masks[k], :, x0:x1])
+            for k, b, x0, x1 in runs.tolist():
+                rows = slice(int(self.row_edges[b]), int(self.row_edges[b + 1]))
+                yield k, rows, slice(x0, x1), self.mh.block_product(b, wide[masks[k], :, x0:x1])
+
+    def make_tiled(
+        self, threshold: float, cuts: tuple[float, ...] = (), masks: np.ndarray | None = None
+    ) -> tuple[TiledMasks, np.ndarray]:
+        """The upscaled masks ``> threshold`` of ``masks`` (indices; all if None), K of them, as
+        :class:`~samdeploy.sam.amg.TiledMasks`, and their K x len(cuts) pixel counts ``> cut`` (as
+        :meth:`count_above`): the known tiles as one row pattern per row block, the open ones'
+        pixels as made, no mask written at the picture's size."""
+        from samdeploy.sam.amg import TiledMasks
+
+        masks = np.arange(self.count) if masks is None else np.asarray(masks, dtype=np.int64)
+        levels = np.asarray([threshold, *cuts], dtype=np.float32)
+        counts = np.zeros((len(masks), len(cuts)), dtype=np.int64)
+        above, unknown = self.classify(levels, masks)
+        counts += self._whole_tiles(above[..., 1:])
+        # Known tiles (False where open): each row block's rows, tile columns widened to pixels.
+        patterns = np.repeat(above[..., 0], np.diff(self.col_edges), axis=2)  # K x B x W
+        runs = self._runs(unknown)
+        widths = runs[:, 3] - runs[:, 2]
+        starts = np.cumsum(widths) - widths  # where each run's columns start in the cells
+        heights = np.diff(self.row_edges)
+        cells = np.empty((int(heights.max()), int(widths.sum())), dtype=bool)
+        for (k, _, columns, block), j in zip(self._made(masks, runs), starts.tolist(), strict=True):
+            target = cells[: block.shape[0], j : j + columns.stop - columns.start]
+            np.greater(block, levels[0], out=target)
+            cells[block.shape[0] :, j : j + target.shape[1]] = target[
+                -1
+            ]  # a short block's last row, repeated
+            for level, cut in enumerate(levels[1:]):
+                counts[k, level] += np.count_nonzero(block > cut)
+        column = np.arange(cells.shape[1]) - np.repeat(starts - runs[:, 2], widths)
+        tiled = TiledMasks(
+            edges=self.row_edges,
+            patterns=patterns,
+            cells=cells,
+            cell_mask=np.repeat(runs[:, 0], widths),
+            cell_band=np.repeat(runs[:, 1], widths),
+            cell_x=column,
+            size=self.resize.size,
+        )
+        return tiled, counts
 
 
 @dataclass(frozen=True)
