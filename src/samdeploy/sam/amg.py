@@ -134,20 +134,20 @@ def stable_masks(
 ) -> tuple[np.ndarray, BoxedMasks | TiledMasks, np.ndarray]:
     """The generator's stability filter on N x Rh x Rw low-res logits brought to ``resize.size``:
     (``keep``, the indices whose :func:`calculate_stability_score` is ``>= stability_thresh``, all
-    of them if it is <= 0; their bool masks ``> mask_threshold`` as :class:`BoxedMasks`, with the
-    boxes :func:`batched_mask_to_box` gives; every mask's stability score).
+    of them if it is <= 0; their bool masks ``> mask_threshold``, as :class:`TiledMasks` or
+    :class:`BoxedMasks`, both with the boxes :func:`batched_mask_to_box` gives and the official RLEs;
+    every mask's stability score).
 
-    Where OpenCV resizes, the masks and scores come mask by mask (:func:`masks_and_stability`).
+    Where OpenCV resizes, the masks and scores come mask by mask (:func:`masks_and_stability`),
+    into ``out`` (N x H x W bool) if given, and are kept inside their boxes (:class:`BoxedMasks`).
     Otherwise, where the tiles pay (:meth:`~samdeploy.sam.transforms.MaskResize.tiles_pay`: 6
     megapixels in all), the scores are counted first
-    (:meth:`~samdeploy.sam.transforms.Tiling.count_above`) and only the masks that pass are made,
-    each only inside its box (:meth:`~samdeploy.sam.transforms.Tiling.make`; with no filter, masks
-    and counts in one pass), by the products, skipping the tiles the low-res logits already decide:
-    the same masks, boxes and scores, several times faster at most photos' sizes. Smaller calls take
-    whole rows (:meth:`~samdeploy.sam.transforms.MaskResize.rows`), and so do rows wider than int16
-    counts (32767 pixels), to keep the official per-row sums; their masks are made in ``out``
-    (N x H x W bool) if given. (The tiles' regions are arrays of their own: contiguous, they are
-    searched faster than views of a buffer.)"""
+    (:meth:`~samdeploy.sam.transforms.Tiling.count_above`) and only the masks that pass are made, as
+    tiles, none at the picture's size (:meth:`~samdeploy.sam.transforms.Tiling.make_tiled`; with no
+    filter, masks and counts in one pass), skipping the tiles the low-res logits already decide: the
+    same masks, boxes and scores, several times faster at most photos' sizes. Smaller calls take
+    whole rows (:meth:`~samdeploy.sam.transforms.MaskResize.rows`) as OpenCV's do, and so do rows
+    wider than int16 counts (32767 pixels), to keep the official per-row sums."""
     shape = (len(low_res), *resize.size)
     if out is not None and (out.shape != shape or out.dtype != np.bool_):
         raise ValueError(f"out is {out.dtype} {out.shape}, the masks are bool {shape}")
@@ -447,8 +447,8 @@ class _IntroSort:
 @dataclass(frozen=True)
 class BoxedMasks:
     """N boolean masks of an H x W picture held as the pixels inside each one's box, every pixel
-    outside it False: what the generator keeps of a candidate mask until its run-length encoding,
-    without writing each mask at the picture's size (12 MB apiece at 12 megapixels).
+    outside it False: what the generator keeps of a candidate mask made whole (by OpenCV, or at a
+    small size) until its run-length encoding, its crop's masks never copied into the picture.
 
     ``regions[i]`` is mask i's ``[y0 : y1 + 1, x0 : x1 + 1]`` for ``boxes[i] = [x0, y0, x1, y1]``
     (inclusive; ``[0, 0, 0, 0]`` and one False pixel for an empty mask). The boxes are those of

@@ -382,7 +382,8 @@ class Tiling:
     the one :meth:`MaskResize.rows` makes restricted to their columns: the same bits.
 
     The bounds and the products' first pass are computed once, so the pixels above some levels
-    can be counted (:meth:`count_above`) and then some of the masks made (:meth:`make`).
+    can be counted (:meth:`count_above`) and then some of the masks made, whole (:meth:`make`) or
+    as tiles (:meth:`make_tiled`).
     """
 
     def __init__(self, resize: MaskResize, flat: np.ndarray) -> None:
@@ -420,9 +421,8 @@ class Tiling:
             masks = np.arange(self.count)
             above, unknown = self.classify(levels, masks)
             counts += self._whole_tiles(above)
-            for index, _, _, block in self._made(masks, self._runs(unknown)):
-                for level, cut in enumerate(levels):
-                    counts[index, level] += np.count_nonzero(block > cut)
+            for k, _, _, block in self._made(masks, self._runs(unknown)):
+                _add_counts(counts[k], block, levels)
         return counts
 
     def make(self, threshold: float, cuts: tuple[float, ...], out: np.ndarray) -> np.ndarray:
@@ -445,8 +445,7 @@ class Tiling:
             out[:, row0 + 1 : row1, :] = out[:, row0 : row0 + 1, :]
         for k, rows, columns, block in self._made(masks, self._runs(unknown)):
             np.greater(block, levels[0], out=out[k, rows, columns])
-            for level, cut in enumerate(levels[1:]):
-                counts[k, level] += np.count_nonzero(block > cut)
+            _add_counts(counts[k], block, levels[1:])
         return counts
 
     def _whole_tiles(self, above: np.ndarray) -> np.ndarray:
@@ -501,11 +500,9 @@ class Tiling:
         for (k, _, columns, block), j in zip(self._made(masks, runs), starts.tolist(), strict=True):
             target = cells[: block.shape[0], j : j + columns.stop - columns.start]
             np.greater(block, levels[0], out=target)
-            cells[block.shape[0] :, j : j + target.shape[1]] = target[
-                -1
-            ]  # a short block's last row, repeated
-            for level, cut in enumerate(levels[1:]):
-                counts[k, level] += np.count_nonzero(block > cut)
+            # Below a short block's rows, its last row repeated (no change of value down there).
+            cells[block.shape[0] :, j : j + target.shape[1]] = target[-1]
+            _add_counts(counts[k], block, levels[1:])
         column = np.arange(cells.shape[1]) - np.repeat(starts - runs[:, 2], widths)
         tiled = TiledMasks(
             edges=self.row_edges,
@@ -554,6 +551,12 @@ def _masks_first(low_res: np.ndarray) -> np.ndarray:
     """``...xRhxRw`` logits as float32 N x Rh x Rw (a view where they already are)."""
     low_res = np.asarray(low_res, dtype=np.float32)
     return low_res.reshape(-1, *low_res.shape[-2:])
+
+
+def _add_counts(counts: np.ndarray, block: np.ndarray, levels: np.ndarray) -> None:
+    """Add the pixels of ``block`` above each of the ``levels`` to ``counts`` (one per level)."""
+    for level, cut in enumerate(levels):
+        counts[level] += np.count_nonzero(block > cut)
 
 
 def _block_edges(matrix: BandedMatrix) -> np.ndarray:
