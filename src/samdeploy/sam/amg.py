@@ -507,23 +507,10 @@ class BoxedMasks:
             x0, y0 = int(box[0]), int(box[1])
             rows, cols = region.shape
             y, x = np.divmod(np.flatnonzero(region[1:] != region[:-1]), cols)
-            keys = [(x + x0) * h + y + y0 + 1]
-            if y0 > 0:  # into the box from the False pixel above it
-                keys.append((np.flatnonzero(region[0]) + x0) * h + y0)
-            if y0 + rows < h:  # out of it into the False pixel below
-                keys.append((np.flatnonzero(region[-1]) + x0) * h + y0 + rows)
-            if y0 == 0 or y0 + rows == h:  # column x's bottom pixel against column x + 1's top one
-                bottom, top = np.zeros(w, dtype=bool), np.zeros(w, dtype=bool)
-                if y0 + rows == h:
-                    bottom[x0 : x0 + cols] = region[-1]
-                if y0 == 0:
-                    top[x0 : x0 + cols] = region[0]
-                keys.append((np.flatnonzero(bottom[:-1] != top[1:]) + 1) * h)
-            changes = np.concatenate(keys)
+            _, edges = _frame_edge_changes(region[:1], region[-1:], x0, y0, rows, (h, w))
+            changes = np.concatenate([(x + x0) * h + y + y0 + 1, edges])
             changes.sort()
-            runs = np.diff(np.concatenate(([0], changes, [h * w]))).tolist()
-            first = bool(region[0, 0]) if x0 == 0 and y0 == 0 else False
-            out.append({"size": [h, w], "counts": [0, *runs] if first else runs})
+            out.append(_rle(changes, (h, w), x0 == 0 and y0 == 0 and bool(region[0, 0])))
         return out
 
 
@@ -656,20 +643,7 @@ class TiledMasks:
         k, rest = np.divmod(np.flatnonzero(last[:, :-1] != first[:, 1:]), max((bands - 1) * frame_w, 1))
         band, x = np.divmod(rest, frame_w)
         add(k, (x + x0) * height + y0 + self.edges[band + 1])  # from band to band
-        if y0 > 0:  # into the frame from the False pixel above it
-            k, x = np.divmod(np.flatnonzero(first[:, 0]), frame_w)
-            add(k, (x + x0) * height + y0)
-        if y0 + frame_h < height:  # out of it into the False pixel below
-            k, x = np.divmod(np.flatnonzero(last[:, -1]), frame_w)
-            add(k, (x + x0) * height + y0 + frame_h)
-        if y0 == 0 or y0 + frame_h == height:  # column x's bottom pixel against column x + 1's top one
-            bottom, top = np.zeros((k_masks, width), dtype=bool), np.zeros((k_masks, width), dtype=bool)
-            if y0 + frame_h == height:
-                bottom[:, x0 : x0 + frame_w] = last[:, -1]
-            if y0 == 0:
-                top[:, x0 : x0 + frame_w] = first[:, 0]
-            k, x = np.divmod(np.flatnonzero(bottom[:, :-1] != top[:, 1:]), max(width - 1, 1))
-            add(k, (x + 1) * height)
+        add(*_frame_edge_changes(first[:, 0], last[:, -1], x0, y0, frame_h, (height, width)))
         size = height * width
         combined = np.concatenate(owners).astype(np.int64) * (size + 1) + np.concatenate(keys)
         combined.sort()
@@ -677,10 +651,47 @@ class TiledMasks:
         bounds = np.searchsorted(owner, np.arange(k_masks + 1))
         out = []
         for k in self._chosen.tolist():
-            runs = np.diff(np.concatenate(([0], changes[bounds[k] : bounds[k + 1]], [size]))).tolist()
             starts_true = x0 == 0 and y0 == 0 and bool(first[k, 0, 0])
-            out.append({"size": [height, width], "counts": [0, *runs] if starts_true else runs})
+            out.append(_rle(changes[bounds[k] : bounds[k + 1]], (height, width), starts_true))
         return out
+
+
+def _frame_edge_changes(
+    top: np.ndarray, bottom: np.ndarray, x0: int, y0: int, frame_h: int, picture: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, column-major key) of the changes of value at the edges of a frame of K masks, False
+    outside it: ``top`` and ``bottom`` (K x frame width) are the frame's first and last rows, the
+    frame ``frame_h`` rows tall at (``x0``, ``y0``) of a ``picture`` (h, w). Into the frame from the
+    pixel above, out of it into the pixel below, and, where the frame touches the picture's top or
+    bottom row, from the bottom of column x to the top of column x + 1 (key (x + 1) * h)."""
+    height, width = picture
+    k_masks, frame_w = top.shape
+    owners, keys = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    if y0 > 0:  # into the frame from the False pixel above it
+        k, x = np.divmod(np.flatnonzero(top), frame_w)
+        owners.append(k)
+        keys.append((x + x0) * height + y0)
+    if y0 + frame_h < height:  # out of it into the False pixel below
+        k, x = np.divmod(np.flatnonzero(bottom), frame_w)
+        owners.append(k)
+        keys.append((x + x0) * height + y0 + frame_h)
+    if y0 == 0 or y0 + frame_h == height:  # column x's bottom pixel against column x + 1's top one
+        below, above = np.zeros((k_masks, width), dtype=bool), np.zeros((k_masks, width), dtype=bool)
+        if y0 + frame_h == height:
+            below[:, x0 : x0 + frame_w] = bottom
+        if y0 == 0:
+            above[:, x0 : x0 + frame_w] = top
+        k, x = np.divmod(np.flatnonzero(below[:, :-1] != above[:, 1:]), max(width - 1, 1))
+        owners.append(k)
+        keys.append((x + 1) * height)
+    return np.concatenate(owners), np.concatenate(keys)
+
+
+def _rle(changes: np.ndarray, picture: tuple[int, int], starts_true: bool) -> Rle:
+    """The uncompressed RLE of an h x w mask from its sorted column-major ``changes`` of value."""
+    height, width = picture
+    runs = np.diff(np.concatenate(([0], changes, [height * width]))).tolist()
+    return {"size": [height, width], "counts": [0, *runs] if starts_true else runs}
 
 
 def mask_to_rle(masks: np.ndarray, boxes: np.ndarray | None = None) -> list[Rle]:

@@ -246,10 +246,10 @@ class FilterMasks(Node):
             p.stability_score_thresh,
             out=buffer[: len(low_res)],
         )
-        inside = ~is_box_near_crop_edge(masks.boxes, list(crop.box), crop.image_box)
-        if not inside.all():
-            keep, masks = keep[inside], masks.select(inside)
         boxes = masks.boxes
+        inside = ~is_box_near_crop_edge(boxes, list(crop.box), crop.image_box)
+        if not inside.all():
+            keep, masks, boxes = keep[inside], masks.select(inside), boxes[inside]
         height, width = crop.image_size
         return MaskCandidates(
             rles=masks.uncrop(list(crop.box), height, width).to_rle(),
