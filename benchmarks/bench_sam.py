@@ -490,8 +490,12 @@ def _bench(
     if len(torch_fns) > 1:
         log("encoder: PyTorch eager against torch.compile")
         groups["pytorch"] = interleaved(torch_fns, args.repeat)
-    # bf16 has no hardware path on CPUs without AVX512-BF16/AMX, where it runs several times slower
-    # than fp32: one timed round (after the warm-up) by default.
+    # bf16 has no hardware path on CPUs without AVX512-BF16/AMX, where it is emulated: one call of
+    # the vit_b encoder took 288 s on Zen 3 against 8 s in fp32. Timed there only when asked.
+    if args.bf16_rounds is None:
+        args.bf16_rounds = 1 if native_bf16(report["machine"]) else 0
+        if not args.bf16_rounds:
+            log("PyTorch bf16 autocast not timed: this CPU has no native bf16 (--bf16-rounds 1 times it)")
     if args.bf16_rounds:
         log("encoder: PyTorch bf16 autocast")
         groups["pytorch bf16"] = interleaved(
@@ -679,10 +683,23 @@ def _ratio_row(name: str, row: dict[str, dict[str, float]], a: str = "pytorch", 
     )
 
 
+def native_bf16(machine: dict[str, Any]) -> bool:
+    """Whether the run's CPU multiplies bf16 natively (AVX512-BF16 or AMX); True for a run recorded
+    before the CPU was identified, whose reports always judged the fast encoders against bf16."""
+    from samdeploy.cpu import BF16_FLAGS
+
+    info = machine.get("cpu_info")
+    return info is None or any(flag in info["flags"] for flag in BF16_FLAGS)
+
+
 def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """The targets of issues 7 and 20 judged on this run (issue 20's: the fp32 encoders' share of the
     GEMM peak, a one-point predict within 20 ms, the fast encoders at 2x PyTorch's bf16 autocast):
     (target, wanted, measured, met).
+
+    The 2x is asked of CPUs with native bf16. On the others (Zen 3 class) PyTorch's bf16 autocast is
+    emulated, far slower than its fp32, and issue 20 asks only for the fast encoder's ratio against
+    PyTorch at its best there: that row is reported, not judged.
 
     Judged figures are cut, not rounded, to the digits shown, so a miss never reads as the target
     (2.997x shows as 2.99x, not 3.00x).
@@ -730,20 +747,35 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
                 )
             )
     bf16 = enc.get("pytorch bf16 autocast")
+    judged = bf16 is not None and native_bf16(report["machine"])
+    torch_configs = {k: v for k, v in enc.items() if k.startswith("pytorch")}
+    torch_best = max(torch_configs, key=lambda k: torch_configs[k]["vs_eager"])
     for fast in FAST_VARIANTS:
-        if not bf16 or f"samdeploy {fast}" not in enc:
+        if f"samdeploy {fast}" not in enc:
             continue
-        ratio = enc[f"samdeploy {fast}"]["vs_eager"] / bf16["vs_eager"]
-        rows.append(
-            (
-                f"fast ({fast}) encoder vs PyTorch bf16 autocast",
-                ">= 2x (aim 2.5x; issue 7: 1.7x)",
-                cut_ratio(ratio),
-                ratio >= 2,
+        if not judged:
+            ratio = enc[f"samdeploy {fast}"]["vs_eager"] / torch_configs[torch_best]["vs_eager"]
+            why = "" if native_bf16(report["machine"]) else "; no native bf16 on this CPU"
+            rows.append(
+                (
+                    f"fast ({fast}) encoder vs PyTorch at its best ({torch_best.removeprefix('pytorch ')})",
+                    f"- (reported{why})",
+                    f"{ratio:.2f}x",
+                    None,
+                )
             )
-        )
-        ratio = enc[f"samdeploy {fast}"]["vs_eager"] / best
-        rows.append((f"fast ({fast}) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
+        else:
+            ratio = enc[f"samdeploy {fast}"]["vs_eager"] / bf16["vs_eager"]
+            rows.append(
+                (
+                    f"fast ({fast}) encoder vs PyTorch bf16 autocast",
+                    ">= 2x (aim 2.5x; issue 7: 1.7x)",
+                    cut_ratio(ratio),
+                    ratio >= 2,
+                )
+            )
+            ratio = enc[f"samdeploy {fast}"]["vs_eager"] / best
+            rows.append((f"fast ({fast}) encoder vs best PyTorch fp32", "-", f"{ratio:.2f}x", None))
         worst = report.get("fast_accuracy", {}).get(fast)
         if worst:
             rows.append(
@@ -976,7 +1008,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a sub-folder of benchmarks/results/<cpu-kind>/ for this run, e.g. openvino",
     )
     parser.add_argument(
-        "--bf16-rounds", type=int, default=1, help="timed rounds of PyTorch bf16 autocast (0 skips it)"
+        "--bf16-rounds",
+        type=int,
+        default=None,
+        help="timed rounds of PyTorch bf16 autocast (0 skips it; default: 1 on CPUs with native bf16, else 0)",
     )
     parser.add_argument(
         "--render", type=Path, default=None, help="only rewrite the report from a results JSON"

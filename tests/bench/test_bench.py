@@ -132,6 +132,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
         "1",
     ]
     argv += ["--stream-images", "1", "--everything-points", "4", "--workdir", str(tmp_path / "work")]
+    argv += ["--bf16-rounds", "1"]  # timed even where the CPU has no native bf16 (the default skips it there)
     report = bench_sam.main([*argv, "--output-dir", str(out)])
     from samdeploy.engine.backends import OpenVinoBackend, available_backends
 
@@ -180,7 +181,12 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
         assert heading in markdown
     assert "| single-point predict vs PyTorch | >= 3x |" in markdown
     assert "| single-point predict, warm (fp32 package) | <= 20 ms |" in markdown
-    assert "| fast (int8) encoder vs PyTorch bf16 autocast | >= 2x (aim 2.5x; issue 7: 1.7x) |" in markdown
+    if bench_sam.native_bf16(report["machine"]):
+        assert (
+            "| fast (int8) encoder vs PyTorch bf16 autocast | >= 2x (aim 2.5x; issue 7: 1.7x) |" in markdown
+        )
+    else:  # emulated bf16: the fast encoder is reported against PyTorch's fastest configuration
+        assert "| fast (int8) encoder vs PyTorch at its best (" in markdown
     assert positive(flops["pytorch_bf16_gemm_peak_gflops"]) and "PyTorch at bf16" in markdown
     assert "| samdeploy fp32 encoder, share of the fp32 GEMM peak | >= 90% |" in markdown
     assert "![time per node](custom-nodes.png)" in markdown
@@ -235,6 +241,53 @@ def test_judged_ratios_are_cut_not_rounded_up() -> None:
     assert bench_sam.cut_ratio(3.0) == "3.00x"
     assert bench_sam.cut_ratio(1.7) == "1.70x"  # 1.7 * 100 is 170.00000000000003 in floats
     assert bench_sam.cut_ratio(0.29) == "0.29x"  # and 0.29 * 100 is 28.999999999999996
+
+
+def test_fast_encoders_are_judged_against_bf16_only_where_the_cpu_has_it() -> None:
+    # Why: on Zen 3 (no native bf16) PyTorch's bf16 autocast took 288 s against 8 s in fp32, and
+    # the report read "fast (int8) encoder vs PyTorch bf16 autocast | >= 2x | 51.58x | yes".
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_sam
+    finally:
+        sys.path.remove(str(ROOT))
+
+    def report(flags: list[str] | None) -> dict:
+        row = lambda vs_eager: {"median_ms": 1.0, "vs_eager": vs_eager}  # noqa: E731
+        machine = {"cpu_info": None if flags is None else {"flags": flags}}
+        encoder = {
+            "pytorch eager fp32": row(1.0),
+            "pytorch torch.compile fp32": row(1.1),
+            "pytorch bf16 autocast": row(0.03),
+            "samdeploy fp32": row(1.0),
+            "samdeploy int8": row(1.43),
+        }
+        return {"machine": machine, "encoder": encoder, "latency": {}, "memory": {}}
+
+    def fast_rows(flags: list[str] | None) -> dict[str, tuple[str, str, bool | None]]:
+        rows = bench_sam.issue_targets(report(flags))
+        return {
+            target: (wanted, measured, met) for target, wanted, measured, met in rows if "fast (" in target
+        }
+
+    zen3 = fast_rows(["avx2", "fma"])
+    assert zen3 == {
+        "fast (int8) encoder vs PyTorch at its best (torch.compile fp32)": (
+            "- (reported; no native bf16 on this CPU)",
+            "1.30x",
+            None,
+        )
+    }
+    assert not bench_sam.native_bf16({"cpu_info": {"flags": ["avx2", "fma"]}})
+    for flags in (["avx512f", "avx512_bf16"], ["amx_bf16"], None):  # None: a run before CPUs were named
+        assert bench_sam.native_bf16({"cpu_info": None if flags is None else {"flags": flags}})
+        rows = fast_rows(flags)
+        assert rows["fast (int8) encoder vs PyTorch bf16 autocast"] == (
+            ">= 2x (aim 2.5x; issue 7: 1.7x)",
+            "47.66x",
+            True,
+        )
+        assert rows["fast (int8) encoder vs best PyTorch fp32"] == ("-", "1.30x", None)
 
 
 def test_interleaved_runs_round_robin_and_settles_before_each_call(monkeypatch) -> None:
