@@ -13,8 +13,10 @@ The figures in the reasons are vit_b encoder times from docs/performance.md (2 t
 * native bf16 (AVX512-BF16 or AMX) with OpenVINO: ``int8-bf16`` (Zen 4: 2.03 s, against 2.86 s
   for bf16, 3.50 s for int8 and 6.01 s for fp32);
 * anything else: ``int8``. With VNNI its int8 products accumulate in int32; with AVX2 alone its
-  7-bit weights keep ``vpmaddubsw`` from saturating (Zen 3: 1.64x the fp32 package). bf16 without
-  hardware support is emulated, slower than fp32, so no bf16 package is chosen there.
+  7-bit weights keep ``vpmaddubsw`` from saturating (Zen 3: 1.43-1.49x the fp32 package, 1.29-1.34x
+  fp32-openvino, and faster than OpenVINO running the same int8 weights, which has no int8 kernel
+  without VNNI). bf16 without hardware support is emulated, slower than fp32, so no bf16 package is
+  chosen there.
 
 Nothing here imports torch, onnxruntime or OpenVINO at import time.
 """
@@ -225,7 +227,7 @@ def choose_precision(flags: Iterable[str], openvino_available: bool) -> Choice:
         return Choice(
             "int8",
             "AVX2 without VNNI or bf16: int8 with 7-bit weights (no saturation in vpmaddubsw) is the one"
-            " fast path (Zen 3 vit_b encoder 1.64x the fp32 package)",
+            " fast path (Zen 3 vit_b encoder 1.43-1.49x the fp32 package, 1.29-1.34x fp32-openvino)",
         )
     if "asimddp" in flags:
         return Choice(

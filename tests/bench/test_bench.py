@@ -402,3 +402,56 @@ def test_upscale_benchmark_compares_the_forms(tmp_path) -> None:
     assert [row["way"] for row in report.values()] == ["products", "products", "opencv"]
     assert positive(report["96x128"]["products_ms"]) and positive(report["96x128"]["products_over_masks"])
     assert "products_ms" not in report["600x800"]
+
+
+def test_encoder_benchmark_times_packages_and_files_on_their_backends(tmp_path, tiny_package, capsys) -> None:
+    """benchmarks/bench_encoders.py, which docs/performance.md quotes for the per-CPU package
+    choice: a package on its own runtime, a bare file on a backend named after '@', every one
+    timed each round, the first's embedding the reference, GFLOP/s from the package's
+    architecture; a path or backend option that cannot be read is a one-line error."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_encoders
+    finally:
+        sys.path.remove(str(ROOT))
+    from samdeploy.package import ModelPackage
+
+    encoder_file = ModelPackage.load(tiny_package).encoder_path
+    package, bare = str(tiny_package), f"{encoder_file}@onnxruntime"
+    out = tmp_path / "encoders.json"
+    args = [package, bare, "--rounds", "2", "--threads", "1", "--peak", "--json", str(out)]
+    assert bench_encoders.main(args) == 0
+    report = json.loads(out.read_text())
+    assert list(report["encoders"]) == [package, bare]
+    assert len(report["gemm_peaks_gflops"]) == 2 and all(map(positive, report["gemm_peaks_gflops"]))
+    assert positive(report["gflop"])
+    for row in report["encoders"].values():
+        assert row["backend"] == "onnxruntime" and row["best_s"] <= row["median_s"]
+        assert positive(row["ratio_to_first"]) and positive(row["gflops"]) and positive(row["share_of_peak"])
+        assert row["cosine_to_first"] == pytest.approx(1.0, abs=1e-6)  # the same graph, the same input
+    printed = capsys.readouterr().out
+    assert "of the peak" in printed and "ONNX Runtime fp32 GEMM peak per round" in printed
+
+    # --ops: the last call's time split by operator type, under each runtime's own profiler.
+    from samdeploy.engine.backends import available_backends
+
+    specs = [package] + ([f"{encoder_file}@openvino"] if "openvino" in available_backends() else [])
+    assert bench_encoders.main([*specs, "--rounds", "1", "--threads", "1", "--ops", "--json", str(out)]) == 0
+    for label, row in json.loads(out.read_text())["encoders"].items():
+        ops = row["ops_s"]
+        assert ops and all(seconds >= 0 for seconds in ops.values()), label
+        assert list(ops.values()) == sorted(ops.values(), reverse=True)
+        # the operators' sum is one call: under the best time of a call, profiled or not, times 3
+        assert 0 < sum(ops.values()) < 3 * row["best_s"] + 0.05, label
+    assert "MatMul" in json.loads(out.read_text())["encoders"][package]["ops_s"]
+
+    spec = bench_encoders.parse_encoder(f"{encoder_file}@openvino,quantization_group=768,precision=f32")
+    assert (spec.backend, spec.options) == ("openvino", {"quantization_group": 768, "precision": "f32"})
+    for bad, message in (
+        (str(tmp_path / "missing"), "no such package folder or model file"),
+        (f"{encoder_file}@openvino,768", "backend options are KEY=VALUE"),
+        (f"{encoder_file}@no-such-backend", "no-such-backend"),
+    ):
+        assert bench_encoders.main([bad, "--rounds", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
