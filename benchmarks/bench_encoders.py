@@ -6,11 +6,13 @@ for: OpenVINO f32 for ``fp32-openvino``) or an encoder ``.onnx`` file, optionall
 a package's own runtime is replaced by what is given). After one warm-up call each, the encoders run
 in turn, round after round, on the same random 1024x1024 input, so a host that changes speed during
 the run slows them alike. Prints each one's median and best time, its speed-up over the first (the
-median of per-round ratios, the first's time / this one's), and the cosine of its embedding to the first's; with ``--peak``, ONNX
-Runtime's fp32 matrix-multiply peak is measured once per round too, and each encoder's rate shown as
-a share of the best of them (issue 20's fp32 target); with ``--ops``, each encoder then runs once
-more under its runtime's profiler (ONNX Runtime's, or OpenVINO's ``PERF_COUNT``) and the time of its
-last call is split by operator type: where the time goes. No PyTorch needed.
+median of per-round ratios, the first's time / this one's) and the cosine of its embedding to the
+first's. With ``--peak``, ONNX Runtime's fp32 matrix-multiply peak is measured once per round too,
+and each encoder's rate shown as a share of the best of them (issue 20's fp32 target). With
+``--ops``, each encoder then runs once more under its runtime's profiler (ONNX Runtime's, or
+OpenVINO's ``PERF_COUNT``) and the time of its last call is split by operator type: where the time
+goes. An encoder named twice is timed twice (the second labelled with a '), a check of the noise.
+No PyTorch needed.
 
     .venv/bin/python benchmarks/bench_encoders.py models/vit_b models/vit_b-int8 models/vit_b-fp32-openvino
     .venv/bin/python benchmarks/bench_encoders.py models/vit_b-int8 \\
@@ -199,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     try:
         encoders = [parse_encoder(spec) for spec in args.encoders]
+        labels: set[str] = set()
+        for encoder in encoders:
+            while encoder.label in labels:
+                encoder.label += "'"
+            labels.add(encoder.label)
         results, peaks = run_encoders(encoders, args.rounds, args.threads, args.peak)
     except (ValueError, SamDeployError) as error:
         print(f"error: {error}", file=sys.stderr)

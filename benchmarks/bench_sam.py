@@ -15,7 +15,8 @@ The samdeploy side measures the package as exported (``fp32``: banded global att
 default), the same export with the attention as traced (``fp32-traced``, ``--attention-rows 0``),
 and the ``fp32-openvino`` (the fp32 arithmetic, its encoder on OpenVINO), ``int8``, ``bf16`` and
 ``int8-bf16`` packages of ``samdeploy.export.precision``. The PyTorch side measures eager fp32, bf16 autocast
-and, with ``--torch-compile``, ``torch.compile``; when tcmalloc is installed (``apt-get install
+(on CPUs with native bf16, or with ``--bf16-rounds``: elsewhere it is emulated, minutes a call) and, with
+``--torch-compile``, ``torch.compile``; when tcmalloc is installed (``apt-get install
 libtcmalloc-minimal4``) the whole run is re-executed with it preloaded, PyTorch's best allocator
 set-up (``--allocator glibc`` to compare without). ``--torch-allocator tcmalloc|glibc`` runs the
 PyTorch side in a process of its own with that allocator instead: PyTorch with tcmalloc beside
@@ -747,7 +748,8 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
                 )
             )
     bf16 = enc.get("pytorch bf16 autocast")
-    judged = bf16 is not None and native_bf16(report["machine"])
+    native = native_bf16(report["machine"])
+    judged = bf16 is not None and native
     torch_configs = {k: v for k, v in enc.items() if k.startswith("pytorch")}
     torch_best = max(torch_configs, key=lambda k: torch_configs[k]["vs_eager"])
     for fast in FAST_VARIANTS:
@@ -755,7 +757,7 @@ def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | No
             continue
         if not judged:
             ratio = enc[f"samdeploy {fast}"]["vs_eager"] / torch_configs[torch_best]["vs_eager"]
-            why = "" if native_bf16(report["machine"]) else "; no native bf16 on this CPU"
+            why = "" if native else "; no native bf16 on this CPU"
             rows.append(
                 (
                     f"fast ({fast}) encoder vs PyTorch at its best ({torch_best.removeprefix('pytorch ')})",

@@ -435,8 +435,9 @@ def test_encoder_benchmark_times_packages_and_files_on_their_backends(tmp_path, 
     # --ops: the last call's time split by operator type, under each runtime's own profiler.
     from samdeploy.engine.backends import available_backends
 
-    specs = [package] + ([f"{encoder_file}@openvino"] if "openvino" in available_backends() else [])
+    specs = [package, package] + ([f"{encoder_file}@openvino"] if "openvino" in available_backends() else [])
     assert bench_encoders.main([*specs, "--rounds", "1", "--threads", "1", "--ops", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["encoders"])[:2] == [package, f"{package}'"]  # named twice
     for label, row in json.loads(out.read_text())["encoders"].items():
         ops = row["ops_s"]
         assert ops and all(seconds >= 0 for seconds in ops.values()), label
