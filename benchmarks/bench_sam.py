@@ -687,10 +687,10 @@ def _ratio_row(name: str, row: dict[str, dict[str, float]], a: str = "pytorch", 
 def native_bf16(machine: dict[str, Any]) -> bool:
     """Whether the run's CPU multiplies bf16 natively (AVX512-BF16 or AMX); True for a run recorded
     before the CPU was identified, whose reports always judged the fast encoders against bf16."""
-    from samdeploy.cpu import BF16_FLAGS
+    from samdeploy.cpu import has_native_bf16
 
     info = machine.get("cpu_info")
-    return info is None or any(flag in info["flags"] for flag in BF16_FLAGS)
+    return info is None or has_native_bf16(info["flags"])
 
 
 def issue_targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:

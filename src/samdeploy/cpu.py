@@ -188,6 +188,11 @@ def cpu_kind(
     return _slug(model_name or "unknown")
 
 
+def has_native_bf16(flags: Iterable[str]) -> bool:
+    """Whether a CPU with ``flags`` multiplies bf16 natively (AVX512-BF16 or AMX)."""
+    return not set(BF16_FLAGS).isdisjoint(flags)
+
+
 def choose_precision(flags: Iterable[str], openvino_available: bool) -> Choice:
     """The fastest package precision that keeps the accuracy bar on a CPU with ``flags``.
 
@@ -276,6 +281,6 @@ def auto_precision(path: Path | None = None) -> AutoChoice:
     """:func:`choose_precision` for this machine: its CPU flags, and OpenVINO's answer where they
     say bf16 (OpenVINO is not asked, nor imported, on CPUs without it)."""
     info = cpu_info(path)
-    openvino = any(flag in info.flags for flag in BF16_FLAGS) and openvino_runs_bf16()
+    openvino = has_native_bf16(info.flags) and openvino_runs_bf16()
     choice = choose_precision(info.flags, openvino)
     return AutoChoice(choice.precision, choice.reason, info, openvino)

@@ -123,9 +123,9 @@ class Prompts:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so bf16 training pays off."""
-    from samdeploy.cpu import BF16_FLAGS, cpu_flags
+    from samdeploy.cpu import cpu_flags, has_native_bf16
 
-    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+    return has_native_bf16(cpu_flags())
 
 
 def build_model(config: SamConfig = MODEL_CONFIG, seed: int = 0, aligned_attention: bool = True) -> Sam:
