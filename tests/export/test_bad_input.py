@@ -201,3 +201,11 @@ def test_output_under_a_file(tmp_path, tiny_checkpoint):
     with pytest.raises(ExportError, match="cannot create .*notes.txt/out") as info:
         export_model(tiny_checkpoint, tmp_path / "notes.txt" / "out")
     _one_line(info)
+
+
+def test_the_light_option_checks_know_every_preset():
+    """``samdeploy.export.checks`` names the presets without importing them (it loads without
+    PyTorch): the two lists stay in step."""
+    from samdeploy.export import MODEL_TYPES, PRESETS
+
+    assert ("auto", *PRESETS) == MODEL_TYPES

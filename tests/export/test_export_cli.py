@@ -98,6 +98,63 @@ def test_export_errors_are_one_line_exit_2(tmp_path, tiny_checkpoint, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+# Run in a fresh interpreter: reports whether PyTorch (or the official packages) got imported.
+_REFUSE_THEN_REPORT_IMPORTS = """
+import sys
+from samdeploy.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "segment_anything", "sam2", "torchvision") if m in sys.modules)
+print("imported:", ",".join(heavy) or "none")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--simplify", "zip"], "unknown simplifier 'zip'"),
+        (["--model-type", "vit_x"], "unknown model type 'vit_x'"),
+        (["--quantize", "fp8"], "unknown quantization 'fp8'"),
+        (["--precision", "fp16"], "unknown precision 'fp16'"),
+        (["--precision", "int8", "--quantize", "int8"], "both quantize: pass one"),
+        (["--attention-rows", "-2"], "attention_rows must be positive"),
+        (["--encoder-norm-eps", "0"], "encoder_norm_eps must be a positive number"),
+        (["--opset", "9"], "opset 9 is not supported"),
+        (["--opset", "999"], "opset 999 is not supported"),
+        (["CHECKPOINT=missing"], "checkpoint not found"),
+        (["CHECKPOINT=folder"], "checkpoint is not a file"),
+        (["OUTPUT=package"], "already holds a model package: pass --force"),
+        (["OUTPUT=checkpoint's folder"], "holds the input checkpoint"),
+    ],
+)
+def test_export_refuses_bad_input_before_importing_pytorch(
+    tmp_path, tiny_checkpoint, tiny_package, options, message
+):
+    """What can be refused without reading the checkpoint is refused in a fraction of a second, not
+    after the seconds PyTorch and the official packages take to import."""
+    checkpoint, output = str(tiny_checkpoint), str(tmp_path / "out")
+    if options == ["CHECKPOINT=missing"]:
+        checkpoint, options = str(tmp_path / "missing.pth"), []
+    elif options == ["CHECKPOINT=folder"]:
+        checkpoint, options = str(tmp_path), []
+    elif options == ["OUTPUT=package"]:
+        output, options = str(tiny_package), []
+    elif options == ["OUTPUT=checkpoint's folder"]:  # a package shipping its checkpoint, as the default does
+        shutil.copytree(tiny_package, tmp_path / "shipped")
+        checkpoint = str(shutil.copy(tiny_checkpoint, tmp_path / "shipped" / "checkpoint.pth"))
+        output, options = str(tmp_path / "shipped"), ["--force"]
+    result = subprocess.run(
+        [sys.executable, "-c", _REFUSE_THEN_REPORT_IMPORTS, "export", checkpoint, "-o", output, *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0
+    assert result.stdout.strip() == "imported: none"
+    assert not (tmp_path / "out").exists()
+
+
 def test_console_script_exit_code(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "samdeploy", "inspect", str(tmp_path / "no-such-package")],

@@ -15,6 +15,14 @@ from rich.table import Table
 from samdeploy.cli.app import app
 from samdeploy.cli.options import parse_model
 from samdeploy.errors import ExportError
+from samdeploy.export.checks import (
+    check_checkpoint_file,
+    check_checkpoint_outside,
+    check_export_options,
+    check_output,
+    check_package_runtime,
+    check_precision,
+)
 from samdeploy.package import ModelPackage
 
 
@@ -101,6 +109,21 @@ def export(
     ] = None,
 ) -> None:
     """Export a SAM or SAM 2.x checkpoint to a validated ONNX model package (image encoder + mask decoder)."""
+    # Everything that can be refused without the checkpoint's contents, before the seconds that
+    # PyTorch and the official packages take to import.
+    check_checkpoint_file(checkpoint)
+    check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
+    check_precision(precision, quantize)
+    check_package_runtime(precision)
+    check_export_options(  # the opset's bound last: it imports onnx (a second)
+        model_type=model_type,
+        simplify=simplify,
+        quantize=quantize,
+        attention_rows=attention_rows,
+        encoder_norm_eps=encoder_norm_eps,
+        opset=opset,
+    )
     try:
         from samdeploy.export import export_model
     except ImportError as exc:
@@ -109,12 +132,7 @@ def export(
             " pip install 'samdeploy[export]'"
         ) from None
     from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS
-    from samdeploy.export.precision import PRECISIONS
 
-    if precision not in (*PRECISIONS, "auto"):
-        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)} or auto")
-    if precision != "fp32" and quantize != "none":
-        raise ExportError("--quantize int8 and a --precision other than fp32 both quantize: pass one")
     # A plain `kill` should clean up like Ctrl-C does: the export removes its partial folder on
     # KeyboardInterrupt, but the default SIGTERM action ends the process without unwinding.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -197,12 +215,9 @@ def _export_fast(
 
     from samdeploy.export import export_model
     from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS
-    from samdeploy.export.exporter import check_checkpoint_outside, check_output, new_staging
-    from samdeploy.export.precision import check_package_runtime, optimize_package
+    from samdeploy.export.exporter import new_staging
+    from samdeploy.export.precision import optimize_package
 
-    check_output(output, force)
-    check_checkpoint_outside(checkpoint, output)
-    check_package_runtime(precision)  # before minutes of export, not after
     output.parent.mkdir(parents=True, exist_ok=True)
     # A partial folder of the target (owner recorded): a SIGKILLed run's is removed by the next one.
     scratch = new_staging(output, console)

@@ -20,9 +20,8 @@ import torch
 from segment_anything.modeling import Sam
 
 from samdeploy.errors import CheckpointError
+from samdeploy.export.checks import MODEL_TYPES, check_checkpoint_file
 from samdeploy.export.config import PRESETS, SamConfig, build_sam, detect_config, preset_name
-
-MODEL_TYPES = ("auto", *PRESETS)
 
 # Wrappers that training frameworks put around a state dict.
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -37,12 +36,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for a missing, corrupt or unsafe file and for anything that is not a SAM state dict.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty: {path}")
+    check_checkpoint_file(path)
     # mmap keeps multi-GB weights in the page cache instead of a private copy; only the zip format
     # (every torch.save since 1.6) supports it.
     mmap = zipfile.is_zipfile(path)

@@ -10,7 +10,6 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -29,15 +28,20 @@ from rich.console import Console
 from segment_anything.modeling import Sam
 
 import samdeploy
-from samdeploy.errors import CheckpointError, ExportError, PackageError
+from samdeploy.errors import CheckpointError, ExportError
 from samdeploy.export import optimize
 from samdeploy.export.attention import DEFAULT_ATTENTION_ROWS, chunk_global_attention
 from samdeploy.export.checkpoint import (
-    MODEL_TYPES,
     load_sam,
     load_state_dict,
     normalize_state_dict,
     resolve_config,
+)
+from samdeploy.export.checks import (
+    DEFAULT_SIMPLIFIER,
+    check_checkpoint_outside,
+    check_export_options,
+    check_output,
 )
 from samdeploy.export.config import SamConfig, detect_config, preset_name
 from samdeploy.export.layout import flatten_token_grid
@@ -53,7 +57,6 @@ from samdeploy.export.models import (
     low_res_decoder_specs,
     prepared_decoder_specs,
 )
-from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, QUANTIZATIONS, SIMPLIFIERS
 from samdeploy.export.validate import failures, non_finite, norm_eps_sensitivity, validate_package
 from samdeploy.package import (
     DECODER,
@@ -64,7 +67,6 @@ from samdeploy.package import (
     LOW_RES_DECODER,
     MANIFEST,
     PREPARED_DECODER,
-    ModelPackage,
     TensorSpec,
     describe_files,
     sha256_file,
@@ -167,36 +169,6 @@ def check_finite_weights(sam: torch.nn.Module) -> None:
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(f"checkpoint holds NaN or infinite weights in {', '.join(bad[:3])}{more}")
-
-
-def check_output(output: Path, force: bool) -> None:
-    """Refuse to overwrite anything that is not an empty folder or (with ``force``) a package."""
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise ExportError(f"output {output} exists and is not a folder")
-    if not any(output.iterdir()):
-        return
-    try:
-        ModelPackage.load(output)
-    except PackageError:
-        raise ExportError(
-            f"output folder {output} exists and is not a samdeploy model package: choose another --output or empty it"
-        ) from None
-    if not force:
-        raise ExportError(
-            f"output folder {output} already holds a model package: pass --force (force=True) to replace it"
-        )
-
-
-def check_checkpoint_outside(checkpoint: object, output: Path) -> None:
-    """Refuse an ``output`` folder that holds the input checkpoint file (the default package keeps
-    its ``checkpoint.pth`` beside the model files): export never writes where it reads."""
-    if isinstance(checkpoint, (str, Path)) and Path(checkpoint).resolve().is_relative_to(output.resolve()):
-        raise ExportError(
-            f"output folder {output} holds the input checkpoint {checkpoint}: export to another folder"
-            " (or move the checkpoint out first)"
-        )
 
 
 def _check_disk(output: Path, weight_bytes: int) -> None:
@@ -399,6 +371,14 @@ def export_model(
             at every precision).
     """
     output = Path(output)
+    check_export_options(
+        model_type=model_type,
+        simplify=simplify,
+        quantize=quantize,
+        attention_rows=attention_rows,
+        encoder_norm_eps=encoder_norm_eps,
+        opset=opset,
+    )
     if _is_sam2(checkpoint, config, model_type):
         from samdeploy.export.sam2 import export_sam2
 
@@ -419,20 +399,6 @@ def export_model(
                 f"checkpoint is {report.model_type}, not {model_type}: fix --model-type or use auto"
             )
         return report
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"unknown model type '{model_type}': choose one of {', '.join(MODEL_TYPES)}")
-    if simplify not in SIMPLIFIERS:
-        raise ExportError(f"unknown simplifier '{simplify}': choose one of {', '.join(SIMPLIFIERS)}")
-    if quantize not in QUANTIZATIONS:
-        raise ExportError(f"unknown quantization '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
-    if attention_rows is not None and attention_rows < 0:
-        raise ExportError(
-            f"attention_rows must be positive (or 0 to keep the traced attention), got {attention_rows}"
-        )
-    if encoder_norm_eps is not None and not (math.isfinite(encoder_norm_eps) and encoder_norm_eps > 0):
-        raise ExportError(f"encoder_norm_eps must be a positive number, got {encoder_norm_eps}")
-    if not 14 <= opset <= onnx.defs.onnx_opset_version():
-        raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
     check_output(output, force)
     check_checkpoint_outside(checkpoint, output)
 

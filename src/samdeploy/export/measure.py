@@ -5,7 +5,7 @@
 Builds a seeded random-weight model of the given type, traces both graphs once, simplifies them
 with each method, and times the encoder (after one warm-up run) and a one-point decoder call with
 ONNX Runtime, one method at a time to bound memory. The figures chose
-:data:`samdeploy.export.optimize.DEFAULT_SIMPLIFIER`; docs/export.md records them.
+:data:`samdeploy.export.checks.DEFAULT_SIMPLIFIER`; docs/export.md records them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from samdeploy.export.checks import SIMPLIFIERS
 from samdeploy.export.config import PRESETS, build_sam
 from samdeploy.export.models import export_decoder, export_encoder
-from samdeploy.export.optimize import SIMPLIFIERS, save, simplify
+from samdeploy.export.optimize import save, simplify
 from samdeploy.export.validate import Prompt, _encoder_input, decoder_feeds, synthetic_image
 
 

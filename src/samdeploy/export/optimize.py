@@ -12,12 +12,7 @@ import numpy as np
 import onnx
 
 from samdeploy.errors import ExportError
-
-SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
-QUANTIZATIONS = ("none", "int8")
-# Chosen by measurement on a random-weight vit_b (docs/export.md): fewest encoder nodes, smallest
-# and fastest encoder, seconds instead of minutes to run, and file-to-file support past 2 GB.
-DEFAULT_SIMPLIFIER = "onnxsim"
+from samdeploy.export.checks import SIMPLIFIERS
 
 # A protobuf message cannot exceed 2 GiB; stay clear of it, the graph itself needs some room.
 _SINGLE_FILE_LIMIT = 1_800_000_000

@@ -75,7 +75,16 @@ from samdeploy.export.attention import (
     int8_attention_scores,
     unchunk_global_attention,
 )
-from samdeploy.export.exporter import check_output, move_into_place, new_staging
+from samdeploy.export.checks import (
+    BF16_PRECISIONS,
+    BF16_RUNTIME,
+    OPENVINO_PRECISIONS,
+    check_attention_rows,
+    check_output,
+    check_package_runtime,
+    check_precision,
+)
+from samdeploy.export.exporter import move_into_place, new_staging
 from samdeploy.export.layout import flatten_token_grid
 from samdeploy.export.optimize import compress_weights_int8, quantize_int8
 from samdeploy.export.validate import cosine
@@ -86,16 +95,8 @@ from samdeploy.package import (
     write_manifest,
 )
 
-PRECISIONS = ("fp32", "int8", "bf16", "int8-bf16", "fp32-openvino")
-# Where a bf16 (or int8-bf16) package's models run: OpenVINO at bf16 inference precision.
-BF16_RUNTIME = {"backend": "openvino", "precision": "bf16"}
 # Where an fp32-openvino package's encoder runs: OpenVINO at f32 (its decoders stay on ONNX Runtime).
 F32_OPENVINO_RUNTIME = {"backend": "openvino", "precision": "f32"}
-# The precisions whose packages run on OpenVINO at bf16, so can only be made (and checked) where that runs.
-BF16_PRECISIONS = ("bf16", "int8-bf16")
-# The precisions whose packages run (some of) their models on OpenVINO: made only where it is
-# installed, with the encoder in OpenVINO's band height and token rows.
-OPENVINO_PRECISIONS = (*BF16_PRECISIONS, "fp32-openvino")
 # The accuracy bar of issue 7 for a fast package, against the fp32 package it was made from.
 ACCURACY_BAR = {"embeddings_cosine": 0.999, "mask_agreement": 0.98}
 # The bar of a package that keeps the fp32 arithmetic on another runtime: float32 rounding apart
@@ -301,25 +302,6 @@ def time_encoders(
 # ----------------------------------------------------------------------------- the package
 
 
-def check_package_runtime(precision: str) -> None:
-    """Refuse (ExportError) to make a ``precision`` package where it cannot be checked: no OpenVINO
-    for the ``OPENVINO_PRECISIONS``, and no native bf16 for bf16 and int8-bf16. Others pass."""
-    from samdeploy.engine.backends import backend_class
-    from samdeploy.errors import BackendError
-
-    if precision not in OPENVINO_PRECISIONS:
-        return
-    try:
-        runtime = backend_class(BF16_RUNTIME["backend"])
-    except BackendError as exc:
-        raise ExportError(f"a {precision} package runs on OpenVINO: {exc}") from None
-    if precision in BF16_PRECISIONS and not runtime.supports_precision(BF16_RUNTIME["precision"]):
-        raise ExportError(
-            f"this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), so a {precision} package could"
-            " neither be checked nor run fast here; make an int8 package instead"
-        )
-
-
 def default_attention_rows(precision: str) -> int:
     """Query rows per global-attention band for a package of ``precision``, the fastest measured for
     the backend it runs on (docs/performance.md)."""
@@ -395,12 +377,8 @@ def optimize_package(
         auto = auto_precision()
         precision = auto.precision
         say(f"precision auto: {precision} ({auto.reason})")
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)} or auto")
-    if attention_rows is not None and attention_rows < 0:
-        raise ExportError(
-            f"attention_rows must be positive (or 0 for the traced attention), got {attention_rows}"
-        )
+    check_precision(precision)
+    check_attention_rows(attention_rows)
     check_package_runtime(precision)
     package = ModelPackage.load(source, verify=True)
     if package.precision != "fp32":

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 import samdeploy
 from samdeploy.errors import CheckpointError, ExportError
 from samdeploy.export.checkpoint import load_state_dict, normalize_state_dict
+from samdeploy.export.checks import DEFAULT_SIMPLIFIER, check_opset, check_output, check_simplifier
 from samdeploy.export.exporter import (
     ExportReport,
     _check_disk,
@@ -59,7 +60,6 @@ from samdeploy.export.exporter import (
     _Steps,
     _version,
     check_finite_weights,
-    check_output,
     model_entry,
     move_into_place,
     new_staging,
@@ -68,7 +68,6 @@ from samdeploy.export.exporter import (
     trace_and_simplify,
 )
 from samdeploy.export.models import _channels_last_upscaled_masks
-from samdeploy.export.optimize import DEFAULT_SIMPLIFIER, SIMPLIFIERS
 from samdeploy.export.twoway import image_side, two_way_transformer
 from samdeploy.export.validate import (
     TOLERANCES,
@@ -830,10 +829,8 @@ def export_sam2(
         raise ExportError(
             f"SAM 2 export needs the official sam2 package ({exc.name} is missing): see docs/sam2.md to install it"
         ) from None
-    if simplify not in SIMPLIFIERS:
-        raise ExportError(f"unknown simplifier '{simplify}': choose one of {', '.join(SIMPLIFIERS)}")
-    if not 14 <= opset <= onnx.defs.onnx_opset_version():
-        raise ExportError(f"opset {opset} is not supported: use 14 to {onnx.defs.onnx_opset_version()}")
+    check_simplifier(simplify)
+    check_opset(opset)
     check_output(output, force)
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
