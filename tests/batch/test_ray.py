@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -77,3 +78,22 @@ def test_killed_actor_has_its_images_redone(dataset, local_out, ray_cluster, tmp
 def test_more_workers_than_this_ray_has_cpus_is_refused(dataset, ray_local, tmp_path) -> None:
     with pytest.raises(SamDeployError, match=r"this Ray has 2 CPUs; 3 workers x --cpus-per-worker 1 need 3"):
         run_batch(dataset, tmp_path / "out", generator=GENERATOR, runner=RunnerOptions(workers=3, ray=True))
+
+
+def test_an_address_where_no_ray_answers_is_refused_at_once(dataset, tmp_path) -> None:
+    """ray.init would retry such an address for over ten minutes; the run refuses it before any
+    work, in one line, and writes nothing."""
+    with socket.socket() as probe:  # a loopback port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, message in [
+        (f"127.0.0.1:{port}", f"cannot join Ray at 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}"),
+        (f"ray://127.0.0.1:{port}", f"cannot join Ray at ray://127.0.0.1:{port}: nothing answers"),
+        ("127.0.0.1", "--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got '127.0.0.1'"),
+    ]:
+        out = tmp_path / "out"
+        done = run_cli(dataset, "-o", out, "--ray-address", address, *GENERATOR_ARGS, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), done.stderr
+        assert not out.exists()

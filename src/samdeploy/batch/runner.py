@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -121,6 +122,8 @@ def run_batch(
         raise SamDeployError(f"--cpus-per-worker must be positive, got {runner.cpus_per_worker}")
     if runner.gpus_per_worker < 0:
         raise SamDeployError(f"--gpus-per-worker must be 0 or more, got {runner.gpus_per_worker}")
+    if runner.ray_address:
+        check_ray_address(runner.ray_address)
     package = _package(model)
     model_info = _model_info(package, model)
     generator = _generator_options(generator, package) if mode == "everything" else {}
@@ -356,6 +359,24 @@ def _run_local(items: list[WorkItem], config: WorkerConfig, runner: RunnerOption
 # ---------------------------------------------------------------------------------------------
 # Ray Data: a decoding stage, then an actor pool of Segmenters
 # ---------------------------------------------------------------------------------------------
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse (SamDeployError) a cluster address that is malformed or where nothing answers:
+    ``ray.init`` would retry such an address for many minutes (over ten measured) before giving up.
+    ``auto`` is left to Ray, which finds the running cluster from its own files or says there is none."""
+    if address == "auto":
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise SamDeployError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise SamDeployError(
+            f"cannot join Ray at {address}: nothing answers at {host}:{port} ({reason})"
+        ) from None
 
 
 def _run_ray(items: list[WorkItem], config: WorkerConfig, runner: RunnerOptions) -> Iterator[Outcome]:
