@@ -34,25 +34,7 @@ _SOURCES = {
     "synthetic_image": "validate",
 }
 
-__all__ = [
-    "DEFAULT_SIMPLIFIER",
-    "ExportReport",
-    "MODEL_TYPES",
-    "PRESETS",
-    "QUANTIZATIONS",
-    "SIMPLIFIERS",
-    "SamConfig",
-    "TOLERANCES",
-    "build_sam",
-    "detect_config",
-    "export_model",
-    "load_sam",
-    "load_state_dict",
-    "preset_name",
-    "random_sam",
-    "resolve_config",
-    "synthetic_image",
-]  # the keys of _SOURCES
+__all__ = sorted(_SOURCES)
 
 
 def __getattr__(name: str) -> Any:
@@ -68,9 +50,21 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-if TYPE_CHECKING:
-    from samdeploy.export.checkpoint import load_sam, load_state_dict, resolve_config
-    from samdeploy.export.checks import DEFAULT_SIMPLIFIER, MODEL_TYPES, QUANTIZATIONS, SIMPLIFIERS
-    from samdeploy.export.config import PRESETS, SamConfig, build_sam, detect_config, preset_name, random_sam
-    from samdeploy.export.exporter import ExportReport, export_model
-    from samdeploy.export.validate import TOLERANCES, synthetic_image
+if TYPE_CHECKING:  # the same names, for type checkers
+    from samdeploy.export.checkpoint import load_sam as load_sam
+    from samdeploy.export.checkpoint import load_state_dict as load_state_dict
+    from samdeploy.export.checkpoint import resolve_config as resolve_config
+    from samdeploy.export.checks import DEFAULT_SIMPLIFIER as DEFAULT_SIMPLIFIER
+    from samdeploy.export.checks import MODEL_TYPES as MODEL_TYPES
+    from samdeploy.export.checks import QUANTIZATIONS as QUANTIZATIONS
+    from samdeploy.export.checks import SIMPLIFIERS as SIMPLIFIERS
+    from samdeploy.export.config import PRESETS as PRESETS
+    from samdeploy.export.config import SamConfig as SamConfig
+    from samdeploy.export.config import build_sam as build_sam
+    from samdeploy.export.config import detect_config as detect_config
+    from samdeploy.export.config import preset_name as preset_name
+    from samdeploy.export.config import random_sam as random_sam
+    from samdeploy.export.exporter import ExportReport as ExportReport
+    from samdeploy.export.exporter import export_model as export_model
+    from samdeploy.export.validate import TOLERANCES as TOLERANCES
+    from samdeploy.export.validate import synthetic_image as synthetic_image

@@ -379,6 +379,9 @@ def export_model(
         encoder_norm_eps=encoder_norm_eps,
         opset=opset,
     )
+    # Before the checkpoint is read (telling SAM 2 from SAM reads it): a taken folder is refused at once.
+    check_output(output, force)
+    check_checkpoint_outside(checkpoint, output)
     if _is_sam2(checkpoint, config, model_type):
         from samdeploy.export.sam2 import export_sam2
 
@@ -399,8 +402,6 @@ def export_model(
                 f"checkpoint is {report.model_type}, not {model_type}: fix --model-type or use auto"
             )
         return report
-    check_output(output, force)
-    check_checkpoint_outside(checkpoint, output)
 
     steps = _Steps(console)
     with steps.step("load", "loading checkpoint"):
