@@ -10,6 +10,11 @@ two or more packages, the median of the per-round ratios against the first. No P
     .venv/bin/python benchmarks/bench_predict.py models/old-export models/new-export --rounds 40
     .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --json predict.json
     .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --image-size 3024x4032   # a phone photo
+    .venv/bin/python benchmarks/bench_predict.py models/sam_vit_b --idle 0.5   # each click after half a second
+
+``--idle SECONDS`` sleeps before every timed call (outside its time): a person's clicks come seconds
+apart, and a click that follows an idle host finds its caches and cores cold, so it is slower than
+one of a tight loop.
 
 Alternating packages in one process makes each call find the other model's data in the caches, so
 the times are above those of one package alone; the ratio is what this measures. Run one package
@@ -31,12 +36,18 @@ from samdeploy import SAM2ImagePredictor, SamPredictor, load_model
 
 
 def bench_predict(
-    packages: list[str], rounds: int, warmup: int, threads: int, image_size: tuple[int, int] = (768, 1024)
+    packages: list[str],
+    rounds: int,
+    warmup: int,
+    threads: int,
+    image_size: tuple[int, int] = (768, 1024),
+    idle: float = 0.0,
 ) -> dict:
     """Per package: ``median_ms``, ``best_ms`` and (from the second on) ``ratio_to_first``, the median
     of per-round time ratios (the first package's time / this one's). A package named again is
     reported again under its name with a ``'`` added. The picture is ``image_size`` (H, W) of noise,
-    clicked near its centre: the masks come back at that size."""
+    clicked near its centre: the masks come back at that size. ``idle``: seconds slept before each
+    timed call."""
     height, width = image_size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     prompt = {
@@ -57,6 +68,8 @@ def bench_predict(
     times: dict[str, list[float]] = {label: [] for label in predictors}
     for _ in range(rounds):
         for label, predictor in predictors.items():
+            if idle:
+                time.sleep(idle)
             start = time.perf_counter()
             predictor.predict(**prompt)
             times[label].append((time.perf_counter() - start) * 1e3)
@@ -95,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         default=(768, 1024),
         help="the picture's HEIGHTxWIDTH (default 768x1024)",
     )
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="seconds to sleep before each timed call (default 0)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error("--rounds must be at least 1 and --warmup at least 0")
-    report = bench_predict(args.packages, args.rounds, args.warmup, args.threads, args.image_size)
+    if args.rounds < 1 or args.warmup < 0 or not args.idle >= 0:
+        parser.error("--rounds must be at least 1, --warmup and --idle at least 0")
+    report = bench_predict(args.packages, args.rounds, args.warmup, args.threads, args.image_size, args.idle)
     for package, row in report.items():
         ratio = f", {row['ratio_to_first']:.2f}x the first" if "ratio_to_first" in row else ""
         print(f"{package}: median {row['median_ms']:.1f} ms, best {row['best_ms']:.1f} ms{ratio}")

@@ -381,6 +381,31 @@ def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsy
         assert f"must be HEIGHTxWIDTH, e.g. 3024x4032 (got {bad!r})" in capsys.readouterr().err
 
 
+def test_predict_benchmark_idles_before_each_timed_click(tiny_package, monkeypatch) -> None:
+    """--idle sleeps before every timed call and never inside its time (the warm-up calls run back
+    to back); a negative idle is a usage error."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_predict
+    finally:
+        sys.path.remove(str(ROOT))
+    events = []
+    original = bench_predict.SamPredictor.predict
+
+    def spy(self, *args, **kwargs):
+        events.append("predict")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bench_predict.SamPredictor, "predict", spy)
+    monkeypatch.setattr(bench_predict.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    args = [str(tiny_package), "--rounds", "2", "--warmup", "1", "--threads", "1", "--idle", "0.25"]
+    assert bench_predict.main(args) == 0
+    assert events == ["predict"] + ["sleep 0.25", "predict"] * 2
+    with pytest.raises(SystemExit) as exit_info:
+        bench_predict.main([str(tiny_package), "--idle", "-1"])
+    assert exit_info.value.code == 2
+
+
 def test_upscale_benchmark_compares_the_forms(tmp_path) -> None:
     """benchmarks/bench_upscale.py: the forms timed at each size, their masks checked equal, the
     bool form's peak memory below the full-size logits' (at 600x800, 3 masks: 5.5 MB of logits, of which
