@@ -43,7 +43,7 @@ def bench_predict(
     image_size: tuple[int, int] = (768, 1024),
     idle: float = 0.0,
 ) -> dict:
-    """Per package: ``median_ms``, ``best_ms`` and (from the second on) ``ratio_to_first``, the median
+    """Per package: ``median_ms``, ``best_ms``, ``rounds``, ``idle_s`` and (from the second on) ``ratio_to_first``, the median
     of per-round time ratios (the first package's time / this one's). A package named again is
     reported again under its name with a ``'`` added. The picture is ``image_size`` (H, W) of noise,
     clicked near its centre: the masks come back at that size. ``idle``: seconds slept before each
@@ -76,7 +76,12 @@ def bench_predict(
     first = times[packages[0]]
     report = {}
     for label, values in times.items():
-        row = {"median_ms": statistics.median(values), "best_ms": min(values), "rounds": len(values)}
+        row = {
+            "median_ms": statistics.median(values),
+            "best_ms": min(values),
+            "rounds": len(values),
+            "idle_s": idle,
+        }
         if label != packages[0]:
             row["ratio_to_first"] = statistics.median(a / b for a, b in zip(first, values, strict=True))
         report[label] = row

@@ -381,7 +381,7 @@ def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsy
         assert f"must be HEIGHTxWIDTH, e.g. 3024x4032 (got {bad!r})" in capsys.readouterr().err
 
 
-def test_predict_benchmark_idles_before_each_timed_click(tiny_package, monkeypatch) -> None:
+def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package, monkeypatch) -> None:
     """--idle sleeps before every timed call and never inside its time (the warm-up calls run back
     to back); a negative idle is a usage error."""
     sys.path.insert(0, str(ROOT))
@@ -398,9 +398,25 @@ def test_predict_benchmark_idles_before_each_timed_click(tiny_package, monkeypat
 
     monkeypatch.setattr(bench_predict.SamPredictor, "predict", spy)
     monkeypatch.setattr(bench_predict.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
-    args = [str(tiny_package), "--rounds", "2", "--warmup", "1", "--threads", "1", "--idle", "0.25"]
+    out = tmp_path / "predict.json"
+    args = [
+        str(tiny_package),
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--idle",
+        "0.25",
+        "--json",
+        str(out),
+    ]
     assert bench_predict.main(args) == 0
     assert events == ["predict"] + ["sleep 0.25", "predict"] * 2
+    assert (
+        json.loads(out.read_text())[str(tiny_package)]["idle_s"] == 0.25
+    )  # the report says how it was timed
     with pytest.raises(SystemExit) as exit_info:
         bench_predict.main([str(tiny_package), "--idle", "-1"])
     assert exit_info.value.code == 2
