@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -420,6 +421,92 @@ def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package,
     with pytest.raises(SystemExit) as exit_info:
         bench_predict.main([str(tiny_package), "--idle", "-1"])
     assert exit_info.value.code == 2
+
+
+def _check_cpu():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_sam, check_cpu
+    finally:
+        sys.path.remove(str(ROOT))
+    return bench_sam, check_cpu
+
+
+def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
+    """benchmarks/check_cpu.py: PyTorch's bf16 autocast where the CPU has native bf16, torch.compile
+    (its best) where it has not; the package --precision auto picks beside fp32 and fp32-openvino;
+    each package's click alone and after idle; bench_sam's command parses."""
+    bench_sam, check_cpu = _check_cpu()
+    zen3 = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
+    amx = check_cpu.Machine("xeon-amx", native_bf16=True, auto="bf16", openvino=True, tcmalloc=True)
+    bare = check_cpu.Machine("zen4", native_bf16=True, auto="fp32", openvino=False, tcmalloc=True)
+    for machine, variants in (
+        (zen3, "fp32,fp32-openvino,int8"),
+        (amx, "fp32,fp32-openvino,bf16"),
+        (bare, "fp32"),
+    ):
+        results, commands = check_cpu.plan(machine, tmp_path, "2026-12-07-check")
+        assert results == ROOT / "benchmarks" / "results" / machine.kind / "2026-12-07-check"
+        sam, encoders, *clicks = commands
+        args = bench_sam.parse_args(sam[2:])
+        assert ",".join(args.variants) == variants and args.output_dir == results
+        assert args.allocator == "glibc" and args.torch_allocator == (
+            "tcmalloc" if machine.tcmalloc else "glibc"
+        )
+        assert (args.bf16_rounds, args.torch_compile) == ((3, False) if machine.native_bf16 else (0, True))
+        fp32 = [str(tmp_path / "vit_b-seed0-fp32-openvino")] if machine.openvino else []
+        assert encoders[2 : 3 + len(fp32)] == [*fp32, str(tmp_path / "vit_b-seed0")]
+        assert encoders[-1] == str(results / "encoders.json") and "--peak" in encoders
+        packages = ["vit_b-seed0"] + [f"vit_b-seed0-{v}" for v in variants.split(",")[1:]]
+        assert [Path(c[-1]).name for c in clicks] == [
+            f"predict-{how}-{name}.json" for name in packages for how in ("alone", "idle0.5")
+        ]
+        assert all(c[2] == str(tmp_path / Path(c[-1]).stem.split("-", 2)[2]) for c in clicks)
+        assert [c for c in clicks if "idle" in c[-1]][0][-4:-2] == ["--idle", "0.5"]
+    results, _ = check_cpu.plan(amx, tmp_path, "x", results=tmp_path / "out")
+    assert results == tmp_path / "out"
+
+
+def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monkeypatch, capsys) -> None:
+    """Each step a process of its own, in the plan's order; a failing step ends the check with exit
+    1 and says which; --dry-run prints the commands and runs none."""
+    _, check_cpu = _check_cpu()
+    machine = check_cpu.Machine("zen4", native_bf16=True, auto="int8-bf16", openvino=True, tcmalloc=True)
+    monkeypatch.setattr(check_cpu, "this_machine", lambda: machine)
+    ran = []
+
+    def fake_run(command, cwd, check):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 1 if len(ran) == 3 else 0)
+
+    monkeypatch.setattr(check_cpu.subprocess, "run", fake_run)
+    argv = ["--workdir", str(tmp_path / "models"), "--results", str(tmp_path / "out")]
+    _, planned = check_cpu.plan(machine, tmp_path / "models", "unused", results=tmp_path / "out")
+    assert check_cpu.main([*argv, "--dry-run"]) == 0
+    assert ran == [] and not (tmp_path / "out").exists()
+    assert capsys.readouterr().out.count("bench_predict.py") == 6  # three packages, alone and after idle
+    assert check_cpu.main(argv) == 1
+    assert ran == planned[:3]
+    assert "error: step 3 failed" in capsys.readouterr().err
+
+
+def test_cpu_check_click_and_encoder_steps_run(tmp_path, tiny_package) -> None:
+    """The encoder and click steps of a check, run for real on the tiny package (bench_sam's own
+    smoke test runs its step): every report written, with the figures the docs quote."""
+    _, check_cpu = _check_cpu()
+    (tmp_path / "tiny-seed0").symlink_to(tiny_package)
+    machine = check_cpu.Machine("zen4", native_bf16=False, auto="fp32", openvino=False, tcmalloc=False)
+    results, commands = check_cpu.plan(machine, tmp_path, "x", model_type="tiny", threads=1, results=tmp_path)
+    for command in commands[1:]:
+        command = [c if c != "40" and c != "30" else "2" for c in command]  # two rounds are enough here
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    encoders = json.loads((results / "encoders.json").read_text())
+    row = encoders["encoders"][str(tmp_path / "tiny-seed0")]
+    assert positive(row["median_s"]) and row["ops_s"] and encoders["gemm_peaks_gflops"]
+    for how, idle in (("alone", 0), ("idle0.5", 0.5)):
+        report = json.loads((results / f"predict-{how}-tiny-seed0.json").read_text())
+        assert report[str(tmp_path / "tiny-seed0")]["idle_s"] == idle
+        assert positive(report[str(tmp_path / "tiny-seed0")]["median_ms"])
 
 
 def test_upscale_benchmark_compares_the_forms(tmp_path) -> None:

@@ -1,0 +1,161 @@
+"""Issue 20's check of the CPU at hand, in one command: what the per-CPU table of docs/performance.md quotes.
+
+The machines under this project change kind between sessions, and each kind is judged on its own
+numbers. This runs, each in a process of its own, the measurements that table is made of, with the
+options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
+
+1. ``bench_sam.py``: the fp32 package, fp32-openvino (OpenVINO installed) and the package
+   ``--precision auto`` picks on this CPU, against PyTorch eager and bf16 autocast (CPUs with native
+   bf16) or torch.compile (the others, where PyTorch's bf16 is emulated and its best is fp32);
+   PyTorch in a process of its own under tcmalloc where it is installed. ``vit_b.md``, ``.json``.
+2. ``bench_encoders.py``: the fp32 encoders alone, alternating, with the GEMM peak each round and a
+   profile by operator: the fp32 share of the peak. ``encoders.json``.
+3. ``bench_predict.py``: each package's one-point click alone, back to back and after half a second
+   of idle (a person's clicks): ``predict-alone-<package>.json``, ``predict-idle0.5-<package>.json``.
+
+    .venv/bin/python benchmarks/check_cpu.py --workdir /work/scratch/models     # ~20 min for vit_b on 2 cores
+    .venv/bin/python benchmarks/check_cpu.py --workdir models --dry-run          # the commands, nothing run
+
+The random-weight checkpoint and its packages are kept in ``--workdir`` and reused by later runs.
+Nothing else should run on the machine meanwhile: every step is a benchmark. Needs the ``export``
+extra (PyTorch and segment-anything) for the reference side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_sam import TCMALLOC  # noqa: E402  (a sibling script, not a package)
+
+IDLE_S = 0.5  # the pause before each timed click in the idle round
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the plan depends on: the CPU's kind, whether it multiplies bf16 natively, what
+    ``--precision auto`` picks on it, and which of OpenVINO and tcmalloc are installed."""
+
+    kind: str
+    native_bf16: bool
+    auto: str
+    openvino: bool
+    tcmalloc: bool
+
+
+def this_machine() -> Machine:
+    from samdeploy.cpu import auto_precision, has_native_bf16
+    from samdeploy.engine.backends import available_backends
+
+    choice = auto_precision()
+    return Machine(
+        kind=choice.cpu.kind,
+        native_bf16=has_native_bf16(choice.cpu.flags),
+        auto=choice.precision,
+        openvino="openvino" in available_backends(),
+        tcmalloc=any(Path(path).exists() for path in TCMALLOC),
+    )
+
+
+def plan(
+    machine: Machine,
+    workdir: Path,
+    run: str,
+    model_type: str = "vit_b",
+    threads: int = 2,
+    results: Path | None = None,
+) -> tuple[Path, list[list[str]]]:
+    """The results folder (``results``, default ``benchmarks/results/<kind>/<run>``) and the
+    commands of a check on ``machine``, in order."""
+    python = sys.executable
+    results = results or ROOT / "benchmarks" / "results" / machine.kind / run
+    package = workdir / f"{model_type}-seed0"
+    variants = ["fp32"] + (["fp32-openvino"] if machine.openvino else [])
+    if machine.auto not in variants:
+        variants.append(machine.auto)
+    sam = [python, str(HERE / "bench_sam.py"), "--model-type", model_type, "--workdir", str(workdir)]
+    sam += ["--threads", str(threads), "--allocator", "glibc"]
+    sam += ["--torch-allocator", "tcmalloc" if machine.tcmalloc else "glibc"]
+    sam += ["--variants", ",".join(variants), "--repeat", "3", "--stream-images", "1"]
+    sam += ["--everything-points", "0", "--output-dir", str(results)]
+    # Without native bf16, PyTorch's autocast is emulated (minutes a call) and torch.compile is its best.
+    sam += ["--bf16-rounds", "3"] if machine.native_bf16 else ["--bf16-rounds", "0", "--torch-compile"]
+    folders = {
+        variant: package if variant == "fp32" else workdir / f"{package.name}-{variant}"
+        for variant in variants
+    }
+    fp32 = [folders[v] for v in ("fp32-openvino", "fp32") if v in folders]
+    encoders = [python, str(HERE / "bench_encoders.py"), *map(str, fp32), "--threads", str(threads)]
+    encoders += ["--rounds", "3", "--peak", "--ops", "--json", str(results / "encoders.json")]
+    commands = [sam, encoders]
+    for folder in folders.values():
+        click = [python, str(HERE / "bench_predict.py"), str(folder), "--threads", str(threads)]
+        commands.append(
+            click + ["--rounds", "40", "--json", str(results / f"predict-alone-{folder.name}.json")]
+        )
+        idle = ["--rounds", "30", "--idle", str(IDLE_S)]
+        commands.append(click + idle + ["--json", str(results / f"predict-idle{IDLE_S}-{folder.name}.json")])
+    return results, commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workdir", type=Path, required=True, help="where the checkpoint and packages are kept"
+    )
+    parser.add_argument(
+        "--run", default=None, help="the results sub-folder (default: <today>-check, e.g. 2026-12-07-check)"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="write here instead (default: benchmarks/results/<cpu-kind>/<run>)",
+    )
+    parser.add_argument("--model-type", default="vit_b", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    run = args.run or f"{datetime.date.today().isoformat()}-check"
+    machine = this_machine()
+    results, commands = plan(
+        machine,
+        args.workdir.resolve(),  # the steps run in the repository's root: paths must not be relative
+        run,
+        args.model_type,
+        args.threads,
+        args.results.resolve() if args.results else None,
+    )
+    print(
+        f"{machine.kind}: native bf16 {'yes' if machine.native_bf16 else 'no'}, --precision auto picks"
+        f" {machine.auto}, OpenVINO {'yes' if machine.openvino else 'no'}, tcmalloc"
+        f" {'yes' if machine.tcmalloc else 'no'}; results in {results}",
+        flush=True,
+    )
+    for step, command in enumerate(commands, 1):
+        print(f"[{time.strftime('%H:%M:%S')}] {step}/{len(commands)}: {shlex.join(command)}", flush=True)
+        if args.dry_run:
+            continue
+        results.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(command, cwd=ROOT, check=False).returncode != 0:
+            print(f"error: step {step} failed; the steps before it are in {results}", file=sys.stderr)
+            return 1
+    if not args.dry_run:
+        written = ", ".join(sorted(path.name for path in results.iterdir()))
+        print(f"[{time.strftime('%H:%M:%S')}] done: {results}: {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
