@@ -60,6 +60,7 @@ def test_bench_package_reports_every_section(tiny_package) -> None:
         "predict: 5 points",
         "predict: box",
         "predict: 16 boxes",
+        "predict: 1 point, after 0.5 s idle",
         "segment (file, 1 point)",
     }
     for row in report["latency"].values():
@@ -94,6 +95,28 @@ def test_bench_package_reports_every_section(tiny_package) -> None:
         "GFLOP/s",
     ):
         assert needle in text
+
+
+def test_timed_idles_before_each_timed_run_only(monkeypatch) -> None:
+    """``timed(..., idle_s=)`` sleeps before every timed run, never before the warm-up and never
+    inside the time it reports."""
+    from samdeploy.cli import bench as bench_module
+
+    events, clock = [], [0.0]
+
+    def sleep(seconds):
+        events.append(f"sleep {seconds}")
+        clock[0] += 100  # a sleep inside the timing would show as 100 s
+
+    def call():
+        events.append("call")
+        clock[0] += 0.002
+
+    monkeypatch.setattr(bench_module.time, "sleep", sleep)
+    monkeypatch.setattr(bench_module.time, "perf_counter", lambda: clock[0])
+    row = bench_module.timed(call, repeat=2, warmup=1, idle_s=0.5)
+    assert events == ["call", "sleep 0.5", "call", "sleep 0.5", "call"]
+    assert row["median_ms"] == pytest.approx(2.0) and row["worst_ms"] == pytest.approx(2.0)
 
 
 def test_bench_command_writes_json(capsys, tmp_path, tiny_package) -> None:
