@@ -207,7 +207,7 @@ def choose_precision(flags: Iterable[str], openvino_available: bool) -> Choice:
             "bf16",
             "AMX (amx_bf16) and OpenVINO: every product in bf16, the linear layers on AMX tiles, where"
             " OpenVINO's int8 layers (inputs quantized per token) are slower; the fastest package measured"
-            " there and the most exact fast one (xeon-amx vit_b encoder 1.46-1.75 s; int8-bf16 1.83-2.02 s)",
+            " there and the most exact fast one (xeon-amx vit_b encoder alone 0.98-1.02 s; int8-bf16 1.25-1.26 s)",
         )
     if bf16 and openvino_available:
         return Choice(
