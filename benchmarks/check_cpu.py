@@ -13,7 +13,7 @@ options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
 3. ``bench_predict.py``: each package's one-point click alone, back to back and after half a second
    of idle (a person's clicks): ``predict-alone-<package>.json``, ``predict-idle0.5-<package>.json``.
 
-    .venv/bin/python benchmarks/check_cpu.py --workdir /work/scratch/models     # ~20 min for vit_b on 2 cores
+    .venv/bin/python benchmarks/check_cpu.py --workdir /work/scratch/models     # 10-20 min for vit_b on 2 cores
     .venv/bin/python benchmarks/check_cpu.py --workdir models --dry-run          # the commands, nothing run
 
 The random-weight checkpoint and its packages are kept in ``--workdir`` and reused by later runs.
@@ -37,7 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_sam import TCMALLOC  # noqa: E402  (a sibling script, not a package)
 
-IDLE_S = 0.5  # the pause before each timed click in the idle round
+from samdeploy.cli.bench import CLICK_IDLE_S as IDLE_S  # noqa: E402  (the pause `samdeploy bench` uses too)
 
 
 @dataclass(frozen=True)
