@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,6 +17,15 @@ from samdeploy.cli import main
 from samdeploy.cli.bench import MODES, bench_image, bench_package, encoder_gflop, format_report, prompt_cases
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (the folder is not an installed package)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.remove(str(ROOT))
 
 
 def positive(value: float) -> bool:
@@ -139,11 +150,7 @@ def test_bench_command_refuses_a_folder_that_is_not_a_package(capsys, tmp_path) 
 def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -> None:
     """benchmarks/bench_sam.py on the tiny package: both sides, every section, a chart."""
     pytest.importorskip("segment_anything")
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_sam
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_sam = benchmark("bench_sam")
     out = tmp_path / "out"
     argv = [
         "--package",
@@ -231,11 +238,7 @@ def test_side_by_side_benchmark_smoke(tmp_path, tiny_package, tiny_checkpoint) -
 def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> None:
     """--torch-allocator: the timed PyTorch calls run in a worker process, with their results."""
     pytest.importorskip("segment_anything")
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_sam
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_sam = benchmark("bench_sam")
     from samdeploy.export import SamConfig
     from samdeploy.package import ModelPackage
 
@@ -256,11 +259,7 @@ def test_pytorch_side_in_a_process_of_its_own(tiny_package, tiny_checkpoint) -> 
 
 def test_judged_ratios_are_cut_not_rounded_up() -> None:
     # Why: a run's report once read "single-point predict >= 3x | 3.00x | no" for 2.997x.
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_sam
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_sam = benchmark("bench_sam")
     assert bench_sam.cut_ratio(2.997) == "2.99x"
     assert bench_sam.cut_ratio(3.0) == "3.00x"
     assert bench_sam.cut_ratio(1.7) == "1.70x"  # 1.7 * 100 is 170.00000000000003 in floats
@@ -270,11 +269,7 @@ def test_judged_ratios_are_cut_not_rounded_up() -> None:
 def test_fast_encoders_are_judged_against_bf16_only_where_the_cpu_has_it() -> None:
     # Why: on Zen 3 (no native bf16) PyTorch's bf16 autocast took 288 s against 8 s in fp32, and
     # the report read "fast (int8) encoder vs PyTorch bf16 autocast | >= 2x | 51.58x | yes".
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_sam
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_sam = benchmark("bench_sam")
 
     def report(flags: list[str] | None) -> dict:
         row = lambda vs_eager: {"median_ms": 1.0, "vs_eager": vs_eager}  # noqa: E731
@@ -358,11 +353,7 @@ def test_interleaved_runs_round_robin_and_settles_before_each_call(monkeypatch) 
 def test_predict_benchmark_alternates_packages(tmp_path, tiny_package) -> None:
     """benchmarks/bench_predict.py, the A/B of one-point predicts that docs/performance.md quotes:
     every package timed every round, the ratio present from the second package on."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_predict
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_predict = benchmark("bench_predict")
     out = tmp_path / "predict.json"
     assert (
         bench_predict.main(
@@ -381,11 +372,7 @@ def test_predict_benchmark_alternates_packages(tmp_path, tiny_package) -> None:
 def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsys) -> None:
     """--image-size sets the picture the clicks land on (the masks come back at that size); a size
     that is not HEIGHTxWIDTH is a usage error."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_predict
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_predict = benchmark("bench_predict")
     seen = []
     original = bench_predict.SamPredictor.predict
 
@@ -408,11 +395,7 @@ def test_predict_benchmark_takes_a_picture_size(tiny_package, monkeypatch, capsy
 def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package, monkeypatch) -> None:
     """--idle sleeps before every timed call and never inside its time (the warm-up calls run back
     to back); a negative idle is a usage error."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_predict
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_predict = benchmark("bench_predict")
     events = []
     original = bench_predict.SamPredictor.predict
 
@@ -446,20 +429,11 @@ def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package,
     assert exit_info.value.code == 2
 
 
-def _check_cpu():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_sam, check_cpu
-    finally:
-        sys.path.remove(str(ROOT))
-    return bench_sam, check_cpu
-
-
 def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     """benchmarks/check_cpu.py: PyTorch's bf16 autocast where the CPU has native bf16, torch.compile
     (its best) where it has not; the package --precision auto picks beside fp32 and fp32-openvino;
     each package's click alone and after idle; bench_sam's command parses."""
-    bench_sam, check_cpu = _check_cpu()
+    bench_sam, check_cpu = benchmark("bench_sam"), benchmark("check_cpu")
     zen3 = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
     amx = check_cpu.Machine("xeon-amx", native_bf16=True, auto="bf16", openvino=True, tcmalloc=True)
     bare = check_cpu.Machine("zen4", native_bf16=True, auto="fp32", openvino=False, tcmalloc=True)
@@ -493,7 +467,7 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
 def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monkeypatch, capsys) -> None:
     """Each step a process of its own, in the plan's order; a failing step ends the check with exit
     1 and says which; --dry-run prints the commands and runs none."""
-    _, check_cpu = _check_cpu()
+    check_cpu = benchmark("check_cpu")
     machine = check_cpu.Machine("zen4", native_bf16=True, auto="int8-bf16", openvino=True, tcmalloc=True)
     monkeypatch.setattr(check_cpu, "this_machine", lambda: machine)
     ran = []
@@ -516,7 +490,7 @@ def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monk
 def test_cpu_check_click_and_encoder_steps_run(tmp_path, tiny_package) -> None:
     """The encoder and click steps of a check, run for real on the tiny package (bench_sam's own
     smoke test runs its step): every report written, with the figures the docs quote."""
-    _, check_cpu = _check_cpu()
+    check_cpu = benchmark("check_cpu")
     (tmp_path / "tiny-seed0").symlink_to(tiny_package)
     machine = check_cpu.Machine("zen4", native_bf16=False, auto="fp32", openvino=False, tcmalloc=False)
     results, commands = check_cpu.plan(machine, tmp_path, "x", model_type="tiny", threads=1, results=tmp_path)
@@ -536,11 +510,7 @@ def test_upscale_benchmark_compares_the_forms(tmp_path) -> None:
     """benchmarks/bench_upscale.py: the forms timed at each size, their masks checked equal, the
     bool form's peak memory below the full-size logits' (at 600x800, 3 masks: 5.5 MB of logits, of which
     a block of 64 rows is kept)."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_upscale
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_upscale = benchmark("bench_upscale")
     out = tmp_path / "upscale.json"
     sizes = ["600x800", "30x40", "96x128"]
     assert bench_upscale.main(["--sizes", *sizes, "--rounds", "2", "--json", str(out)]) == 0
@@ -560,11 +530,7 @@ def test_encoder_benchmark_times_packages_and_files_on_their_backends(tmp_path, 
     choice: a package on its own runtime, a bare file on a backend named after '@', every one
     timed each round, the first's embedding the reference, GFLOP/s from the package's
     architecture; a path or backend option that cannot be read is a one-line error."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import bench_encoders
-    finally:
-        sys.path.remove(str(ROOT))
+    bench_encoders = benchmark("bench_encoders")
     from samdeploy.package import ModelPackage
 
     encoder_file = ModelPackage.load(tiny_package).encoder_path
