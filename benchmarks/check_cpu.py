@@ -12,6 +12,9 @@ options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
    profile by operator: the fp32 share of the peak. ``encoders.json``.
 3. ``bench_predict.py``: each package's one-point click alone, back to back and after half a second
    of idle (a person's clicks): ``predict-alone-<package>.json``, ``predict-idle0.5-<package>.json``.
+4. ``bench_attention_bias.py`` (vit_b, OpenVINO installed): what SAM's relative-position bias costs
+   OpenVINO's fused attention on one global block, in f32 and (native bf16) bf16: the cost that holds
+   the fp32 share of the peak and the bf16 package back on xeon-amx. ``attention-bias.json``.
 
     .venv/bin/python benchmarks/check_cpu.py --workdir /work/scratch/models     # 10-20 min for vit_b on 2 cores
     .venv/bin/python benchmarks/check_cpu.py --workdir models --dry-run          # the commands, nothing run
@@ -104,6 +107,10 @@ def plan(
         )
         idle = ["--rounds", "30", "--idle", str(IDLE_S)]
         commands.append(click + idle + ["--json", str(results / f"predict-idle{IDLE_S}-{folder.name}.json")])
+    if machine.openvino and model_type == "vit_b":  # the benchmark's block is vit_b's
+        bias = [python, str(HERE / "bench_attention_bias.py"), "--threads", str(threads)]
+        bias += ["--precision", "f32", "bf16"] if machine.native_bf16 else ["--precision", "f32"]
+        commands.append(bias + ["--json", str(results / "attention-bias.json")])
     return results, commands
 
 

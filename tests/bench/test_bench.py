@@ -432,7 +432,8 @@ def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package,
 def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     """benchmarks/check_cpu.py: PyTorch's bf16 autocast where the CPU has native bf16, torch.compile
     (its best) where it has not; the package --precision auto picks beside fp32 and fp32-openvino;
-    each package's click alone and after idle; bench_sam's command parses."""
+    each package's click alone and after idle; the attention-bias probe where OpenVINO is;
+    bench_sam's command parses."""
     bench_sam, check_cpu = benchmark("bench_sam"), benchmark("check_cpu")
     zen3 = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
     amx = check_cpu.Machine("xeon-amx", native_bf16=True, auto="bf16", openvino=True, tcmalloc=True)
@@ -444,6 +445,7 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     ):
         results, commands = check_cpu.plan(machine, tmp_path, "2026-12-07-check")
         assert results == ROOT / "benchmarks" / "results" / machine.kind / "2026-12-07-check"
+        bias = commands.pop() if machine.openvino else None
         sam, encoders, *clicks = commands
         args = bench_sam.parse_args(sam[2:])
         assert ",".join(args.variants) == variants and args.output_dir == results
@@ -460,6 +462,12 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
         ]
         assert all(c[2] == str(tmp_path / Path(c[-1]).stem.split("-", 2)[2]) for c in clicks)
         assert [c for c in clicks if "idle" in c[-1]][0][-4:-2] == ["--idle", "0.5"]
+        if bias:
+            assert Path(bias[1]).name == "bench_attention_bias.py"
+            assert bias[-1] == str(results / "attention-bias.json")
+            precisions = bias[bias.index("--precision") + 1 : -2]
+            assert precisions == (["f32", "bf16"] if machine.native_bf16 else ["f32"])
+    assert not any("bench_attention_bias.py" in c[1] for c in check_cpu.plan(amx, tmp_path, "x", "tiny")[1])
     results, _ = check_cpu.plan(amx, tmp_path, "x", results=tmp_path / "out")
     assert results == tmp_path / "out"
 
@@ -485,6 +493,33 @@ def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monk
     assert check_cpu.main(argv) == 1
     assert ran == planned[:3]
     assert "error: step 3 failed" in capsys.readouterr().err
+
+
+def test_attention_bias_benchmark_times_sam_and_its_variants(tmp_path, capsys) -> None:
+    """benchmarks/bench_attention_bias.py on a small block: the forms that compute SAM's attention
+    (banded, unbanded, OpenVINO's SDPA operator) agree with each other, the two that leave bias out
+    do not; every form timed, with the kernels it compiled to; bad forms refused."""
+    pytest.importorskip("openvino")
+    bias = benchmark("bench_attention_bias")
+    rows = bias.bench("f32", list(bias.FORMS), rounds=2, threads=1, heads=2, grid=8, head_dim=16, rows=4)
+    assert list(rows) == list(bias.FORMS)
+    for form, row in rows.items():
+        assert positive(row["median_ms"]) and positive(row["gflops"]) and positive(row["ratio_to_sam"])
+        assert row["best_ms"] <= row["median_ms"] and sum(row["kernels"].values()) > 0
+        if form in bias.EXACT:
+            assert row["exact_form"] and row["max_diff_to_sam"] < 1e-4, form
+        else:
+            assert not row["exact_form"] and row["max_diff_to_sam"] > 1e-2, form
+    assert rows["sam"]["max_diff_to_sam"] == 0 and rows["sam"]["ratio_to_sam"] == 1
+    out = tmp_path / "bias.json"
+    argv = ["--precision", "f32", "--grid", "4", "--heads", "1", "--rounds", "1", "--forms", "sam,no-bias"]
+    assert bias.main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["precisions"]["f32"]) == ["sam", "no-bias"] and report["cpu_kind"]
+    assert "no-bias" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bias.main(["--forms", "sam,fast"])
+    assert "unknown fast" in capsys.readouterr().err
 
 
 def test_cpu_check_click_and_encoder_steps_run(tmp_path, tiny_package) -> None:
