@@ -4,10 +4,11 @@ The machines under this project change kind between sessions, and each kind is j
 numbers. This runs, each in a process of its own, the measurements that table is made of, with the
 options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
 
-1. ``bench_sam.py``: the fp32 package, fp32-openvino (OpenVINO installed) and the package
-   ``--precision auto`` picks on this CPU, against PyTorch eager and bf16 autocast (CPUs with native
-   bf16) or torch.compile (the others, where PyTorch's bf16 is emulated and its best is fp32);
-   PyTorch in a process of its own under tcmalloc where it is installed. ``vit_b.md``, ``.json``.
+1. ``bench_sam.py``: the fp32 package, fp32-openvino (OpenVINO installed), the package
+   ``--precision auto`` picks on this CPU and the other fast packages it could have picked, against
+   PyTorch eager and bf16 autocast (CPUs with native bf16) or torch.compile (the others, where
+   PyTorch's bf16 is emulated and its best is fp32); PyTorch in a process of its own under tcmalloc
+   where it is installed. ``vit_b.md``, ``.json``.
 2. ``bench_encoders.py``: the fp32 encoders alone, alternating, with the GEMM peak each round and a
    profile by operator: the fp32 share of the peak. ``encoders.json``.
 3. ``bench_predict.py``: each package's one-point click alone, back to back and after half a second
@@ -15,6 +16,11 @@ options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
 4. ``bench_attention_bias.py`` (vit_b, OpenVINO installed): what SAM's relative-position bias costs
    OpenVINO's fused attention on one global block, in f32 and (native bf16) bf16: the cost that holds
    the fp32 share of the peak and the bf16 package back on xeon-amx. ``attention-bias.json``.
+5. ``bench_encoders.py`` on each fast package alone, a process each, three turns in rotating order:
+   whether ``--precision auto`` picked the fastest (packages alternating in one process evict each
+   other's weights from the caches, which favours the smaller ones). ``fast-alone-<variant>-<turn>.json``,
+   and their summary ``fast-alone.json``: each package's median over the turns, the fastest, and
+   whether it is auto's choice.
 
     .venv/bin/python benchmarks/check_cpu.py --workdir /work/scratch/models     # 10-20 min for vit_b on 2 cores
     .venv/bin/python benchmarks/check_cpu.py --workdir models --dry-run          # the commands, nothing run
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +49,9 @@ sys.path.insert(0, str(HERE))
 from bench_sam import TCMALLOC  # noqa: E402  (a sibling script, not a package)
 
 from samdeploy.cli.bench import CLICK_IDLE_S as IDLE_S  # noqa: E402  (the pause `samdeploy bench` uses too)
+
+# Turns of step 5: each fast package's encoder alone, once per turn.
+CONTEST_TURNS = 3
 
 
 @dataclass(frozen=True)
@@ -83,8 +94,10 @@ def plan(
     results = results or ROOT / "benchmarks" / "results" / machine.kind / run
     package = workdir / f"{model_type}-seed0"
     variants = ["fp32"] + (["fp32-openvino"] if machine.openvino else [])
-    if machine.auto not in variants:
-        variants.append(machine.auto)
+    clicked = variants + [machine.auto] if machine.auto not in variants else list(variants)
+    fast = fast_candidates(machine)
+    fast = fast if len(fast) > 1 else []  # nothing to race
+    variants = list(dict.fromkeys(clicked + fast))
     sam = [python, str(HERE / "bench_sam.py"), "--model-type", model_type, "--workdir", str(workdir)]
     sam += ["--threads", str(threads), "--allocator", "glibc"]
     sam += ["--torch-allocator", "tcmalloc" if machine.tcmalloc else "glibc"]
@@ -100,7 +113,7 @@ def plan(
     encoders = [python, str(HERE / "bench_encoders.py"), *map(str, fp32), "--threads", str(threads)]
     encoders += ["--rounds", "3", "--peak", "--ops", "--json", str(results / "encoders.json")]
     commands = [sam, encoders]
-    for folder in folders.values():
+    for folder in (folders[variant] for variant in clicked):
         click = [python, str(HERE / "bench_predict.py"), str(folder), "--threads", str(threads)]
         commands.append(
             click + ["--rounds", "40", "--json", str(results / f"predict-alone-{folder.name}.json")]
@@ -111,7 +124,53 @@ def plan(
         bias = [python, str(HERE / "bench_attention_bias.py"), "--threads", str(threads)]
         bias += ["--precision", "f32", "bf16"] if machine.native_bf16 else ["--precision", "f32"]
         commands.append(bias + ["--json", str(results / "attention-bias.json")])
+    for turn in range(1, CONTEST_TURNS + 1):
+        for variant in fast[turn - 1 :] + fast[: turn - 1]:  # each turn starts with the next package
+            alone = [
+                python,
+                str(HERE / "bench_encoders.py"),
+                str(folders[variant]),
+                "--threads",
+                str(threads),
+            ]
+            commands.append(
+                alone + ["--rounds", "3", "--json", str(results / f"fast-alone-{variant}-{turn}.json")]
+            )
     return results, commands
+
+
+def fast_candidates(machine: Machine) -> list[str]:
+    """The packages step 5 races, ``--precision auto``'s choice first: int8 everywhere; bf16 and
+    int8-bf16 where OpenVINO runs bf16; fp32-openvino where OpenVINO is but bf16 is not native (the
+    other fast package there: 1.29-1.34x slower than int8 on Zen 3)."""
+    candidates = [machine.auto, "int8"]
+    if machine.openvino:
+        candidates += ["bf16", "int8-bf16"] if machine.native_bf16 else ["fp32-openvino"]
+    return list(dict.fromkeys(c for c in candidates if c != "fp32"))
+
+
+def contest(results: Path, machine: Machine) -> dict | None:
+    """Step 5's summary from its reports in ``results`` (None without a contest): per package the
+    median encoder time of each turn and their median, the fastest, and whether auto chose it."""
+    fast = fast_candidates(machine)
+    if len(fast) < 2:
+        return None
+    turns: dict[str, list[float]] = {}
+    for variant in fast:
+        for turn in range(1, CONTEST_TURNS + 1):
+            report = json.loads((results / f"fast-alone-{variant}-{turn}.json").read_text())
+            (row,) = report["encoders"].values()
+            turns.setdefault(variant, []).append(row["median_s"])
+    medians = {variant: statistics.median(times) for variant, times in turns.items()}
+    fastest = min(medians, key=medians.__getitem__)
+    return {
+        "auto": machine.auto,
+        "median_s": medians,
+        "turns_s": turns,
+        "fastest": fastest,
+        "auto_is_fastest": fastest == machine.auto,
+        "auto_over_fastest": medians[machine.auto] / medians[fastest],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         f" {'yes' if machine.tcmalloc else 'no'}; results in {results}",
         flush=True,
     )
+    if not args.dry_run and results.is_dir() and any(results.iterdir()):
+        print(
+            f"error: {results} holds an earlier check: name another with --run or --results", file=sys.stderr
+        )
+        return 2
     for step, command in enumerate(commands, 1):
         print(f"[{time.strftime('%H:%M:%S')}] {step}/{len(commands)}: {shlex.join(command)}", flush=True)
         if args.dry_run:
@@ -159,6 +223,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: step {step} failed; the steps before it are in {results}", file=sys.stderr)
             return 1
     if not args.dry_run:
+        summary = contest(results, machine)
+        if summary:
+            (results / "fast-alone.json").write_text(json.dumps(summary, indent=2) + "\n")
+            times = ", ".join(
+                f"{v} {t:.2f} s" for v, t in sorted(summary["median_s"].items(), key=lambda x: x[1])
+            )
+            verdict = (
+                "the fastest"
+                if summary["auto_is_fastest"]
+                else f"{summary['auto_over_fastest']:.2f}x the fastest"
+            )
+            print(
+                f"fast packages alone (median of {CONTEST_TURNS} turns): {times}; auto's {machine.auto} is {verdict}"
+            )
         written = ", ".join(sorted(path.name for path in results.iterdir()))
         print(f"[{time.strftime('%H:%M:%S')}] done: {results}: {written}")
     return 0

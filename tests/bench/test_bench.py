@@ -432,18 +432,26 @@ def test_predict_benchmark_idles_before_each_timed_click(tmp_path, tiny_package,
 def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     """benchmarks/check_cpu.py: PyTorch's bf16 autocast where the CPU has native bf16, torch.compile
     (its best) where it has not; the package --precision auto picks beside fp32 and fp32-openvino;
-    each package's click alone and after idle; the attention-bias probe where OpenVINO is;
-    bench_sam's command parses."""
+    each package's click alone and after idle; the attention-bias probe where OpenVINO is; the
+    fast packages auto chose among, each alone in turns; bench_sam's command parses."""
     bench_sam, check_cpu = benchmark("bench_sam"), benchmark("check_cpu")
     zen3 = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
     amx = check_cpu.Machine("xeon-amx", native_bf16=True, auto="bf16", openvino=True, tcmalloc=True)
     bare = check_cpu.Machine("zen4", native_bf16=True, auto="fp32", openvino=False, tcmalloc=True)
-    for machine, variants in (
-        (zen3, "fp32,fp32-openvino,int8"),
-        (amx, "fp32,fp32-openvino,bf16"),
-        (bare, "fp32"),
+    for machine, variants, clicked, fast in (
+        (zen3, "fp32,fp32-openvino,int8", 3, ["int8", "fp32-openvino"]),
+        (amx, "fp32,fp32-openvino,bf16,int8,int8-bf16", 3, ["bf16", "int8", "int8-bf16"]),
+        (bare, "fp32", 1, []),
     ):
         results, commands = check_cpu.plan(machine, tmp_path, "2026-12-07-check")
+        race = [c for c in commands if "fast-alone" in c[-1]]
+        commands = [c for c in commands if c not in race]
+        assert [Path(c[-1]).name for c in race] == [
+            f"fast-alone-{v}-{turn}.json" for turn in (1, 2, 3) for v in fast[turn - 1 :] + fast[: turn - 1]
+        ]
+        assert all(
+            c[2] == str(tmp_path / f"vit_b-seed0-{Path(c[-1]).stem.split('-', 2)[2][:-2]}") for c in race
+        )
         assert results == ROOT / "benchmarks" / "results" / machine.kind / "2026-12-07-check"
         bias = commands.pop() if machine.openvino else None
         sam, encoders, *clicks = commands
@@ -456,7 +464,7 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
         fp32 = [str(tmp_path / "vit_b-seed0-fp32-openvino")] if machine.openvino else []
         assert encoders[2 : 3 + len(fp32)] == [*fp32, str(tmp_path / "vit_b-seed0")]
         assert encoders[-1] == str(results / "encoders.json") and "--peak" in encoders
-        packages = ["vit_b-seed0"] + [f"vit_b-seed0-{v}" for v in variants.split(",")[1:]]
+        packages = ["vit_b-seed0"] + [f"vit_b-seed0-{v}" for v in variants.split(",")[1:clicked]]
         assert [Path(c[-1]).name for c in clicks] == [
             f"predict-{how}-{name}.json" for name in packages for how in ("alone", "idle0.5")
         ]
@@ -470,6 +478,23 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     assert not any("bench_attention_bias.py" in c[1] for c in check_cpu.plan(amx, tmp_path, "x", "tiny")[1])
     results, _ = check_cpu.plan(amx, tmp_path, "x", results=tmp_path / "out")
     assert results == tmp_path / "out"
+
+
+def test_cpu_check_contest_names_the_fastest_package(tmp_path) -> None:
+    """Step 5's summary: each package's median over the turns, the fastest, and whether auto chose it."""
+    check_cpu = benchmark("check_cpu")
+    machine = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
+    times = {"int8": [6.0, 5.0, 9.0], "fp32-openvino": [5.5, 5.6, 5.4]}
+    for variant, turns in times.items():
+        for turn, seconds in enumerate(turns, 1):
+            report = {"encoders": {f"/m/vit_b-seed0-{variant}": {"median_s": seconds}}}
+            (tmp_path / f"fast-alone-{variant}-{turn}.json").write_text(json.dumps(report))
+    summary = check_cpu.contest(tmp_path, machine)
+    assert summary["median_s"] == {"int8": 6.0, "fp32-openvino": 5.5}
+    assert summary["fastest"] == "fp32-openvino" and not summary["auto_is_fastest"]
+    assert summary["auto_over_fastest"] == pytest.approx(6.0 / 5.5)
+    bare = check_cpu.Machine("zen4", native_bf16=True, auto="int8", openvino=False, tcmalloc=True)
+    assert check_cpu.contest(tmp_path, bare) is None  # int8 alone: nothing raced
 
 
 def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monkeypatch, capsys) -> None:
@@ -493,6 +518,10 @@ def test_cpu_check_runs_its_steps_in_order_and_stops_at_a_failure(tmp_path, monk
     assert check_cpu.main(argv) == 1
     assert ran == planned[:3]
     assert "error: step 3 failed" in capsys.readouterr().err
+    ran.clear()
+    (tmp_path / "out" / "vit_b.md").write_text("the first step's report")
+    assert check_cpu.main(argv) == 2  # an earlier check's reports are not overwritten
+    assert ran == [] and "holds an earlier check" in capsys.readouterr().err
 
 
 def test_attention_bias_benchmark_times_sam_and_its_variants(tmp_path, capsys) -> None:
