@@ -309,6 +309,32 @@ def test_fast_encoders_are_judged_against_bf16_only_where_the_cpu_has_it() -> No
         assert rows["fast (int8) encoder vs best PyTorch fp32"] == ("-", "1.30x", None)
 
 
+def test_only_the_package_auto_picks_is_judged_as_the_fast_path() -> None:
+    # Why: an AMX run's report read "fast (int8) encoder vs PyTorch bf16 autocast | >= 2x | 0.74x | no"
+    # beside bf16 at 2.52x, where --precision auto picks bf16 and int8 is not the fast path.
+    bench_sam = benchmark("bench_sam")
+    row = lambda vs_eager: {"median_ms": 1.0, "vs_eager": vs_eager}  # noqa: E731
+    encoder = {
+        "pytorch eager fp32": row(1.0),
+        "pytorch bf16 autocast": row(2.0),
+        "samdeploy int8": row(1.5),
+        "samdeploy bf16": row(5.0),
+    }
+    amx = ["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    for versions, judged in (({"openvino": "2026.4.1"}, "bf16"), ({}, "int8")):
+        machine = {"cpu_info": {"flags": amx}, "versions": versions}
+        assert bench_sam.auto_pick(machine) == judged
+        rows = bench_sam.issue_targets({"machine": machine, "encoder": encoder, "latency": {}, "memory": {}})
+        verdicts = {t: (w, m) for t, w, _, m in rows if t.endswith("vs PyTorch bf16 autocast")}
+        assert verdicts[f"fast ({judged}) encoder vs PyTorch bf16 autocast"][1] is (judged == "bf16")
+        other = "int8" if judged == "bf16" else "bf16"
+        assert verdicts[f"fast ({other}) encoder vs PyTorch bf16 autocast"] == (
+            f"- (--precision auto picks {judged} here)",
+            None,
+        )
+    assert bench_sam.auto_pick({"cpu_info": None}) is None
+
+
 def test_interleaved_runs_round_robin_and_settles_before_each_call(monkeypatch) -> None:
     # Why: the settling idle must come before every timed call and stay out of the figures, and
     # each figure must be its own function's. A fake clock makes that exact: each call advances
