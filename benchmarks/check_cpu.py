@@ -169,8 +169,24 @@ def contest(results: Path, machine: Machine) -> dict | None:
         "turns_s": turns,
         "fastest": fastest,
         "auto_is_fastest": fastest == machine.auto,
-        "auto_over_fastest": medians[machine.auto] / medians[fastest],
+        # None where auto's pick was not raced (a pick of fp32, which choose_precision never makes).
+        "auto_over_fastest": medians[machine.auto] / medians[fastest] if machine.auto in medians else None,
     }
+
+
+def contest_line(summary: dict) -> str:
+    """The one line that sums up step 5, fastest package first."""
+    times = ", ".join(f"{v} {t:.2f} s" for v, t in sorted(summary["median_s"].items(), key=lambda x: x[1]))
+    over = summary["auto_over_fastest"]
+    if summary["auto_is_fastest"]:
+        verdict = "is the fastest"
+    elif over is None:
+        verdict = "was not raced"
+    else:
+        verdict = f"takes {over:.2f}x the time of {summary['fastest']}"
+    return (
+        f"fast packages alone (median of {CONTEST_TURNS} turns): {times}; auto's {summary['auto']} {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,17 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = contest(results, machine)
         if summary:
             (results / "fast-alone.json").write_text(json.dumps(summary, indent=2) + "\n")
-            times = ", ".join(
-                f"{v} {t:.2f} s" for v, t in sorted(summary["median_s"].items(), key=lambda x: x[1])
-            )
-            verdict = (
-                "the fastest"
-                if summary["auto_is_fastest"]
-                else f"{summary['auto_over_fastest']:.2f}x the fastest"
-            )
-            print(
-                f"fast packages alone (median of {CONTEST_TURNS} turns): {times}; auto's {machine.auto} is {verdict}"
-            )
+            print(contest_line(summary))
         written = ", ".join(sorted(path.name for path in results.iterdir()))
         print(f"[{time.strftime('%H:%M:%S')}] done: {results}: {written}")
     return 0

@@ -527,6 +527,13 @@ def test_cpu_check_contest_names_the_fastest_package(tmp_path) -> None:
     assert summary["median_s"] == {"int8": 6.0, "fp32-openvino": 5.5}
     assert summary["fastest"] == "fp32-openvino" and not summary["auto_is_fastest"]
     assert summary["auto_over_fastest"] == pytest.approx(6.0 / 5.5)
+    assert check_cpu.contest_line(summary) == (
+        "fast packages alone (median of 3 turns): fp32-openvino 5.50 s, int8 6.00 s;"
+        " auto's int8 takes 1.09x the time of fp32-openvino"
+    )
+    assert check_cpu.contest_line(summary | {"fastest": "int8", "auto_is_fastest": True}).endswith(
+        "auto's int8 is the fastest"
+    )
     bare = check_cpu.Machine("zen4", native_bf16=True, auto="int8", openvino=False, tcmalloc=True)
     assert check_cpu.contest(tmp_path, bare) is None  # int8 alone: nothing raced
 
