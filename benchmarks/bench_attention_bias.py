@@ -10,7 +10,7 @@ built directly with OpenVINO's operators and timed in several forms, alternating
 * ``one-term`` (not SAM: the column term only) and ``no-bias`` (not SAM: no bias), which measure what
   each term costs.
 
-Prints each form's median time, its rate over the block's 103 GFLOP of products, the median of the
+Prints each form's median time, its rate over the block's 51.5 GFLOP of products (vit_b), the median of the
 per-round ratios against ``sam`` (above 1: faster), the largest difference from ``sam``'s output and
 the kernels OpenVINO compiled the form into. Takes about a minute per precision on 2 cores; needs only
 numpy and OpenVINO.
