@@ -12,8 +12,8 @@ built directly with OpenVINO's operators and timed in several forms, alternating
 
 Prints each form's median time, its rate over the block's 51.5 GFLOP of products (vit_b), the median of the
 per-round ratios against ``sam`` (above 1: faster), the largest difference from ``sam``'s output and
-the kernels OpenVINO compiled the form into. Takes about a minute per precision on 2 cores; needs only
-numpy and OpenVINO.
+the kernels OpenVINO compiled the form into. About 10 seconds per precision on 2 cores; needs
+OpenVINO and onnx (for the band height of samdeploy's packages), not PyTorch.
 
     .venv/bin/python benchmarks/bench_attention_bias.py
     .venv/bin/python benchmarks/bench_attention_bias.py --precision bf16 --rounds 10 --json bias.json
