@@ -90,15 +90,16 @@ def plan(
 ) -> tuple[Path, list[list[str]]]:
     """The results folder (``results``, default ``benchmarks/results/<kind>/<run>``) and the
     commands of a check on ``machine``, in order."""
-    python = sys.executable
     results = results or ROOT / "benchmarks" / "results" / machine.kind / run
+
+    def script(name: str, *args: object) -> list[str]:
+        return [sys.executable, str(HERE / f"{name}.py"), *map(str, args)]
+
     package = workdir / f"{model_type}-seed0"
-    variants = ["fp32"] + (["fp32-openvino"] if machine.openvino else [])
-    clicked = variants + [machine.auto] if machine.auto not in variants else list(variants)
-    fast = fast_candidates(machine)
-    fast = fast if len(fast) > 1 else []  # nothing to race
+    clicked = list(dict.fromkeys(["fp32"] + (["fp32-openvino"] if machine.openvino else []) + [machine.auto]))
+    fast = raced(machine)
     variants = list(dict.fromkeys(clicked + fast))
-    sam = [python, str(HERE / "bench_sam.py"), "--model-type", model_type, "--workdir", str(workdir)]
+    sam = script("bench_sam", "--model-type", model_type, "--workdir", workdir)
     sam += ["--threads", str(threads), "--allocator", "glibc"]
     sam += ["--torch-allocator", "tcmalloc" if machine.tcmalloc else "glibc"]
     sam += ["--variants", ",".join(variants), "--repeat", "3", "--stream-images", "1"]
@@ -110,32 +111,24 @@ def plan(
         for variant in variants
     }
     fp32 = [folders[v] for v in ("fp32-openvino", "fp32") if v in folders]
-    encoders = [python, str(HERE / "bench_encoders.py"), *map(str, fp32), "--threads", str(threads)]
+    encoders = script("bench_encoders", *fp32, "--threads", threads)
     encoders += ["--rounds", "3", "--peak", "--ops", "--json", str(results / "encoders.json")]
     commands = [sam, encoders]
     for folder in (folders[variant] for variant in clicked):
-        click = [python, str(HERE / "bench_predict.py"), str(folder), "--threads", str(threads)]
+        click = script("bench_predict", folder, "--threads", threads)
         commands.append(
             click + ["--rounds", "40", "--json", str(results / f"predict-alone-{folder.name}.json")]
         )
         idle = ["--rounds", "30", "--idle", str(IDLE_S)]
         commands.append(click + idle + ["--json", str(results / f"predict-idle{IDLE_S}-{folder.name}.json")])
     if machine.openvino and model_type == "vit_b":  # the benchmark's block is vit_b's
-        bias = [python, str(HERE / "bench_attention_bias.py"), "--threads", str(threads)]
-        bias += ["--precision", "f32", "bf16"] if machine.native_bf16 else ["--precision", "f32"]
+        precisions = ["f32", "bf16"] if machine.native_bf16 else ["f32"]
+        bias = script("bench_attention_bias", "--threads", threads, "--precision", *precisions)
         commands.append(bias + ["--json", str(results / "attention-bias.json")])
     for turn in range(1, CONTEST_TURNS + 1):
         for variant in fast[turn - 1 :] + fast[: turn - 1]:  # each turn starts with the next package
-            alone = [
-                python,
-                str(HERE / "bench_encoders.py"),
-                str(folders[variant]),
-                "--threads",
-                str(threads),
-            ]
-            commands.append(
-                alone + ["--rounds", "3", "--json", str(results / f"fast-alone-{variant}-{turn}.json")]
-            )
+            alone = script("bench_encoders", folders[variant], "--threads", threads, "--rounds", 3)
+            commands.append(alone + ["--json", str(results / f"fast-alone-{variant}-{turn}.json")])
     return results, commands
 
 
@@ -149,11 +142,17 @@ def fast_candidates(machine: Machine) -> list[str]:
     return list(dict.fromkeys(c for c in candidates if c != "fp32"))
 
 
+def raced(machine: Machine) -> list[str]:
+    """The packages step 5 races on ``machine``: :func:`fast_candidates`, or none where there is only one."""
+    fast = fast_candidates(machine)
+    return fast if len(fast) > 1 else []
+
+
 def contest(results: Path, machine: Machine) -> dict | None:
     """Step 5's summary from its reports in ``results`` (None without a contest): per package the
     median encoder time of each turn and their median, the fastest, and whether auto chose it."""
-    fast = fast_candidates(machine)
-    if len(fast) < 2:
+    fast = raced(machine)
+    if not fast:
         return None
     turns: dict[str, list[float]] = {}
     for variant in fast:
