@@ -697,12 +697,12 @@ def auto_pick(machine: dict[str, Any]) -> str | None:
     """The package ``--precision auto`` picks on the run's CPU, from its flags and whether OpenVINO
     was installed (taken to run bf16 where the CPU multiplies it natively); None for a run recorded
     before the CPU was identified."""
-    from samdeploy.cpu import choose_precision, has_native_bf16
+    from samdeploy.cpu import choose_precision
 
     info = machine.get("cpu_info")
     if info is None:
         return None
-    openvino = "openvino" in machine.get("versions", {}) and has_native_bf16(info["flags"])
+    openvino = "openvino" in machine.get("versions", {}) and native_bf16(machine)
     return choose_precision(info["flags"], openvino).precision
 
 
