@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformer_module = pytest.importorskip("segment_anything.modeling.transformer")
 
-from samdeploy.export.twoway import two_way_transformer  # noqa: E402
+from samdeploy.export.twoway import _softmax_over_tokens, two_way_transformer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,15 @@ def test_first_layer_without_positional_encoding(transformer):
         transformer.layers[0].skip_first_layer_pe = True
     torch.testing.assert_close(result[0], expected[0], rtol=1e-4, atol=2e-5)
     torch.testing.assert_close(result[1], expected[1], rtol=1e-4, atol=2e-5)
+
+
+def test_softmax_over_tokens_is_safe_for_large_scores():
+    """The image -> tokens soft-max is spelled out over the token axis (dim 2 of BxhxTxN) for speed;
+    it must equal the operator's, and stay finite where unshifted exponentials would overflow
+    (scores of a few hundred occur with real checkpoints' unnormalised tokens)."""
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 8, 7, 64, generator=generator) * torch.tensor([1.0, 30.0, 1000.0]).repeat(22)[:64]
+    probs = _softmax_over_tokens(scores)
+    assert torch.isfinite(probs).all()
+    torch.testing.assert_close(probs, torch.softmax(scores, dim=2), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(probs.sum(dim=2), torch.ones(2, 8, 64))
