@@ -17,6 +17,7 @@ import samdeploy
 from samdeploy.engine.backends import OpenVinoBackend, available_backends
 from samdeploy.errors import BackendError, ExportError
 from samdeploy.export.attention import MIN_INT8_KEYS
+from samdeploy.export.decoder_attention import transpose_value_products
 from samdeploy.export.precision import optimize_package
 from samdeploy.package import ModelPackage, describe_files, write_manifest
 from samdeploy.sam.model import DEFAULT_MODEL, package_runtime
@@ -81,13 +82,20 @@ def test_bf16_package_runs_on_openvino(tmp_path) -> None:
     assert package.precision == "bf16"
     for role in ("image_encoder", "mask_decoder", "mask_decoder_low_res"):
         assert package.runtime(role) == {"backend": "openvino", "precision": "bf16"}
-    # The graphs are the source's float32 ones: the decoders as they were, the encoder with its
-    # token grid carried as rows (the default model was exported before that rewrite), which gives
-    # the same float32 embedding.
+    # The graphs are the source's float32 ones: the decoders with their attention products
+    # transposed (so OpenVINO does not fuse them) and nothing else, the encoder with its token grid
+    # carried as rows (the default model was exported before that rewrite), which gives the same
+    # float32 embedding.
     source = ModelPackage.load(DEFAULT_MODEL)
-    for name, info in source.manifest["files"].items():
-        if name != source.manifest["models"]["image_encoder"]["file"]:
-            assert package.manifest["files"][name]["sha256"] == info["sha256"]
+    rewritten = 0
+    for role in source.manifest["models"]:
+        if role != "image_encoder":
+            decoder = onnx.load(str(source.model_path(role)))
+            rewritten += transpose_value_products(decoder)
+            assert onnx.load(str(package.model_path(role))) == decoder, role
+    assert rewritten == 9  # three in each decoder graph that attends to the image (three here)
+    assert package.manifest["export"]["precision"]["decoder"].startswith("fp32 graphs, attention products")
+    assert any(t.startswith("decoders: 9 soft-max x value products") for t in report.transforms)
     assert any(t.startswith("token grid carried as [B, H*W, C]") for t in report.transforms)
     assert package.manifest["export"]["nodes"]["image_encoder"]["token_rows"] > 0
     image = np.random.default_rng(1).standard_normal((1, 3, 256, 256), dtype=np.float32)

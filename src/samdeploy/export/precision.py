@@ -24,7 +24,10 @@ Five kinds, measured on 2-core machines (docs/performance.md has the numbers):
   OpenVINO, the same arithmetic), and ``runtime`` in the manifest
   asking for the encoder and decoders to run on OpenVINO at bf16 inference precision: every matrix
   product, attention included, in bfloat16 on CPUs that multiply it natively (AVX512-BF16, AMX). Where that
-  cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graphs.
+  cannot run (no OpenVINO, an older CPU), ``load_model`` warns and runs the float32 graphs. The
+  decoders' attention to the image is multiplied as ``(V^T P^T)^T``
+  (:mod:`samdeploy.export.decoder_attention`), which OpenVINO runs as plain matrix products rather
+  than its fused attention kernel: clicks 1.2-1.3x faster on the AMX Xeon, the same arithmetic.
 * **int8-bf16** (``precision="int8-bf16"``): the bf16 package, with the encoder's linear layers on
   int8 weights (per output channel, stored as int8 + ``DequantizeLinear``). OpenVINO runs those
   layers in int8, quantizing their inputs on the fly per group of ``quantization_group`` channels
@@ -84,6 +87,7 @@ from samdeploy.export.checks import (
     check_package_runtime,
     check_precision,
 )
+from samdeploy.export.decoder_attention import transpose_value_products
 from samdeploy.export.exporter import move_into_place, new_staging
 from samdeploy.export.layout import flatten_token_grid
 from samdeploy.export.optimize import compress_weights_int8, quantize_int8
@@ -459,11 +463,23 @@ def optimize_package(
                 )
         onnx.checker.check_model(str(encoder_path))
         files = [encoder_entry["file"]]
+        unfused = 0  # decoder attention products rewritten for OpenVINO (bf16, int8-bf16)
         for role in package.manifest["models"]:
             if role != ENCODER:  # the decoders, whichever the package has
                 decoder_file = package.manifest["models"][role]["file"]
-                shutil.copy2(package.model_path(role), staging / decoder_file)
+                decoder = onnx.load(str(package.model_path(role))) if precision in BF16_PRECISIONS else None
+                rewritten = transpose_value_products(decoder) if decoder is not None else 0
+                if rewritten:
+                    onnx.save_model(decoder, str(staging / decoder_file))
+                    unfused += rewritten
+                else:
+                    shutil.copy2(package.model_path(role), staging / decoder_file)
                 files.append(decoder_file)
+        if unfused:
+            transforms.append(
+                f"decoders: {unfused} soft-max x value products as (V^T P^T)^T, so OpenVINO runs them as"
+                " plain matrix products instead of its fused attention kernel"
+            )
 
         manifest = {key: value for key, value in package.manifest.items()}
         manifest["precision"] = precision
@@ -499,7 +515,9 @@ def optimize_package(
             },
             "precision": precision,
             "transforms": transforms,
-            "decoder": "fp32 (copied)",
+            "decoder": "fp32 graphs, attention products transposed for OpenVINO"
+            if unfused
+            else "fp32 (copied)",
         }
         if auto is not None:
             export["precision"]["auto"] = auto.to_json()
