@@ -16,7 +16,11 @@ options the docs' runs use, into ``benchmarks/results/<cpu-kind>/<run>/``:
 4. ``bench_attention_bias.py`` (vit_b, OpenVINO installed): what SAM's relative-position bias costs
    OpenVINO's fused attention on one global block, in f32 and (native bf16) bf16: the cost that holds
    the fp32 share of the peak and the bf16 package back on xeon-amx. ``attention-bias.json``.
-5. ``bench_encoders.py`` on each fast package alone, a process each, three turns in rotating order:
+5. ``bench_decoder_fusion.py`` (OpenVINO and native bf16): the click of the bf16 package ``--precision
+   auto`` picks (or bf16) with its decoders' attention unfused, as packages make it, and fused by
+   OpenVINO, each alone in turns: whether the unfused form wins on this CPU too.
+   ``decoder-fusion.json``.
+6. ``bench_encoders.py`` on each fast package alone, a process each, three turns in rotating order:
    whether ``--precision auto`` picked the fastest (packages alternating in one process evict each
    other's weights from the caches, which favours the smaller ones). ``fast-alone-<variant>-<turn>.json``,
    and their summary ``fast-alone.json``: each package's median over the turns, the fastest, and
@@ -50,7 +54,7 @@ from bench_sam import TCMALLOC  # noqa: E402  (a sibling script, not a package)
 
 from samdeploy.cli.bench import CLICK_IDLE_S as IDLE_S  # noqa: E402  (the pause `samdeploy bench` uses too)
 
-# Turns of step 5: each fast package's encoder alone, once per turn.
+# Turns of step 6: each fast package's encoder alone, once per turn.
 CONTEST_TURNS = 3
 
 
@@ -125,6 +129,10 @@ def plan(
         precisions = ["f32", "bf16"] if machine.native_bf16 else ["f32"]
         bias = script("bench_attention_bias", "--threads", threads, "--precision", *precisions)
         commands.append(bias + ["--json", str(results / "attention-bias.json")])
+    if machine.openvino and machine.native_bf16:  # the decoders of the packages that run on OpenVINO
+        precision = machine.auto if machine.auto in ("bf16", "int8-bf16") else "bf16"
+        fusion = script("bench_decoder_fusion", package, "--workdir", workdir, "--precision", precision)
+        commands.append(fusion + ["--threads", str(threads), "--json", str(results / "decoder-fusion.json")])
     for turn in range(1, CONTEST_TURNS + 1):
         for variant in fast[turn - 1 :] + fast[: turn - 1]:  # each turn starts with the next package
             alone = script("bench_encoders", folders[variant], "--threads", threads, "--rounds", 3)
@@ -133,7 +141,7 @@ def plan(
 
 
 def fast_candidates(machine: Machine) -> list[str]:
-    """The packages step 5 races, ``--precision auto``'s choice first: int8 everywhere; bf16 and
+    """The packages step 6 races, ``--precision auto``'s choice first: int8 everywhere; bf16 and
     int8-bf16 where OpenVINO runs bf16; fp32-openvino where OpenVINO is but bf16 is not native (the
     other fast package there: 1.29-1.34x slower than int8 on Zen 3)."""
     candidates = [machine.auto, "int8"]
@@ -143,13 +151,13 @@ def fast_candidates(machine: Machine) -> list[str]:
 
 
 def raced(machine: Machine) -> list[str]:
-    """The packages step 5 races on ``machine``: :func:`fast_candidates`, or none where there is only one."""
+    """The packages step 6 races on ``machine``: :func:`fast_candidates`, or none where there is only one."""
     fast = fast_candidates(machine)
     return fast if len(fast) > 1 else []
 
 
 def contest(results: Path, machine: Machine) -> dict | None:
-    """Step 5's summary from its reports in ``results`` (None without a contest): per package the
+    """Step 6's summary from its reports in ``results`` (None without a contest): per package the
     median encoder time of each turn and their median, the fastest, and whether auto chose it."""
     fast = raced(machine)
     if not fast:
@@ -174,7 +182,7 @@ def contest(results: Path, machine: Machine) -> dict | None:
 
 
 def contest_line(summary: dict) -> str:
-    """The one line that sums up step 5, fastest package first."""
+    """The one line that sums up step 6, fastest package first."""
     times = ", ".join(f"{v} {t:.2f} s" for v, t in sorted(summary["median_s"].items(), key=lambda x: x[1]))
     over = summary["auto_over_fastest"]
     if summary["auto_is_fastest"]:

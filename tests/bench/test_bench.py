@@ -467,7 +467,8 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
     """benchmarks/check_cpu.py: PyTorch's bf16 autocast where the CPU has native bf16, torch.compile
     (its best) where it has not; the package --precision auto picks beside fp32 and fp32-openvino;
     each package's click alone and after idle; the attention-bias probe where OpenVINO is; the
-    fast packages auto chose among, each alone in turns; bench_sam's command parses."""
+    decoders' attention fused and unfused where OpenVINO runs bf16; the fast packages auto chose
+    among, each alone in turns; bench_sam's command parses."""
     bench_sam, check_cpu = benchmark("bench_sam"), benchmark("check_cpu")
     zen3 = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
     amx = check_cpu.Machine("xeon-amx", native_bf16=True, auto="bf16", openvino=True, tcmalloc=True)
@@ -487,6 +488,7 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
             c[2] == str(tmp_path / f"vit_b-seed0-{Path(c[-1]).stem.split('-', 2)[2][:-2]}") for c in race
         )
         assert results == ROOT / "benchmarks" / "results" / machine.kind / "2026-12-07-check"
+        fusion = commands.pop() if machine.openvino and machine.native_bf16 else None
         bias = commands.pop() if machine.openvino else None
         sam, encoders, *clicks = commands
         args = bench_sam.parse_args(sam[2:])
@@ -509,13 +511,20 @@ def test_cpu_check_plans_what_each_kind_of_cpu_needs(tmp_path) -> None:
             assert bias[-1] == str(results / "attention-bias.json")
             precisions = bias[bias.index("--precision") + 1 : -2]
             assert precisions == (["f32", "bf16"] if machine.native_bf16 else ["f32"])
+        if fusion:  # the click with the decoders' attention fused and unfused, on auto's bf16 package
+            assert Path(fusion[1]).name == "bench_decoder_fusion.py"
+            assert fusion[2] == str(tmp_path / "vit_b-seed0") and fusion[-1] == str(
+                results / "decoder-fusion.json"
+            )
+            assert fusion[fusion.index("--precision") + 1] == "bf16"
+            assert fusion[fusion.index("--workdir") + 1] == str(tmp_path)
     assert not any("bench_attention_bias.py" in c[1] for c in check_cpu.plan(amx, tmp_path, "x", "tiny")[1])
     results, _ = check_cpu.plan(amx, tmp_path, "x", results=tmp_path / "out")
     assert results == tmp_path / "out"
 
 
 def test_cpu_check_contest_names_the_fastest_package(tmp_path) -> None:
-    """Step 5's summary: each package's median over the turns, the fastest, and whether auto chose it."""
+    """Step 6's summary: each package's median over the turns, the fastest, and whether auto chose it."""
     check_cpu = benchmark("check_cpu")
     machine = check_cpu.Machine("zen3", native_bf16=False, auto="int8", openvino=True, tcmalloc=False)
     times = {"int8": [6.0, 5.0, 9.0], "fp32-openvino": [5.5, 5.6, 5.4]}
@@ -678,3 +687,37 @@ def test_encoder_benchmark_times_packages_and_files_on_their_backends(tmp_path, 
         assert bench_encoders.main([bad, "--rounds", "1"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_decoder_fusion_benchmark_alternates_the_forms_and_refuses_without_bf16(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """benchmarks/bench_decoder_fusion.py: the two forms in turn, the other one first each turn, and
+    fused / unfused as the median of the turns' ratios; on a CPU without native bf16 a one-line error;
+    check_cpu asks for the package auto picks where it is a bf16 one."""
+    fusion = benchmark("bench_decoder_fusion")
+    check_cpu = benchmark("check_cpu")
+    times = {"fused": iter([15.0, 16.0, 14.0]), "unfused": iter([10.0, 10.0, 14.0])}
+    order = []
+
+    def fake_click(package, rounds, threads):
+        order.append(package.name)
+        return next(times[package.name])
+
+    monkeypatch.setattr(fusion, "click_ms", fake_click)
+    packages = {form: tmp_path / form for form in fusion.FORMS}
+    report = fusion.compare(packages, turns=3, rounds=5, threads=1, log=lambda line: None)
+    assert order == ["fused", "unfused", "unfused", "fused", "fused", "unfused"]
+    assert report["click_ms"] == {"fused": [15.0, 16.0, 14.0], "unfused": [10.0, 10.0, 14.0]}
+    assert report["fused_over_unfused"] == 1.5  # the median of 1.5, 1.6 and 1.0
+
+    from samdeploy.engine.backends import OpenVinoBackend
+
+    monkeypatch.setattr(OpenVinoBackend, "supports_precision", classmethod(lambda cls, precision: False))
+    assert fusion.main([str(tmp_path), "--workdir", str(tmp_path / "work")]) == 2
+    assert "needs OpenVINO and a CPU that multiplies bf16 natively" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+    zen4 = check_cpu.Machine("zen4", native_bf16=True, auto="int8-bf16", openvino=True, tcmalloc=True)
+    step = next(c for c in check_cpu.plan(zen4, tmp_path, "x")[1] if "bench_decoder_fusion.py" in c[1])
+    assert step[step.index("--precision") + 1] == "int8-bf16"

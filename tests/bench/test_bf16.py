@@ -406,3 +406,32 @@ def test_openvino_refuses_a_bad_quantization_group(tiny_package, group) -> None:
 
     with pytest.raises(BackendError, match="quantization_group must be a whole number"):
         create_backend("openvino", ModelPackage.load(tiny_package).encoder_path, quantization_group=group)
+
+
+@needs_bf16
+def test_decoder_fusion_benchmark_makes_both_forms(tmp_path) -> None:
+    """benchmarks/bench_decoder_fusion.py's packages: the bf16 package as optimize_package makes it
+    (decoders unfused) and a copy whose decoders are the source's, byte for byte, both loadable with
+    their checksums verified."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.bench_decoder_fusion import make_packages
+    finally:
+        sys.path.remove(str(ROOT))
+    packages = make_packages(DEFAULT_MODEL, tmp_path, "bf16", log=lambda line: None)
+    source = ModelPackage.load(DEFAULT_MODEL)
+    fused = ModelPackage.load(packages["fused"], verify=True)
+    unfused = ModelPackage.load(packages["unfused"], verify=True)
+    for role in source.manifest["models"]:
+        if role == "image_encoder":
+            assert (
+                fused.manifest["files"][fused.manifest["models"][role]["file"]]
+                == (unfused.manifest["files"][unfused.manifest["models"][role]["file"]])
+            )
+            continue
+        assert fused.model_path(role).read_bytes() == source.model_path(role).read_bytes()
+        if role != "mask_decoder_image":  # the graphs that attend to the image
+            assert fused.model_path(role).read_bytes() != unfused.model_path(role).read_bytes()
+    assert fused.manifest["export"]["precision"]["decoder"] == "fp32 (copied)"
+    assert not any(t.startswith("decoders:") for t in fused.manifest["export"]["precision"]["transforms"])
+    assert packages == make_packages(DEFAULT_MODEL, tmp_path, "bf16")  # kept and reused
