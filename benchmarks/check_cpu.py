@@ -129,7 +129,9 @@ def plan(
         precisions = ["f32", "bf16"] if machine.native_bf16 else ["f32"]
         bias = script("bench_attention_bias", "--threads", threads, "--precision", *precisions)
         commands.append(bias + ["--json", str(results / "attention-bias.json")])
-    if machine.openvino and machine.native_bf16:  # the decoders of the packages that run on OpenVINO
+    # the decoders of the packages that run on OpenVINO (a random tiny model's bf16 package misses
+    # the accuracy bar: its logits sit near 0)
+    if machine.openvino and machine.native_bf16 and model_type != "tiny":
         precision = machine.auto if machine.auto in ("bf16", "int8-bf16") else "bf16"
         fusion = script("bench_decoder_fusion", package, "--workdir", workdir, "--precision", precision)
         commands.append(fusion + ["--threads", str(threads), "--json", str(results / "decoder-fusion.json")])
