@@ -33,6 +33,7 @@ FORMS = ("fused", "unfused")
 
 def make_packages(source: Path, workdir: Path, precision: str, log=print) -> dict[str, Path]:
     """The unfused package (``optimize_package``) and its fused copy, made in ``workdir`` when missing."""
+    from samdeploy.export.exporter import move_into_place, new_staging
     from samdeploy.export.precision import optimize_package
     from samdeploy.package import ENCODER, ModelPackage, describe_files, write_manifest
 
@@ -43,9 +44,8 @@ def make_packages(source: Path, workdir: Path, precision: str, log=print) -> dic
         optimize_package(source, unfused, precision, check_images=1, measure_runs=1, force=True)
     if not (fused / "model.json").exists():
         log("copying it with the source's decoders as exported")
-        staging = workdir / f"{fused.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(unfused, staging)
+        staging = new_staging(fused)
+        shutil.copytree(unfused, staging, dirs_exist_ok=True)
         original = ModelPackage.load(source)
         manifest = json.loads((staging / "model.json").read_text())
         for role, entry in manifest["models"].items():
@@ -58,7 +58,7 @@ def make_packages(source: Path, workdir: Path, precision: str, log=print) -> dic
         ]
         precision_info["decoder"] = "fp32 (copied)"
         write_manifest(staging, manifest)
-        staging.rename(fused)
+        move_into_place(staging, fused)
     return {"fused": fused, "unfused": unfused}
 
 

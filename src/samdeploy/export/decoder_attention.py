@@ -45,11 +45,13 @@ def transpose_value_products(model: onnx.ModelProto, min_rows: int = MIN_VALUE_R
     nodes: list[onnx.NodeProto] = []
     rewritten = 0
     for node in graph.node:
-        probs, values = (node.input[0], node.input[1]) if node.op_type == "MatMul" else ("", "")
+        if node.op_type != "MatMul" or node.input[0] not in probabilities:
+            nodes.append(node)
+            continue
+        probs, values = node.input
         p_shape, v_shape = shapes.get(probs), shapes.get(values)
         if (
-            probs not in probabilities
-            or p_shape is None
+            p_shape is None
             or v_shape is None
             or min(len(p_shape), len(v_shape)) < 2
             or (v_shape[-2] or p_shape[-1] or 0) < min_rows  # the rows of V are the soft-max's axis
